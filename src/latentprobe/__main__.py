@@ -1,0 +1,3 @@
+from latentprobe.cli import main
+
+main()

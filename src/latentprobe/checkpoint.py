@@ -1,0 +1,59 @@
+"""Checkpoints: a dict of state_dicts + config + epoch, written atomically, read safely.
+
+Only plain containers, numbers, strings and tensors go in, so ``torch.load(weights_only=True)``
+reads them back and no pickled code from a user path ever runs.
+"""
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+FORMAT = "latentprobe-checkpoint-1"
+
+
+class CheckpointError(Exception):
+    """Unreadable checkpoint, or one made for another model."""
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module inside DDP and/or ``torch.compile`` wrappers (so keys carry no
+    ``module.`` or ``_orig_mod.`` prefix)."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def save_checkpoint(path: Path, **entries) -> None:
+    """``torch.save`` to a temp file beside ``path``, then ``os.replace``: a crash mid-write
+    leaves the previous checkpoint intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"format": FORMAT, **entries}, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, *, model_name: str | None = None, kind: str | None = None) -> dict:
+    """Read a checkpoint; refuse one of another model name or kind with a clear message."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}; train the run first (latentprobe train)")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises many types for a bad file
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__}); "
+                              f"delete it to retrain, or restore it from a backup")
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a latentprobe checkpoint")
+    if model_name is not None and checkpoint.get("model_name") != model_name:
+        raise CheckpointError(f"{path} holds a {checkpoint.get('model_name')!r} model, not {model_name!r}; "
+                              f"use a fresh --out directory or the matching --model")
+    if kind is not None and checkpoint.get("kind") != kind:
+        raise CheckpointError(f"{path} is a {checkpoint.get('kind')!r} checkpoint, expected {kind!r}")
+    return checkpoint

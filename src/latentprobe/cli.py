@@ -1,0 +1,118 @@
+"""The ``latentprobe`` command: one sub-command per stage.
+
+    latentprobe train   --model conv_ae --latent-dim 256 --out runs/ae256
+    latentprobe probe   runs/ae256
+    latentprobe study   [--preset quick|standard|full]
+    latentprobe report  runs/study
+    latentprobe models
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from latentprobe import config as configuration
+from latentprobe.checkpoint import CheckpointError
+from latentprobe.data import DataError
+from latentprobe.engine import TrainingError
+
+# Errors that mean "the input is wrong": shown as one line, without a traceback.
+USER_ERRORS = (DataError, CheckpointError, TrainingError, FileNotFoundError, ValueError)
+
+
+def cmd_train(args) -> None:
+    from latentprobe.pretrain import TrainConfig, train
+    train(configuration.resolve(TrainConfig, args))
+
+
+def cmd_probe(args) -> None:
+    from latentprobe.distributed import local_device
+    from latentprobe.features import run_features
+    from latentprobe.metrics import confusion_markdown
+    from latentprobe.plots import confusion_heatmap, line_chart
+    from latentprobe.probe import ProbeConfig
+    from latentprobe.study import probe_and_save
+
+    cfg = configuration.resolve(ProbeConfig, args)
+    device = local_device(args.device)
+    run_dir = Path(args.run)
+    features = run_features(run_dir, device, data_dir=args.data_dir)
+    record = probe_and_save(features, cfg, run_dir, device)
+    history = record["history"]
+    epochs = [h["epoch"] for h in history]
+    line_chart({split: (epochs, [h[f"{split}_acc"] for h in history]) for split in ("train", "val", "test")},
+               run_dir / "probe_accuracy.png", title=f"{run_dir.name}: detector accuracy", ylabel="accuracy")
+    import numpy as np
+    matrix = np.array(record["confusion"])
+    confusion_heatmap(matrix, features.class_names, run_dir / "confusion.png",
+                      title=f"{run_dir.name}: test confusion (rows: true)")
+    (run_dir / "confusion.md").write_text(confusion_markdown(matrix, features.class_names) + "\n")
+    print(f"{run_dir}: {cfg.head} detector on {features.dim}-d latents: validation accuracy "
+          f"{record['val_acc']:.4f}, test accuracy {record['test_acc']:.4f} (epoch {record['best_epoch']})")
+
+
+def cmd_study(args) -> None:
+    from latentprobe.study import StudyConfig, run_study
+    run_study(configuration.resolve(StudyConfig, args))
+
+
+def cmd_report(args) -> None:
+    from latentprobe.report import write_study_report
+    print(write_study_report(Path(args.study_dir)))
+
+
+def cmd_models(args) -> None:
+    from latentprobe.models import _REGISTRY, list_models
+    for name in list_models():
+        doc = (_REGISTRY[name].__doc__ or "").strip().splitlines()
+        print(f"{name:28s} {doc[0] if doc else ''}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from latentprobe.pretrain import TrainConfig
+    from latentprobe.probe import ProbeConfig
+    from latentprobe.study import StudyConfig
+
+    parser = argparse.ArgumentParser(prog="latentprobe", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="pretrain an autoencoder into a run directory (resumable)")
+    configuration.add_config_arguments(train, TrainConfig)
+    train.set_defaults(handler=cmd_train)
+
+    probe = commands.add_parser("probe", help="train the detector on a run's cached latents")
+    probe.add_argument("run", help="run directory made by `latentprobe train`")
+    probe.add_argument("--data-dir", default=None, help="folder holding the CIFAR folders")
+    probe.add_argument("--device", default="auto")
+    configuration.add_config_arguments(probe, ProbeConfig)
+    probe.set_defaults(handler=cmd_probe)
+
+    study = commands.add_parser("study", help="the latent-size study with its report")
+    configuration.add_config_arguments(study, StudyConfig)
+    study.set_defaults(handler=cmd_study)
+
+    report = commands.add_parser("report", help="rebuild a study's report.md from its files")
+    report.add_argument("study_dir")
+    report.set_defaults(handler=cmd_report)
+
+    models = commands.add_parser("models", help="list the registered models")
+    models.set_defaults(handler=cmd_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except USER_ERRORS as err:
+        if os.environ.get("LATENTPROBE_DEBUG"):
+            raise
+        sys.exit(f"error: {err}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted; run the same command again to continue from the last checkpoint")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""One source of configuration: a dataclass per command.
+
+Values come from the dataclass defaults, then an optional YAML file (``--config``), then
+command-line flags; an unknown key at any level is an error. The resolved config is printed
+at the start of a run and saved beside its results.
+"""
+
+import argparse
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+
+def _parse_list(item_type):
+    def parse(text: str):
+        return [item_type(part) for part in text.replace(",", " ").split()]
+    return parse
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def _parse_mapping(text: str) -> dict:
+    """``"mask_ratio=0.6 norm_pix_loss=true"`` → ``{"mask_ratio": 0.6, "norm_pix_loss": True}``."""
+    mapping = {}
+    for item in text.replace(",", " ").split():
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected key=value, got {item!r}")
+        mapping[key] = yaml.safe_load(value)
+    return mapping
+
+
+def _field_parser(annotation):
+    """A function turning a command-line string into a value of ``annotation``."""
+    origin = get_origin(annotation)
+    if origin is dict:
+        return _parse_mapping
+    if origin is list:
+        return _parse_list(get_args(annotation)[0])
+    if origin is not None:  # Optional[X] / X | None
+        inner = [a for a in get_args(annotation) if a is not type(None)]
+        parse = _field_parser(inner[0])
+        return lambda text: None if text.lower() in ("none", "null", "") else parse(text)
+    if annotation is bool:
+        return _parse_bool
+    return annotation
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, config_cls) -> None:
+    """One ``--flag`` per dataclass field (underscores become dashes), plus ``--config``."""
+    parser.add_argument("--config", type=Path, help="YAML file with any of the options below")
+    hints = get_type_hints(config_cls)
+    for field in dataclasses.fields(config_cls):
+        if not field.init:
+            continue
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        help_text = field.metadata.get("help", "")
+        parser.add_argument(
+            "--" + field.name.replace("_", "-"),
+            dest=field.name,
+            type=_field_parser(hints[field.name]),
+            default=argparse.SUPPRESS,
+            metavar=field.name.upper() if hints[field.name] is not bool else "BOOL",
+            help=f"{help_text} (default: {default})".strip(),
+        )
+        if hints[field.name] is bool:
+            parser.add_argument("--no-" + field.name.replace("_", "-"), dest=field.name,
+                                action="store_false", default=argparse.SUPPRESS,
+                                help=f"same as --{field.name.replace('_', '-')} false")
+
+
+def resolve(config_cls, args: argparse.Namespace | None = None, **overrides):
+    """Defaults ← YAML file ← flags (← keyword overrides, for programmatic use)."""
+    names = {f.name for f in dataclasses.fields(config_cls) if f.init}
+    values: dict[str, Any] = {}
+    config_path = getattr(args, "config", None) if args is not None else None
+    if config_path is not None:
+        values.update(load_yaml(config_path, names))
+    if args is not None:
+        values.update({k: v for k, v in vars(args).items() if k in names})
+    unknown = set(overrides) - names
+    if unknown:
+        raise ValueError(f"unknown option(s) {sorted(unknown)} for {config_cls.__name__}")
+    values.update(overrides)
+    return config_cls(**values)
+
+
+def load_yaml(path: Path, names: set[str]) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise SystemExit(f"error: cannot read config file {path}: {err}")
+    if not isinstance(loaded, dict):
+        raise SystemExit(f"error: config file {path} must hold a mapping of option: value")
+    unknown = sorted(set(loaded) - names)
+    if unknown:
+        raise SystemExit(f"error: unknown option(s) {unknown} in {path}; valid: {sorted(names)}")
+    return loaded
+
+
+def to_dict(config) -> dict[str, Any]:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(config).items()}
+
+
+def git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def save_resolved(config, directory: Path, name: str = "config.yaml") -> None:
+    """Print the resolved config and write it (with command and git sha) into ``directory``."""
+    record = {"config": to_dict(config), "command": " ".join(sys.argv), "git_sha": git_sha()}
+    text = yaml.safe_dump(record, sort_keys=False)
+    print(text.rstrip())
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / (name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, directory / name)

@@ -1,0 +1,65 @@
+"""Fetch the official CIFAR archive, verify its md5, unpack it safely.
+
+The archive is written to a temporary file and only unpacked once its checksum matches;
+a failed or interrupted download leaves nothing behind but a clear message.
+"""
+
+import hashlib
+import shutil
+import tarfile
+import tempfile
+import urllib.request
+from pathlib import Path
+
+from tqdm import tqdm
+
+from latentprobe.data import DataError, DatasetSpec
+
+
+def md5sum(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fetch(url: str, destination: Path) -> None:
+    """Stream ``url`` (http(s) or file://) into ``destination`` with a progress bar."""
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(destination, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {Path(url).name}",
+                      disable=None) as bar:
+                while block := response.read(1 << 20):
+                    out.write(block)
+                    bar.update(len(block))
+    except OSError as err:  # URLError, timeouts and disk errors are all OSErrors
+        raise DataError(f"could not download {url} ({err}); check the network, or download it "
+                        f"yourself and point --data-dir / LATENTPROBE_DATA at the unpacked folder")
+
+
+def download_dataset(spec: DatasetSpec, root: Path, url: str | None = None, md5: str | None = None) -> Path:
+    """Download and unpack ``spec``'s archive into ``root``; returns the data folder."""
+    url = url or spec.archive_url
+    md5 = md5 or spec.archive_md5
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root, prefix=".download-") as tmp:
+        archive = Path(tmp) / "archive.tar.gz"
+        fetch(url, archive)
+        actual = md5sum(archive)
+        if actual != md5:
+            raise DataError(f"checksum mismatch for {url}: md5 {actual}, expected {md5}; "
+                            f"the download is corrupt or not the official archive, try again")
+        unpacked = Path(tmp) / "unpacked"
+        try:
+            with tarfile.open(archive) as tar:
+                tar.extractall(unpacked, filter="data")  # refuses absolute paths and links out
+        except (tarfile.TarError, OSError) as err:
+            raise DataError(f"could not unpack {url} ({err}); delete {root} and try again")
+        source = unpacked / spec.folder
+        if not source.is_dir():
+            raise DataError(f"{url} does not contain {spec.folder}/; it is not the CIFAR archive")
+        target = root / spec.folder
+        shutil.move(str(source), str(target))
+    return target

@@ -1,0 +1,131 @@
+"""The training loop shared by every autoencoder: one epoch over device-resident uint8 data.
+
+The model is wrapped in ``Objective`` so that DDP and ``torch.compile`` see the loss as the
+module's ``forward``; checkpoints always store the plain inner model.
+"""
+
+import math
+import time
+from contextlib import nullcontext
+
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from latentprobe.data import Normalizer, augment, batch_indices
+
+
+class TrainingError(Exception):
+    """Training cannot go on (e.g. the loss became NaN); what was saved stays intact."""
+
+
+class Objective(nn.Module):
+    """``forward(images) -> (loss, reconstruction)``: the model's own ``loss`` as a forward."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor):
+        return self.model.loss(images)
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; full precision on the CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on weight matrices only: not on biases, norms, or the parameters the model
+    names in ``no_weight_decay()`` (position embeddings, CLS token, mask token)."""
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim <= 1 or name in skip else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    groups = param_groups(model, weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=lr)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95))
+    raise ValueError(f"unknown optimizer {name!r}; use 'adam' or 'adamw'")
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, peak_lr: float, schedule: str) -> float:
+    """Per-step learning rate: linear warm-up, then constant or cosine decay to zero."""
+    if step < warmup_steps:
+        return peak_lr * (step + 1) / warmup_steps
+    if schedule == "cosine":
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return peak_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    if schedule == "constant":
+        return peak_lr
+    raise ValueError(f"unknown schedule {schedule!r}; use 'constant' or 'cosine'")
+
+
+def train_one_epoch(objective: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
+                    normalizer: Normalizer, *, batch_size: int, generator: torch.Generator,
+                    lr_fn, first_step: int, accum_steps: int = 1, use_augment: bool = False,
+                    rank: int = 0, world_size: int = 1, desc: str = "train") -> dict:
+    """One pass over ``images`` (uint8, on the device). ``lr_fn(step)`` sets the lr of every
+    optimiser step; returns the mean loss, images/s and the last lr."""
+    device = images.device
+    objective.train()
+    batches = list(batch_indices(len(images), batch_size, shuffle=True, generator=generator,
+                                 rank=rank, world_size=world_size, device=device))
+    loss_sum = torch.zeros((), device=device)
+    seen, step, lr = 0, first_step, lr_fn(first_step)
+    start = time.perf_counter()
+    progress = tqdm(batches, desc=desc, leave=False, disable=None)
+    for i, index in enumerate(progress):
+        x = normalizer(images[index])
+        if use_augment:
+            x = augment(x, generator)
+        boundary = (i + 1) % accum_steps == 0 or i + 1 == len(batches)
+        sync = nullcontext() if boundary or not hasattr(objective, "no_sync") else objective.no_sync()
+        with sync:
+            with autocast(device):
+                loss, _ = objective(x)
+            (loss / accum_steps).backward()
+        loss_sum += loss.detach() * len(index)
+        seen += len(index)
+        if boundary:
+            lr = lr_fn(step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+    mean_loss = (loss_sum / max(seen, 1)).item()  # the one host sync of the epoch
+    seconds = time.perf_counter() - start
+    if not math.isfinite(mean_loss):
+        raise TrainingError(f"the training loss became {mean_loss} in this epoch; lower --lr "
+                            f"(or check the data). The last good checkpoint was kept.")
+    return {"train_loss": mean_loss, "images_per_s": seen * world_size / seconds,
+            "epoch_seconds": seconds, "lr": lr, "steps": step}
+
+
+@torch.no_grad()
+def evaluate_reconstruction(model: nn.Module, images: torch.Tensor, normalizer: Normalizer,
+                            batch_size: int = 500, seed: int = 0) -> dict:
+    """Loss, and MSE / PSNR in [0, 1] pixel units, over ``images`` (uint8 on the device)."""
+    model.eval()
+    device = images.device
+    torch.manual_seed(seed)  # masked models draw masks: the same ones every evaluation
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    se_sum = torch.zeros((), device=device, dtype=torch.float64)
+    for index in batch_indices(len(images), batch_size, shuffle=False, device=device):
+        x = normalizer(images[index])
+        with autocast(device):
+            loss, reconstruction = model.loss(x)
+        loss_sum += loss.double() * len(index)
+        se_sum += (normalizer.to_unit(reconstruction) - normalizer.to_unit(x)).double().pow(2).mean(dim=(1, 2, 3)).sum()
+    n = max(len(images), 1)
+    mse = (se_sum / n).item()
+    return {"val_loss": (loss_sum / n).item(), "val_mse": mse,
+            "val_psnr": 10.0 * math.log10(1.0 / max(mse, 1e-12))}

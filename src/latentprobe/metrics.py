@@ -1,0 +1,42 @@
+"""Classification metrics from predictions: confusion matrix, per-class precision and recall."""
+
+import numpy as np
+import torch
+
+
+def confusion_matrix(true: torch.Tensor, predicted: torch.Tensor, num_classes: int) -> np.ndarray:
+    """(C, C) counts; rows are the true class, columns the predicted class."""
+    flat = true.long().cpu() * num_classes + predicted.long().cpu()
+    return torch.bincount(flat, minlength=num_classes ** 2).view(num_classes, num_classes).numpy()
+
+
+def precision_recall(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class precision (column-wise) and recall (row-wise); 0 where undefined."""
+    correct = np.diag(matrix).astype(float)
+    predicted, actual = matrix.sum(axis=0), matrix.sum(axis=1)
+    precision = np.divide(correct, predicted, out=np.zeros_like(correct), where=predicted > 0)
+    recall = np.divide(correct, actual, out=np.zeros_like(correct), where=actual > 0)
+    return precision, recall
+
+
+def most_confused(matrix: np.ndarray, class_names: list[str], top: int = 5) -> list[tuple[str, str, int]]:
+    """The largest off-diagonal cells: (true name, predicted name, count)."""
+    off = matrix.copy()
+    np.fill_diagonal(off, 0)
+    order = np.argsort(off, axis=None)[::-1][:top]
+    pairs = [np.unravel_index(i, off.shape) for i in order]
+    return [(class_names[i], class_names[j], int(off[i, j])) for i, j in pairs if off[i, j] > 0]
+
+
+def confusion_markdown(matrix: np.ndarray, class_names: list[str]) -> str:
+    """Markdown table: rows true class, columns predicted class."""
+    header = "| true \\ predicted | " + " | ".join(class_names) + " |"
+    rule = "|---" * (len(class_names) + 1) + "|"
+    rows = [f"| **{name}** | " + " | ".join(str(int(v)) for v in matrix[i]) + " |"
+            for i, name in enumerate(class_names)]
+    return "\n".join([header, rule, *rows])
+
+
+def psnr(mse: float) -> float:
+    """PSNR in dB of a mean squared error on [0, 1] pixels."""
+    return float(10.0 * np.log10(1.0 / max(mse, 1e-12)))

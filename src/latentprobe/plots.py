@@ -1,0 +1,85 @@
+"""Figures, drawn from saved metrics and tensors (never during a training step)."""
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+def _save(fig, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def image_grid(rows: dict[str, torch.Tensor], path: Path, title: str | None = None) -> Path:
+    """One labelled row per entry; each value is (B, 3, H, W) in [0, 1]."""
+    count = min(len(v) for v in rows.values())
+    fig, axes = plt.subplots(len(rows), count, figsize=(1.1 * count, 1.2 * len(rows)), squeeze=False)
+    for r, (label, images) in enumerate(rows.items()):
+        pixels = images[:count].detach().float().cpu().clamp(0, 1).permute(0, 2, 3, 1).numpy()
+        for c in range(count):
+            ax = axes[r][c]
+            ax.imshow(pixels[c], interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def line_chart(series: dict[str, tuple[list, list]], path: Path, *, title: str, xlabel: str = "epoch",
+               ylabel: str = "", log_y: bool = False) -> Path:
+    """Several curves on one chart: ``{label: (x, y)}``."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for label, (x, y) in series.items():
+        ax.plot(x, y, marker="o" if len(x) < 30 else None, markersize=3, label=label)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    if log_y:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    if len(series) > 1:
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def grouped_bars(values: dict[str, list[float]], categories: list[str], path: Path, *, title: str,
+                 ylabel: str) -> Path:
+    """Bars per category, one colour per series (e.g. precision per class per latent size)."""
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.6 * len(categories) * max(1, len(values)) / 2), 4.0))
+    width = 0.8 / max(len(values), 1)
+    x = np.arange(len(categories))
+    for i, (label, heights) in enumerate(values.items()):
+        ax.bar(x + (i - (len(values) - 1) / 2) * width, heights, width, label=label)
+    ax.set_xticks(x, categories, rotation=45 if len(categories) > 10 else 0, ha="right" if len(categories) > 10 else "center",
+                  fontsize=8)
+    ax.set(title=title, ylabel=ylabel, ylim=(0, 1))
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncol=min(len(values), 6))
+    return _save(fig, path)
+
+
+def confusion_heatmap(matrix: np.ndarray, class_names: list[str], path: Path, *, title: str) -> Path:
+    """Rows: true class, columns: predicted class; counts written in the cells when readable."""
+    n = len(class_names)
+    fig, ax = plt.subplots(figsize=(max(5, 0.45 * n), max(4.2, 0.42 * n)))
+    image = ax.imshow(matrix, cmap="Blues")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    ticks = np.arange(n)
+    ax.set_xticks(ticks, class_names, rotation=90, fontsize=7 if n > 20 else 8)
+    ax.set_yticks(ticks, class_names, fontsize=7 if n > 20 else 8)
+    ax.set(title=title, xlabel="predicted", ylabel="true")
+    if n <= 20:
+        threshold = matrix.max() / 2
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=6,
+                        color="white" if matrix[i, j] > threshold else "black")
+    return _save(fig, path)

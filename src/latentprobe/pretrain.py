@@ -1,0 +1,167 @@
+"""``latentprobe train``: pretrain one autoencoder into a run directory, resumably.
+
+The run directory gets config.yaml, checkpoint.pt (after every epoch, atomically),
+metrics.jsonl (one line per epoch), TensorBoard events, reconstructions.png and loss.png.
+Running the same command again continues from the checkpoint; a finished run is not redone.
+"""
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from latentprobe import config as configuration
+from latentprobe.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, unwrap
+from latentprobe.data import Normalizer, load_split, take, train_val_split
+from latentprobe.distributed import barrier, init_distributed, is_main_process, local_device, mean_across_ranks
+from latentprobe.engine import Objective, build_optimizer, evaluate_reconstruction, lr_at, train_one_epoch
+from latentprobe.models import create_model
+from latentprobe.plots import image_grid, line_chart
+from latentprobe.runs import CHECKPOINT, METRICS, TensorBoard, append_jsonl, read_jsonl, write_jsonl
+
+
+@dataclass
+class TrainConfig:
+    model: str = field(default="conv_ae", metadata={"help": "model name (latentprobe models)"})
+    latent_dim: int | None = field(default=None, metadata={"help": "latent size, for models that take one"})
+    model_args: dict = field(default_factory=dict, metadata={"help": "extra model options, 'key=value ...'"})
+    dataset: str = field(default="cifar10", metadata={"help": "cifar10 or cifar100"})
+    data_dir: str | None = field(default=None, metadata={"help": "folder holding the CIFAR folders"})
+    download: bool = field(default=True, metadata={"help": "download missing data"})
+    val_size: int = field(default=5000, metadata={"help": "validation images carved from train"})
+    subset: int | None = field(default=None, metadata={"help": "use at most this many training images"})
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = field(default="adam", metadata={"help": "adam or adamw"})
+    lr: float | None = field(default=1e-3, metadata={"help": "learning rate (overrides base_lr)"})
+    base_lr: float | None = field(default=None, metadata={"help": "lr = base_lr * effective batch / 256"})
+    weight_decay: float = 0.0
+    schedule: str = field(default="constant", metadata={"help": "constant or cosine"})
+    warmup_epochs: float = 0.0
+    accum_steps: int = field(default=1, metadata={"help": "gradient accumulation steps"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the training step"})
+    grid_every: int = field(default=1, metadata={"help": "save a reconstruction grid every N epochs"})
+    seed: int = 0
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1 ..."})
+    out: str = field(default="runs/conv_ae", metadata={"help": "run directory"})
+
+
+# Settings that may change when a run is continued (the rest must match the checkpoint).
+_RESUMABLE = {"epochs", "data_dir", "download", "device", "out", "compile", "grid_every"}
+
+
+def build_model(cfg: TrainConfig):
+    kwargs = dict(cfg.model_args)
+    if cfg.latent_dim is not None:
+        kwargs["latent_dim"] = cfg.latent_dim
+    return create_model(cfg.model, **kwargs)
+
+
+def load_data(cfg: TrainConfig, device: torch.device):
+    """Train/val uint8 tensors on ``device`` (val carved from train with the run's seed)."""
+    train = load_split(cfg.dataset, "train", cfg.data_dir, download=cfg.download)
+    train, val = train_val_split(train, cfg.val_size, seed=cfg.seed)
+    return take(train, cfg.subset, seed=cfg.seed).to(device), val.to(device)
+
+
+def _resume(run_dir: Path, cfg: TrainConfig, model, optimizer) -> tuple[int, list[dict]]:
+    path = run_dir / CHECKPOINT
+    if not path.exists():
+        return 0, []
+    checkpoint = load_checkpoint(path, model_name=cfg.model, kind="autoencoder")
+    saved = checkpoint["train_config"]
+    changed = sorted(k for k, v in configuration.to_dict(cfg).items()
+                     if k not in _RESUMABLE and saved.get(k) != v)
+    if changed:
+        raise CheckpointError(f"{run_dir} holds a run with other settings ({', '.join(changed)}); "
+                              f"use a new --out, or the same settings to continue it")
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    return checkpoint["epoch"], checkpoint["history"]
+
+
+def save_pictures(run_dir: Path, model, grid_images, normalizer, epoch: int, history: list[dict]) -> None:
+    model.eval()
+    with torch.no_grad():
+        torch.manual_seed(0)
+        shown = model.reconstruct(grid_images)
+    rows = {"original": normalizer.to_unit(grid_images)}
+    rows.update({name: normalizer.to_unit(images) for name, images in shown.items()
+                 if name in ("masked", "reconstruction")})
+    image_grid(rows, run_dir / "reconstructions.png", title=f"{run_dir.name}, epoch {epoch}")
+    # The same pictures as uint8 tensors, so reports can compose them without the data set.
+    torch.save({name: (images * 255).round().to(torch.uint8).cpu() for name, images in rows.items()},
+               run_dir / "reconstructions.pt")
+    epochs = [h["epoch"] for h in history]
+    line_chart({"train": (epochs, [h["train_loss"] for h in history]),
+                "validation": (epochs, [h["val_loss"] for h in history])},
+               run_dir / "loss.png", title=f"{run_dir.name}: reconstruction loss", ylabel="loss")
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train (or continue) the run in ``cfg.out``; returns the run directory."""
+    device = local_device(cfg.device)
+    rank, world_size = init_distributed(device)
+    run_dir = Path(cfg.out)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg).to(device)
+    effective_batch = cfg.batch_size * cfg.accum_steps * world_size
+    peak_lr = cfg.lr if cfg.lr is not None else cfg.base_lr * effective_batch / 256
+    optimizer = build_optimizer(model, cfg.optimizer, peak_lr, cfg.weight_decay)
+    start_epoch, history = _resume(run_dir, cfg, model, optimizer)
+    if start_epoch >= cfg.epochs:
+        print(f"{run_dir}: finished ({start_epoch}/{cfg.epochs} epochs), nothing to do")
+        return run_dir
+    main = is_main_process()
+    if main:
+        configuration.save_resolved(cfg, run_dir)
+        write_jsonl(run_dir / METRICS, history)  # drop lines of epochs that never reached a checkpoint
+    train_split, val_split = load_data(cfg, device)
+    normalizer = Normalizer(cfg.dataset, device)
+    grid_images = normalizer(val_split.images[:8])
+
+    objective = Objective(model)
+    if world_size > 1:
+        objective = torch.nn.parallel.DistributedDataParallel(objective)
+    if cfg.compile:
+        objective = torch.compile(objective)
+    steps_per_epoch = -(-(len(train_split) // world_size) // (cfg.batch_size * cfg.accum_steps))
+    total_steps, warmup_steps = cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)
+
+    def lr_fn(step):
+        return lr_at(step, total_steps, warmup_steps, peak_lr, cfg.schedule)
+
+    board = TensorBoard(run_dir, enabled=main)
+    print(f"{cfg.model}: {sum(p.numel() for p in model.parameters()):,} parameters, "
+          f"{len(train_split)} train / {len(val_split)} val images on {device}"
+          + (f", {world_size} ranks" if world_size > 1 else ""))
+    started = time.perf_counter()
+    for epoch in range(start_epoch + 1, cfg.epochs + 1):
+        torch.manual_seed(cfg.seed * 100_003 + epoch)  # masks and dropout: same stream on resume
+        generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        stats = train_one_epoch(objective, optimizer, train_split.images, normalizer,
+                                batch_size=cfg.batch_size, accum_steps=cfg.accum_steps,
+                                generator=generator, lr_fn=lr_fn,
+                                first_step=(epoch - 1) * steps_per_epoch, rank=rank,
+                                world_size=world_size, desc=f"epoch {epoch}/{cfg.epochs}")
+        stats.update(evaluate_reconstruction(model, val_split.images, normalizer, seed=cfg.seed))
+        stats = mean_across_ranks({k: v for k, v in stats.items() if k != "steps"}, device)
+        record = {"epoch": epoch, **stats}
+        history.append(record)
+        if main:
+            save_checkpoint(run_dir / CHECKPOINT, kind="autoencoder", model_name=cfg.model,
+                            model_config=unwrap(model).config, train_config=configuration.to_dict(cfg),
+                            model=unwrap(model).state_dict(), optimizer=optimizer.state_dict(),
+                            epoch=epoch, history=history)
+            append_jsonl(run_dir / METRICS, record)
+            board.scalars(record, epoch)
+            if epoch % cfg.grid_every == 0 or epoch == cfg.epochs:
+                save_pictures(run_dir, model, grid_images, normalizer, epoch, history)
+            print(f"epoch {epoch}/{cfg.epochs}  loss {stats['train_loss']:.4f}  "
+                  f"val mse {stats['val_mse']:.5f}  psnr {stats['val_psnr']:.2f} dB  "
+                  f"{stats['images_per_s']:.0f} img/s  lr {stats['lr']:.2e}", flush=True)
+        barrier()
+    board.close()
+    print(f"{run_dir}: trained to epoch {cfg.epochs} in {time.perf_counter() - started:.1f} s")
+    return run_dir

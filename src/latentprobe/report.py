@@ -1,0 +1,130 @@
+"""The study report: Markdown + PNGs, built only from the files a study leaves behind."""
+
+import datetime
+import platform
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from latentprobe.metrics import confusion_markdown, most_confused
+from latentprobe.plots import confusion_heatmap, grouped_bars, image_grid, line_chart
+from latentprobe.runs import read_jsonl
+
+
+def _latent_runs(study_dir: Path) -> list[tuple[int, Path]]:
+    runs = [(int(p.name.split("_")[1]), p) for p in study_dir.glob("latent_*") if (p / "probe.json").exists()]
+    return sorted(runs)
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_study_report(study_dir: Path, device: str | None = None) -> Path:
+    from latentprobe.study import load_probe
+
+    study_dir = Path(study_dir)
+    saved = yaml.safe_load((study_dir / "config.yaml").read_text())
+    cfg = saved["config"]
+    runs = _latent_runs(study_dir)
+    if not runs:
+        raise FileNotFoundError(f"{study_dir} holds no finished latent_* runs; run `latentprobe study` first")
+    figures = study_dir / "figures"
+    metrics = {size: read_jsonl(path / "metrics.jsonl") for size, path in runs}
+    probes = {f"latent {size}": load_probe(path) for size, path in runs}
+    pixels = load_probe(study_dir / "pixels") if (study_dir / "pixels" / "probe.json").exists() else None
+    detectors = dict(probes, **({"raw pixels": pixels} if pixels else {}))
+    class_names = next(iter(probes.values()))["class_names"]
+
+    def curves(records: dict, key: str) -> dict:
+        return {label: ([h["epoch"] for h in r["history"]], [h[key] for h in r["history"]])
+                for label, r in records.items()}
+
+    line_chart({f"latent {s}": ([m["epoch"] for m in ms], [m["train_loss"] for m in ms])
+                for s, ms in metrics.items()}, figures / "ae_loss.png",
+               title="Autoencoder training loss (MSE, normalised pixels)", ylabel="MSE", log_y=True)
+    line_chart(curves(detectors, "train_loss"), figures / "detector_loss.png",
+               title="Detector training loss (NLL)", ylabel="NLL")
+    line_chart(curves(detectors, "train_acc"), figures / "detector_train_acc.png",
+               title="Detector accuracy, training set", ylabel="accuracy")
+    line_chart(curves(detectors, "test_acc"), figures / "detector_test_acc.png",
+               title="Detector accuracy, test set", ylabel="accuracy")
+    grouped_bars({label: r["precision"] for label, r in detectors.items()}, class_names,
+                 figures / "test_precision.png", title="Per-class test precision", ylabel="precision")
+    samples = {size: torch.load(path / "reconstructions.pt", weights_only=True) for size, path in runs
+               if (path / "reconstructions.pt").exists()}
+    if samples:
+        rows = {"original": next(iter(samples.values()))["original"].float() / 255}
+        rows.update({f"latent {s}": v["reconstruction"].float() / 255 for s, v in samples.items()})
+        image_grid(rows, figures / "reconstructions.png", title="Validation images and reconstructions")
+
+    best = sorted(probes, key=lambda label: probes[label]["val_acc"], reverse=True)[:2]
+    summary_rows = []
+    for size, path in runs:
+        last, probe = metrics[size][-1], probes[f"latent {size}"]
+        summary_rows.append([size, f"{last['val_mse']:.5f}", f"{last['val_psnr']:.2f}",
+                             f"{probe['val_acc']:.4f}", f"**{probe['test_acc']:.4f}**", probe["best_epoch"],
+                             f"{sum(m['epoch_seconds'] for m in metrics[size]):.0f}",
+                             f"{probe['probe_seconds']:.1f}"])
+    if pixels:
+        summary_rows.append(["raw pixels (3072)", "–", "–", f"{pixels['val_acc']:.4f}",
+                             f"**{pixels['test_acc']:.4f}**", pixels["best_epoch"], "–",
+                             f"{pixels['probe_seconds']:.1f}"])
+
+    lines = [
+        "# Convolutional autoencoder: what the latent knows",
+        "",
+        f"- Date: {datetime.date.today().isoformat()}; device: {device or 'see config'}; "
+        f"host: {platform.node()} ({platform.processor() or platform.machine()})",
+        f"- Command: `{saved['command']}` (git {saved.get('git_sha') or 'unknown'})",
+        f"- Data: {cfg['dataset']}; a {cfg['val_size']}-image validation split carved from the training set "
+        f"(seed {cfg['seed']}) chooses the detector's epoch; {cfg['subset'] or 'all remaining'} training images; "
+        f"the test set is used only for the reported numbers.",
+        f"- Autoencoder: Conv(3→{cfg['c1']}) → ReLU → MaxPool → ReLU → Conv({cfg['c1']}→{cfg['c2']}) → Linear; "
+        f"MSE, Adam lr {cfg['lr']}, batch {cfg['batch_size']}, {cfg['epochs']} epochs, 1 seed ({cfg['seed']}).",
+        f"- Detector: one Linear layer + log-softmax, NLL loss, Adam lr {cfg['probe_lr']}, "
+        f"{cfg['probe_epochs']} epochs; the reported test accuracy is at the epoch with the best "
+        f"validation accuracy.",
+        "",
+        "## Summary",
+        "",
+        _table(["latent", "val recon MSE ([0,1] px)", "PSNR dB", "val acc", "test acc", "best epoch",
+                "AE train s", "detector s"], summary_rows),
+        "",
+        "## Autoencoder",
+        "",
+        "![autoencoder loss](figures/ae_loss.png)",
+        "",
+        "![reconstructions](figures/reconstructions.png)",
+        "",
+        "## Detector",
+        "",
+        "![detector loss](figures/detector_loss.png)",
+        "",
+        "![train accuracy](figures/detector_train_acc.png)",
+        "",
+        "![test accuracy](figures/detector_test_acc.png)",
+        "",
+        "![precision](figures/test_precision.png)",
+        "",
+    ]
+    for label in best:
+        matrix = np.array(probes[label]["confusion"])
+        slug = label.replace(" ", "_")
+        confusion_heatmap(matrix, class_names, figures / f"confusion_{slug}.png",
+                          title=f"Test confusion, {label} (rows: true)")
+        recall = np.array(probes[label]["recall"])
+        hardest = [class_names[i] for i in np.argsort(recall)[:2]]
+        confused = ", ".join(f"{t} → {p}: {n}" for t, p, n in most_confused(matrix, class_names, 4))
+        lines += [f"### Confusion matrix, {label} (test accuracy {probes[label]['test_acc']:.4f})", "",
+                  f"![confusion {label}](figures/confusion_{slug}.png)", "",
+                  "Rows: true class; columns: predicted class.", "",
+                  confusion_markdown(matrix, class_names), "",
+                  f"Lowest recall: {', '.join(hardest)}. Most confused: {confused}.", ""]
+    report = study_dir / "report.md"
+    report.write_text("\n".join(lines))
+    return report
