@@ -113,11 +113,11 @@ def train(cfg: TrainConfig) -> Path:
     if start_epoch >= cfg.epochs:
         print(f"{run_dir}: finished ({start_epoch}/{cfg.epochs} epochs), nothing to do")
         return run_dir
+    train_split, val_split = load_data(cfg, device)  # before writing anything: bad data leaves no run
     main = is_main_process()
     if main:
         configuration.save_resolved(cfg, run_dir)
         write_jsonl(run_dir / METRICS, history)  # drop lines of epochs that never reached a checkpoint
-    train_split, val_split = load_data(cfg, device)
     normalizer = Normalizer(cfg.dataset, device)
     grid_images = normalizer(val_split.images[:8])
 
