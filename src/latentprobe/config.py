@@ -45,7 +45,7 @@ def _parse_mapping(text: str) -> dict:
 def _field_parser(annotation):
     """A function turning a command-line string into a value of ``annotation``."""
     origin = get_origin(annotation)
-    if origin is dict:
+    if annotation is dict or origin is dict:
         return _parse_mapping
     if origin is list:
         return _parse_list(get_args(annotation)[0])

@@ -92,6 +92,10 @@ class Split:
 
 # ---------------------------------------------------------------- reading the batch files
 
+class _ForbiddenGlobal(pickle.UnpicklingError):
+    pass
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     """Admits only what CIFAR batch files contain: dicts, lists, strings, numbers and numpy
     arrays. Any other global (``os.system``, ``builtins.eval``, …) is refused, so a planted
@@ -108,7 +112,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) in self._ALLOWED:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
+        raise _ForbiddenGlobal(f"refusing to load global {module}.{name}")
 
 
 def read_batch_file(path: Path) -> dict:
@@ -119,9 +123,10 @@ def read_batch_file(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
             loaded = _RestrictedUnpickler(io.BufferedReader(f), encoding="latin1").load()
-    except pickle.UnpicklingError as err:
+    except _ForbiddenGlobal as err:
         raise DataError(f"{path} is not a plain CIFAR batch file ({err}); delete it and re-download")
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as err:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
+            KeyError) as err:
         raise DataError(f"{path} is truncated or corrupt ({type(err).__name__}: {err}); "
                         f"delete it and re-download")
     if not isinstance(loaded, dict):

@@ -17,6 +17,7 @@ from latentprobe.models import create_model
 from latentprobe.runs import CHECKPOINT
 
 FEATURES = "features.pt"
+RANDOM_FEATURES = "features_random.pt"
 SPLITS = ("train", "val", "test")
 
 
@@ -66,27 +67,67 @@ def load_run_model(run_dir: Path, device: torch.device):
     return model.to(device).eval(), checkpoint
 
 
+def _load_cache(path: Path, key: dict) -> FeatureSet | None:
+    """The cached FeatureSet at ``path`` if it was made under ``key``; None otherwise (or unreadable)."""
+    if not path.exists():
+        return None
+    try:
+        cached = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - a broken cache is recomputed, never trusted
+        return None
+    if not isinstance(cached, dict) or cached.get("key") != key:
+        return None
+    return FeatureSet(cached["features"], cached["labels"], cached["class_names"])
+
+
+def _save_cache(path: Path, key: dict, feature_set: FeatureSet) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"key": key, "features": feature_set.features, "labels": feature_set.labels,
+                "class_names": feature_set.class_names}, tmp)
+    tmp.replace(path)
+
+
+def _encode_splits(model, train_config: dict, device, data_dir, label_type) -> FeatureSet:
+    splits = run_splits(train_config, data_dir, label_type)
+    normalizer = Normalizer(train_config["dataset"], device)
+    features = {name: extract(model.encode, split.images.to(device), normalizer).cpu()
+                for name, split in splits.items()}
+    labels = {name: split.labels for name, split in splits.items()}
+    return FeatureSet(features, labels, splits["train"].class_names)
+
+
 def run_features(run_dir: Path, device: torch.device, data_dir: str | None = None,
                  label_type: str = "fine") -> FeatureSet:
     """Cached features of a run's encoder, extracted on the first call."""
     run_dir = Path(run_dir)
     model, checkpoint = load_run_model(run_dir, device)
     key = {"epoch": checkpoint["epoch"], "label_type": label_type}
-    cache = run_dir / FEATURES
-    if cache.exists():
-        cached = torch.load(cache, map_location="cpu", weights_only=True)
-        if cached.get("key") == key:
-            return FeatureSet(cached["features"], cached["labels"], cached["class_names"])
-    splits = run_splits(checkpoint["train_config"], data_dir, label_type)
-    normalizer = Normalizer(checkpoint["train_config"]["dataset"], device)
-    features = {name: extract(model.encode, split.images.to(device), normalizer).cpu()
-                for name, split in splits.items()}
-    labels = {name: split.labels for name, split in splits.items()}
-    feature_set = FeatureSet(features, labels, splits["train"].class_names)
-    tmp = cache.with_suffix(".tmp")
-    torch.save({"key": key, "features": features, "labels": labels,
-                "class_names": feature_set.class_names}, tmp)
-    tmp.replace(cache)
+    feature_set = _load_cache(run_dir / FEATURES, key)
+    if feature_set is None:
+        feature_set = _encode_splits(model, checkpoint["train_config"], device, data_dir, label_type)
+        _save_cache(run_dir / FEATURES, key, feature_set)
+    return feature_set
+
+
+def random_encoder_features(run_dir: Path, device: torch.device, data_dir: str | None = None,
+                            label_type: str = "fine") -> FeatureSet:
+    """Baseline: the run's encoder with untrained weights, cached in ``features_random.pt``.
+
+    The model is rebuilt from the checkpoint's ``model_config`` after seeding torch with the
+    run's own seed, as ``latentprobe train`` does, so these are the very weights pretraining
+    started from; the trained weights are not loaded.
+    """
+    run_dir = Path(run_dir)
+    checkpoint = load_checkpoint(run_dir / CHECKPOINT, kind="autoencoder")
+    train_config = checkpoint["train_config"]
+    key = {"init_seed": train_config["seed"], "model_name": checkpoint["model_name"],
+           "model_config": checkpoint["model_config"], "label_type": label_type}
+    feature_set = _load_cache(run_dir / RANDOM_FEATURES, key)
+    if feature_set is None:
+        torch.manual_seed(train_config["seed"])
+        model = create_model(checkpoint["model_name"], **checkpoint["model_config"]).to(device).eval()
+        feature_set = _encode_splits(model, train_config, device, data_dir, label_type)
+        _save_cache(run_dir / RANDOM_FEATURES, key, feature_set)
     return feature_set
 
 
@@ -96,3 +137,41 @@ def pixel_features(splits: dict[str, Split], device: torch.device) -> FeatureSet
     features = {name: extract(lambda x: x.flatten(1), split.images.to(device), normalizer).cpu()
                 for name, split in splits.items()}
     return FeatureSet(features, {n: s.labels for n, s in splits.items()}, splits["train"].class_names)
+
+
+def pca_features(pixels: FeatureSet, dim: int) -> FeatureSet:
+    """Baseline: pixels projected on their top ``dim`` principal axes, fitted on train only."""
+    x_train = pixels.features["train"]
+    if not 1 <= dim <= min(x_train.shape):
+        raise ValueError(f"PCA to {dim} dimensions needs 1 <= dim <= {min(x_train.shape)} "
+                         f"(training images × pixel values)")
+    mean = x_train.mean(dim=0)
+    centred = x_train - mean
+    covariance = (centred.T @ centred / max(len(x_train) - 1, 1)).double()  # (3072, 3072)
+    _, vectors = torch.linalg.eigh(covariance)  # eigenvalues ascending
+    axes = vectors[:, -dim:].flip(1).to(x_train.dtype)  # (3072, dim), largest variance first
+    features = {name: (x - mean.to(x.device)) @ axes.to(x.device) for name, x in pixels.features.items()}
+    return FeatureSet(features, pixels.labels, pixels.class_names)
+
+
+REPRESENTATIONS = ("encoder", "random", "pca", "pixels")
+
+
+def representation_features(run_dir: Path, name: str, device: torch.device, data_dir: str | None = None,
+                            label_type: str = "fine", pixels: FeatureSet | None = None) -> FeatureSet:
+    """Features of a run under one representation: its trained ``encoder``, the ``random``
+    (untrained) encoder, ``pca`` of the pixels to the run's latent size, or raw ``pixels``.
+    ``pixels`` may be passed in when the caller already has them."""
+    if name == "encoder":
+        return run_features(run_dir, device, data_dir, label_type)
+    if name == "random":
+        return random_encoder_features(run_dir, device, data_dir, label_type)
+    if name not in REPRESENTATIONS:
+        raise ValueError(f"unknown representation {name!r}; use one of {', '.join(REPRESENTATIONS)}")
+    checkpoint = load_checkpoint(Path(run_dir) / CHECKPOINT, kind="autoencoder")
+    if pixels is None:
+        pixels = pixel_features(run_splits(checkpoint["train_config"], data_dir, label_type), device)
+    if name == "pixels":
+        return pixels
+    latent_dim = create_model(checkpoint["model_name"], **checkpoint["model_config"]).latent_dim
+    return pca_features(pixels, latent_dim)

@@ -51,13 +51,16 @@ def line_chart(series: dict[str, tuple[list, list]], path: Path, *, title: str, 
 
 
 def grouped_bars(values: dict[str, list[float]], categories: list[str], path: Path, *, title: str,
-                 ylabel: str) -> Path:
-    """Bars per category, one colour per series (e.g. precision per class per latent size)."""
+                 ylabel: str, errors: dict[str, list[float]] | None = None) -> Path:
+    """Bars per category, one colour per series (e.g. precision per class per latent size);
+    ``errors`` (same shape as ``values``) draws ± error bars, e.g. the std over seeds."""
     fig, ax = plt.subplots(figsize=(max(6.4, 0.6 * len(categories) * max(1, len(values)) / 2), 4.0))
     width = 0.8 / max(len(values), 1)
     x = np.arange(len(categories))
     for i, (label, heights) in enumerate(values.items()):
-        ax.bar(x + (i - (len(values) - 1) / 2) * width, heights, width, label=label)
+        yerr = errors.get(label) if errors else None
+        ax.bar(x + (i - (len(values) - 1) / 2) * width, heights, width, label=label, yerr=yerr,
+               capsize=2 if yerr is not None else 0, error_kw={"elinewidth": 0.8})
     ax.set_xticks(x, categories, rotation=45 if len(categories) > 10 else 0, ha="right" if len(categories) > 10 else "center",
                   fontsize=8)
     ax.set(title=title, ylabel=ylabel, ylim=(0, 1))
@@ -69,12 +72,13 @@ def grouped_bars(values: dict[str, list[float]], categories: list[str], path: Pa
 def confusion_heatmap(matrix: np.ndarray, class_names: list[str], path: Path, *, title: str) -> Path:
     """Rows: true class, columns: predicted class; counts written in the cells when readable."""
     n = len(class_names)
-    fig, ax = plt.subplots(figsize=(max(5, 0.45 * n), max(4.2, 0.42 * n)))
+    # capped: at 100 classes the uncapped size would be a ~5000-pixel-wide image
+    fig, ax = plt.subplots(figsize=(min(max(5, 0.45 * n), 16), min(max(4.2, 0.42 * n), 15)))
     image = ax.imshow(matrix, cmap="Blues")
     fig.colorbar(image, ax=ax, fraction=0.046)
     ticks = np.arange(n)
-    ax.set_xticks(ticks, class_names, rotation=90, fontsize=7 if n > 20 else 8)
-    ax.set_yticks(ticks, class_names, fontsize=7 if n > 20 else 8)
+    ax.set_xticks(ticks, class_names, rotation=90, fontsize=8 if n <= 20 else 7 if n <= 40 else 4)
+    ax.set_yticks(ticks, class_names, fontsize=8 if n <= 20 else 7 if n <= 40 else 4)
     ax.set(title=title, xlabel="predicted", ylabel="true")
     if n <= 20:
         threshold = matrix.max() / 2
@@ -82,4 +86,33 @@ def confusion_heatmap(matrix: np.ndarray, class_names: list[str], path: Path, *,
             for j in range(n):
                 ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=6,
                         color="white" if matrix[i, j] > threshold else "black")
+    return _save(fig, path)
+
+
+def scatter_maps(maps: dict[str, tuple[np.ndarray, np.ndarray]], class_names: list[str], path: Path, *,
+                 title: str) -> Path:
+    """One 2-D map per entry, ``{label: (points (N, 2), classes (N,))}``, coloured by class;
+    the legend names the classes when there are at most 20 of them."""
+    count = len(maps)
+    cols = min(count, 3)
+    rows = -(-count // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 4.4 * rows), squeeze=False)
+    n = len(class_names)
+    if n <= 20:
+        colours = plt.get_cmap("tab10" if n <= 10 else "tab20")(np.arange(n))
+    else:  # no qualitative palette has 100 colours: spread a continuous one
+        colours = plt.get_cmap("gist_ncar")(np.linspace(0.0, 0.95, n))
+    for ax, (label, (points, classes)) in zip(axes.flat, maps.items()):
+        ax.scatter(points[:, 0], points[:, 1], c=colours[classes], s=3, linewidths=0)
+        ax.set_title(label, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in list(axes.flat)[count:]:
+        ax.axis("off")
+    if n <= 20:
+        handles = [plt.Line2D([], [], marker="o", linestyle="", color=colours[i], label=name)
+                   for i, name in enumerate(class_names)]
+        fig.legend(handles=handles, loc="lower center", ncol=min(n, 10), fontsize=8, frameon=False,
+                   bbox_to_anchor=(0.5, -0.02 - 0.03 * (n > 10)))
+    fig.suptitle(title, fontsize=10)
     return _save(fig, path)

@@ -5,6 +5,10 @@
 parameters before the Linear, so the features' scale does not decide the result.
 The epoch reported is the one with the best *validation* accuracy; test accuracy is recorded
 per epoch only for the curves.
+
+``fit_head`` is the evaluation suite's trainer (see evaluate.py): it never sees the test set,
+stops once validation accuracy has not improved for ``patience`` epochs, and returns the head
+of the best validation epoch, so that the test set is read once, by the caller.
 """
 
 from dataclasses import dataclass, field
@@ -26,6 +30,31 @@ class LinearHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return F.log_softmax(self.linear(self.norm(features)), dim=1)  # (B, C) log-probabilities
+
+
+class MLPHead(nn.Module):
+    """One hidden layer: BatchNorm1d (no affine) → Linear → BatchNorm1d → ReLU → Linear."""
+
+    def __init__(self, in_dim: int, num_classes: int, *, hidden: int = 512):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(in_dim, affine=False)  # as bn_linear: feature scale is irrelevant
+        self.hidden = nn.Sequential(nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU())
+        self.linear = nn.Linear(hidden, num_classes)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return F.log_softmax(self.linear(self.hidden(self.norm(features))), dim=1)  # (B, C)
+
+
+HEADS = ("linear", "bn_linear", "mlp")
+
+
+def build_head(kind: str, in_dim: int, num_classes: int, *, hidden: int = 512) -> nn.Module:
+    """``linear`` (the study's), ``bn_linear`` (MAE's linear-probe protocol) or ``mlp``."""
+    if kind == "mlp":
+        return MLPHead(in_dim, num_classes, hidden=hidden)
+    if kind in ("linear", "bn_linear"):
+        return LinearHead(in_dim, num_classes, batch_norm=kind == "bn_linear")
+    raise ValueError(f"unknown probe head {kind!r}; use one of {', '.join(HEADS)}")
 
 
 @dataclass
@@ -97,3 +126,47 @@ def train_probe(data: FeatureSet, cfg: ProbeConfig, device: torch.device | str =
                        test_acc=record["test_acc"], test_predictions=predictions,
                        confusion=confusion_matrix(data.labels["test"].cpu(), predictions, num_classes),
                        head=head.cpu())
+
+
+@dataclass
+class FitResult:
+    head: nn.Module  # weights of the best validation epoch, eval mode
+    best_epoch: int
+    val_acc: float
+    history: list[dict]  # per epoch: train_loss, val_acc (no test numbers)
+
+
+def fit_head(kind: str, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
+             num_classes: int, *, lr: float, weight_decay: float, epochs: int, batch_size: int = 256,
+             seed: int = 0, patience: int | None = 5, hidden: int = 512) -> FitResult:
+    """Train a head on ``train`` = (features (N, D), labels (N,)), already on the device; keep
+    the epoch with the best accuracy on ``val``. The seed sets the head's init and the order
+    of the batches."""
+    x_train, y_train = train
+    device = x_train.device
+    torch.manual_seed(seed)
+    head = build_head(kind, x_train.shape[1], num_classes, hidden=hidden).to(device)
+    optimizer = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
+    generator = torch.Generator().manual_seed(seed)
+    history, best_acc, best_epoch, best_state = [], -1.0, 0, None
+    for epoch in range(1, epochs + 1):
+        head.train()
+        loss_sum, seen = torch.zeros((), device=device), 0
+        # drop_last: a BatchNorm head cannot train on a batch of one
+        for index in batch_indices(len(x_train), batch_size, shuffle=True, generator=generator,
+                                   drop_last=len(x_train) > batch_size, device=device):
+            loss = F.nll_loss(head(x_train[index]), y_train[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * len(index)
+            seen += len(index)
+        val_acc = accuracy(head, *val)
+        history.append({"epoch": epoch, "train_loss": (loss_sum / seen).item(), "val_acc": val_acc})
+        if val_acc > best_acc:
+            best_acc, best_epoch = val_acc, epoch
+            best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
+        elif patience is not None and epoch - best_epoch >= patience:
+            break
+    head.load_state_dict(best_state)
+    return FitResult(head=head.eval(), best_epoch=best_epoch, val_acc=best_acc, history=history)

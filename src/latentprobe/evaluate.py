@@ -1,0 +1,219 @@
+"""``latentprobe evaluate``: every probe over every representation of a run, on cached features.
+
+Representations: the run's trained encoder and the baselines (the same encoder with its
+untrained initial weights, PCA of the pixels to the latent size, raw pixels). Probes: the
+study's linear head, the linear head after BatchNorm (MAE's protocol), an MLP with one hidden
+layer, and weighted cosine kNN.
+
+Protocol, for each trained probe: every (lr, weight decay) of the grid is trained with seed 0
+for at most ``epochs`` epochs, keeping the epoch of best validation accuracy (training stops
+after ``patience`` epochs without improvement). The grid point with the best validation
+accuracy is then trained with seeds 0 … N-1 (seed 0 is the grid run itself), and each seed's
+head reads the test set once. kNN has no training and no randomness; it is run once per k.
+
+Results go to RUN/eval.json (eval_coarse.json for CIFAR-100's coarse labels), written after
+every representation so an interrupted evaluation continues where it stopped. The better of
+the two seed-0 linear heads on the encoder is saved as RUN/classifier.pt for ``predict``.
+"""
+
+import datetime
+import itertools
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from latentprobe import config as configuration
+from latentprobe.checkpoint import save_checkpoint
+from latentprobe.features import FeatureSet, load_run_model, pixel_features, representation_features, run_splits
+from latentprobe.knn import knn_predict
+from latentprobe.metrics import confusion_matrix
+from latentprobe.probe import HEADS, fit_head, predict
+from latentprobe.runs import METRICS, read_json, read_jsonl, write_json
+
+CLASSIFIER_KIND = "classifier"
+
+
+@dataclass
+class EvalConfig:
+    seeds: int = field(default=3, metadata={"help": "probe seeds 0..N-1 (init and batch order)"})
+    probes: list[str] = field(default_factory=lambda: ["linear", "bn_linear", "mlp", "knn"],
+                              metadata={"help": "linear, bn_linear, mlp, knn"})
+    baselines: list[str] = field(default_factory=lambda: ["random", "pca", "pixels"],
+                                 metadata={"help": "random, pca, pixels (or none)"})
+    lrs: list[float] = field(default_factory=lambda: [1e-3, 3e-3], metadata={"help": "Adam lr grid"})
+    weight_decays: list[float] = field(default_factory=lambda: [0.0, 1e-4], metadata={"help": "L2 grid"})
+    epochs: int = field(default=30, metadata={"help": "most epochs per probe (best val epoch kept)"})
+    patience: int = field(default=5, metadata={"help": "stop after this many epochs without val gain"})
+    batch_size: int = 256
+    mlp_hidden: int = 512
+    knn_k: list[int] = field(default_factory=lambda: [20, 200])
+    knn_temperature: float = 0.07
+    label_type: str = field(default="fine", metadata={"help": "fine, or coarse (CIFAR-100)"})
+    data_dir: str | None = field(default=None, metadata={"help": "folder holding the CIFAR folders"})
+    device: str = "auto"
+
+    def __post_init__(self):
+        self.baselines = [b for b in self.baselines if b != "none"]
+        unknown = sorted(set(self.probes) - set(HEADS) - {"knn"}) + sorted(
+            set(self.baselines) - {"random", "pca", "pixels"})
+        if unknown:
+            raise ValueError(f"unknown probe(s) or baseline(s) {unknown}; probes: {', '.join(HEADS)}, knn; "
+                             f"baselines: random, pca, pixels")
+        if self.seeds < 1 or self.epochs < 1:
+            raise ValueError("--seeds and --epochs must be at least 1")
+
+    def protocol(self) -> dict:
+        """The settings that decide the numbers (a saved result is reused only if they match)."""
+        return {k: v for k, v in configuration.to_dict(self).items()
+                if k not in ("baselines", "data_dir", "device")}
+
+
+def eval_file(label_type: str = "fine") -> str:
+    return "eval.json" if label_type == "fine" else f"eval_{label_type}.json"
+
+
+def classifier_file(label_type: str = "fine") -> str:
+    return "classifier.pt" if label_type == "fine" else f"classifier_{label_type}.pt"
+
+
+def _summary(values: list[float]) -> dict:
+    """Mean, sample std (0 for a single value) and count."""
+    array = np.asarray(values, dtype=float)
+    return {"mean": float(array.mean()), "std": float(array.std(ddof=1)) if len(array) > 1 else 0.0,
+            "n": len(array)}
+
+
+def evaluate_features(data: FeatureSet, cfg: EvalConfig, device: torch.device) -> tuple[dict, dict]:
+    """All probes of ``cfg`` over one FeatureSet: (record for eval.json, seed-0 heads by probe)."""
+    data = data.to(device)  # features stay on the device for every probe below
+    train = (data.features["train"], data.labels["train"])
+    val = (data.features["val"], data.labels["val"])
+    x_test, y_test = data.features["test"], data.labels["test"].cpu()
+    num_classes = len(data.class_names)
+    probes, heads = {}, {}
+    for kind in (p for p in cfg.probes if p != "knn"):
+        grid = []
+        for lr, weight_decay in itertools.product(cfg.lrs, cfg.weight_decays):
+            fit = fit_head(kind, train, val, num_classes, lr=lr, weight_decay=weight_decay, epochs=cfg.epochs,
+                           batch_size=cfg.batch_size, seed=0, patience=cfg.patience, hidden=cfg.mlp_hidden)
+            grid.append((fit, {"lr": lr, "weight_decay": weight_decay, "best_epoch": fit.best_epoch,
+                               "val_acc": fit.val_acc}))
+        chosen_fit, chosen = max(grid, key=lambda item: item[1]["val_acc"])  # first of equals wins
+        seeds = []
+        for seed in range(cfg.seeds):
+            fit = chosen_fit if seed == 0 else fit_head(
+                kind, train, val, num_classes, lr=chosen["lr"], weight_decay=chosen["weight_decay"],
+                epochs=cfg.epochs, batch_size=cfg.batch_size, seed=seed, patience=cfg.patience,
+                hidden=cfg.mlp_hidden)
+            predictions = predict(fit.head, x_test).cpu()  # the one reading of the test set
+            seeds.append({"seed": seed, "best_epoch": fit.best_epoch, "val_acc": fit.val_acc,
+                          "test_acc": (predictions == y_test).float().mean().item()})
+            if seed == 0:
+                heads[kind] = (fit.head.cpu(), chosen)
+                confusion = confusion_matrix(y_test, predictions, num_classes)
+        probes[kind] = {"grid": [g for _, g in grid], "chosen": {k: chosen[k] for k in ("lr", "weight_decay")},
+                        "seeds": seeds, "test": _summary([s["test_acc"] for s in seeds]),
+                        "confusion": confusion.tolist()}
+    if "knn" in cfg.probes:
+        args = dict(num_classes=num_classes, ks=tuple(cfg.knn_k), temperature=cfg.knn_temperature)
+        on_val = knn_predict(*train, val[0], **args)
+        on_test = knn_predict(*train, x_test, **args)
+        for k in cfg.knn_k:
+            test_acc = (on_test[k] == y_test).float().mean().item()
+            probes[f"knn_{k}"] = {"k": k, "temperature": cfg.knn_temperature, "deterministic": True,
+                                  "seeds": [{"val_acc": (on_val[k] == val[1].cpu()).float().mean().item(),
+                                             "test_acc": test_acc}],
+                                  "test": _summary([test_acc]),
+                                  "confusion": confusion_matrix(y_test, on_test[k], num_classes).tolist()}
+    return {"dim": data.dim, "probes": probes}, heads
+
+
+def _encoder_params(model) -> int:
+    """Parameters that ``encode`` uses: those that get a gradient from one tiny forward pass."""
+    model.zero_grad(set_to_none=True)
+    size = getattr(model, "config", {}).get("image_size") or getattr(model, "config", {}).get("img_size", 32)
+    with torch.enable_grad():
+        model.encode(torch.zeros(2, 3, size, size, device=next(model.parameters()).device)).sum().backward()
+    used = sum(p.numel() for p in model.parameters() if p.grad is not None)
+    model.zero_grad(set_to_none=True)
+    return used
+
+
+def _run_info(run_dir: Path, device) -> dict:
+    model, checkpoint = load_run_model(run_dir, device)
+    history = read_jsonl(run_dir / METRICS) or checkpoint.get("history", [])
+    last = history[-1] if history else {}
+    return {"run": str(run_dir), "model_name": checkpoint["model_name"], "latent_dim": model.latent_dim,
+            "params": sum(p.numel() for p in model.parameters()), "encoder_params": _encoder_params(model),
+            "train_config": checkpoint["train_config"], "model_config": checkpoint["model_config"],
+            "epochs_trained": checkpoint["epoch"], "val_mse": last.get("val_mse"), "val_psnr": last.get("val_psnr"),
+            "train_seconds": sum(h.get("epoch_seconds", 0.0) for h in history)}
+
+
+def _save_classifier(run_dir: Path, heads: dict, record: dict, class_names: list[str], cfg: EvalConfig) -> None:
+    """The better (by validation accuracy) of the two seed-0 linear heads on the encoder."""
+    linear = [kind for kind in ("bn_linear", "linear") if kind in heads]
+    if not linear:
+        return
+    kind = max(linear, key=lambda k: record["probes"][k]["seeds"][0]["val_acc"])
+    head, chosen = heads[kind]
+    save_checkpoint(run_dir / classifier_file(cfg.label_type), kind=CLASSIFIER_KIND, head=kind,
+                    in_dim=record["dim"], num_classes=len(class_names), hidden=cfg.mlp_hidden,
+                    state_dict=head.state_dict(), class_names=class_names, label_type=cfg.label_type,
+                    lr=chosen["lr"], weight_decay=chosen["weight_decay"],
+                    val_acc=record["probes"][kind]["seeds"][0]["val_acc"],
+                    test_acc=record["probes"][kind]["seeds"][0]["test_acc"])
+    record["classifier"] = kind
+
+
+def evaluate_run(run_dir: Path, cfg: EvalConfig) -> dict:
+    """Evaluate (or continue evaluating) one run; returns the eval.json record."""
+    from latentprobe.distributed import local_device
+
+    run_dir, device = Path(run_dir), local_device(cfg.device)
+    path = run_dir / eval_file(cfg.label_type)
+    info = _run_info(run_dir, device)
+    if not info["train_config"].get("val_size"):
+        raise ValueError(f"{run_dir} was trained with val_size 0; the probes need a validation split "
+                         f"to choose their settings (train with --val-size > 0)")
+    previous = read_json(path) if path.exists() else {}
+    done = previous.get("representations", {}) if previous.get("protocol") == cfg.protocol() else {}
+    record = {**info, "label_type": cfg.label_type, "protocol": cfg.protocol(), "device": str(device),
+              "host": f"{platform.node()} ({platform.machine()}, {torch.get_num_threads()} threads)",
+              "date": datetime.datetime.now().isoformat(timespec="seconds"), "command": " ".join(sys.argv),
+              "git_sha": configuration.git_sha(), "class_names": previous.get("class_names"),
+              "representations": done}
+    pixels = None
+    for name in ["encoder", *cfg.baselines]:
+        if name in done:
+            print(f"{run_dir}: {name} already evaluated under this protocol", flush=True)
+            continue
+        started = time.perf_counter()
+        if name in ("pca", "pixels") and pixels is None:  # one pixel FeatureSet serves both
+            pixels = pixel_features(run_splits(info["train_config"], cfg.data_dir, cfg.label_type), device)
+        data = representation_features(run_dir, name, device, cfg.data_dir, cfg.label_type, pixels=pixels)
+        result, heads = evaluate_features(data, cfg, device)
+        result["seconds"] = time.perf_counter() - started
+        record["class_names"] = data.class_names
+        if name == "encoder":
+            _save_classifier(run_dir, heads, result, data.class_names, cfg)
+        record["representations"][name] = result
+        write_json(path, record)
+        print(f"{run_dir}: {name} ({result['dim']}-d, {result['seconds']:.0f} s): " + ", ".join(
+            f"{probe} {100 * r['test']['mean']:.2f}±{100 * r['test']['std']:.2f}"
+            for probe, r in result["probes"].items()), flush=True)
+    write_json(path, record)
+    return record
+
+
+def load_eval(run_dir: Path, label_type: str = "fine") -> dict:
+    path = Path(run_dir) / eval_file(label_type)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; run `latentprobe evaluate {run_dir}"
+                                f"{'' if label_type == 'fine' else ' --label-type ' + label_type}` first")
+    return read_json(path)

@@ -1,0 +1,87 @@
+import pytest
+import torch
+
+from latentprobe.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from latentprobe.engine import TrainingError
+from latentprobe.models import create_model
+from latentprobe.models.conv_ae import ConvAutoencoder
+from latentprobe.pretrain import TrainConfig, train
+from latentprobe.runs import read_jsonl
+
+
+def _config(root, out, **overrides) -> TrainConfig:
+    settings = dict(model="conv_ae", latent_dim=8, model_args={"c1": 4, "c2": 8}, data_dir=str(root),
+                    download=False, val_size=40, epochs=2, batch_size=32, out=str(out))
+    return TrainConfig(**{**settings, **overrides})
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model = create_model("conv_ae", latent_dim=8, c1=4, c2=8)
+    save_checkpoint(tmp_path / "c.pt", kind="autoencoder", model_name="conv_ae", model_config=model.config,
+                    model=model.state_dict(), epoch=3)
+    checkpoint = load_checkpoint(tmp_path / "c.pt", model_name="conv_ae")
+    restored = create_model("conv_ae", **checkpoint["model_config"])
+    restored.load_state_dict(checkpoint["model"])
+    assert checkpoint["epoch"] == 3 and not (tmp_path / "c.pt.tmp").exists()
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), restored.state_dict().values()))
+
+
+def test_run_directory_contents(cifar10_root, tmp_path):
+    run = train(_config(cifar10_root, tmp_path / "run"))
+    for name in ("config.yaml", "checkpoint.pt", "metrics.jsonl", "reconstructions.png", "loss.png"):
+        assert (run / name).is_file(), name
+    assert any((run / "tensorboard").iterdir())
+    records = read_jsonl(run / "metrics.jsonl")
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert {"train_loss", "val_mse", "val_psnr", "images_per_s"} <= set(records[0])
+
+
+def test_interrupted_run_resumes_to_the_same_result(cifar10_root, tmp_path):
+    straight = train(_config(cifar10_root, tmp_path / "straight", epochs=3))
+    train(_config(cifar10_root, tmp_path / "resumed", epochs=1))  # "interrupted" after epoch 1
+    resumed = train(_config(cifar10_root, tmp_path / "resumed", epochs=3))
+    a = load_checkpoint(straight / "checkpoint.pt")
+    b = load_checkpoint(resumed / "checkpoint.pt")
+    assert b["epoch"] == 3
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert [r["train_loss"] for r in read_jsonl(straight / "metrics.jsonl")] == \
+           [r["train_loss"] for r in read_jsonl(resumed / "metrics.jsonl")]
+
+
+def test_finished_run_is_not_redone(cifar10_root, tmp_path, capsys):
+    run = train(_config(cifar10_root, tmp_path / "run", epochs=1))
+    stamp = (run / "checkpoint.pt").stat().st_mtime_ns
+    train(_config(cifar10_root, tmp_path / "run", epochs=1))
+    assert "nothing to do" in capsys.readouterr().out
+    assert (run / "checkpoint.pt").stat().st_mtime_ns == stamp
+
+
+def test_checkpoint_of_another_model_or_setting_is_refused(cifar10_root, tmp_path):
+    train(_config(cifar10_root, tmp_path / "run", epochs=1))
+    with pytest.raises(CheckpointError, match="holds a 'conv_ae' model, not 'mae_vit_micro_patch4'"):
+        train(_config(cifar10_root, tmp_path / "run", model="mae_vit_micro_patch4", latent_dim=None, model_args={}))
+    with pytest.raises(CheckpointError, match="other settings.*latent_dim"):
+        train(_config(cifar10_root, tmp_path / "run", latent_dim=16))
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_checkpoint(tmp_path / "checkpoint.pt")
+
+
+def test_nan_loss_stops_and_keeps_the_last_checkpoint(cifar10_root, tmp_path, monkeypatch):
+    run = train(_config(cifar10_root, tmp_path / "run", epochs=1))
+    before = (run / "checkpoint.pt").read_bytes()
+    original = ConvAutoencoder.loss
+
+    def diverging(self, images):
+        loss, reconstruction = original(self, images)
+        return loss * float("nan"), reconstruction
+
+    monkeypatch.setattr(ConvAutoencoder, "loss", diverging)
+    with pytest.raises(TrainingError, match="lower --lr"):
+        train(_config(cifar10_root, tmp_path / "run", epochs=2))
+    assert (run / "checkpoint.pt").read_bytes() == before
+    assert len(read_jsonl(run / "metrics.jsonl")) == 1
