@@ -26,7 +26,9 @@ def tiny_mae(**overrides) -> MaskedAutoencoderViT:
     return MaskedAutoencoderViT(**{**config, **overrides})
 
 
-@pytest.mark.parametrize("length, mask_ratio, num_keep", [(64, 0.75, 16), (256, 0.75, 64), (16, 0.5, 8), (10, 0.33, 7)])
+@pytest.mark.parametrize(
+    "length, mask_ratio, num_keep", [(64, 0.75, 16), (256, 0.75, 64), (16, 0.5, 8), (10, 0.33, 7)]
+)
 def test_masking_keeps_requested_count_and_restores_order(length, mask_ratio, num_keep):
     batch, dim = 5, 3
     tokens = torch.arange(batch * length * dim, dtype=torch.float32).reshape(batch, length, dim)

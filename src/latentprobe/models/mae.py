@@ -66,7 +66,7 @@ def random_masking(
     ids_restore = ids_shuffle.argsort(dim=1)  # position of each patch in the shuffled order
     ids_keep = ids_shuffle[:, :num_keep]  # (B, L_keep)
     kept = tokens.gather(1, ids_keep.unsqueeze(-1).expand(-1, -1, dim))  # (B, L_keep, D)
-    mask = (ids_restore >= num_keep).to(tokens.dtype)  # (B, L), 1 = hidden
+    mask = (ids_restore >= num_keep).float()  # (B, L), 1 = hidden; float32 even under autocast
     return kept, mask, ids_restore
 
 
@@ -91,9 +91,10 @@ class MaskedAutoencoderViT(nn.Module):
     ):
         super().__init__()
         if img_size % patch_size:
+            divisors = ", ".join(str(d) for d in range(2, img_size) if img_size % d == 0)
             raise ValueError(
                 f"img_size {img_size} is not divisible by patch_size {patch_size}; "
-                f"choose a patch_size that divides {img_size} (e.g. 2, 4 or 8 for 32)"
+                f"use a patch_size that divides {img_size} (one of: {divisors})"
             )
         if pool not in POOLS:
             raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
@@ -119,17 +120,16 @@ class MaskedAutoencoderViT(nn.Module):
         self.register_buffer("pos_embed", sincos_pos_embed_2d(embed_dim, grid_size), persistent=False)
         drop_path = torch.linspace(0, drop_path_rate, depth).tolist()  # stochastic depth per block
         self.blocks = nn.ModuleList(
-            Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, drop_path=drop_path[i], norm_layer=norm_layer)
-            for i in range(depth)
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, drop_path=rate, norm_layer=norm_layer)
+            for rate in drop_path
         )
         self.norm = norm_layer(embed_dim)
 
         # ---- decoder: narrower tokens, a learned mask token at hidden positions, pixel head
         self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
-        self.register_buffer(
-            "decoder_pos_embed", sincos_pos_embed_2d(decoder_embed_dim, grid_size), persistent=False
-        )
+        decoder_pos_embed = sincos_pos_embed_2d(decoder_embed_dim, grid_size)  # (1, 1+L, Dd)
+        self.register_buffer("decoder_pos_embed", decoder_pos_embed, persistent=False)
         self.decoder_blocks = nn.ModuleList(
             Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
             for _ in range(decoder_depth)
@@ -285,7 +285,7 @@ class MaskedAutoencoderViT(nn.Module):
         return loss, reconstruction
 
     @torch.no_grad()
-    def reconstruct(self, images: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def reconstruct(self, images: torch.Tensor, generator: torch.Generator | None = None) -> dict:
         _, pred, mask = self(images, generator=generator)
         visible = 1 - mask.unsqueeze(-1).to(images.dtype)  # (B, L, 1)
         return {
@@ -328,7 +328,7 @@ def mae_vit_tiny_patch2(**kwargs) -> MaskedAutoencoderViT:
 
 @register_model
 def mae_vit_micro_patch4(**kwargs) -> MaskedAutoencoderViT:
-    """Small MAE that trains in minutes on a 2-core CPU: encoder 128×4 blocks, 4 heads; decoder 96×2, 4 heads."""
+    """MAE that trains in minutes on a 2-core CPU: encoder 128×4 blocks, 4 heads; decoder 96×2, 4 heads."""
     config = dict(patch_size=4, embed_dim=128, depth=4, num_heads=4,
                   decoder_embed_dim=96, decoder_depth=2, decoder_num_heads=4)  # fmt: skip
     return MaskedAutoencoderViT(**{**config, **kwargs})
