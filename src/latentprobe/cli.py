@@ -4,6 +4,10 @@
     latentprobe probe   runs/ae256
     latentprobe study   [--preset quick|standard|full]
     latentprobe report  runs/study
+    latentprobe evaluate runs/ae256 [--seeds 3]
+    latentprobe compare runs/ae64 runs/ae256 --out runs/compare
+    latentprobe export  runs/ae256 --split test
+    latentprobe predict runs/ae256 cat.jpg dog.png
     latentprobe models
 """
 
@@ -62,6 +66,30 @@ def cmd_report(args) -> None:
     print(write_study_report(Path(args.study_dir)))
 
 
+def cmd_evaluate(args) -> None:
+    from latentprobe.evaluate import EvalConfig, evaluate_run
+    cfg = configuration.resolve(EvalConfig, args)
+    for run in args.runs:
+        evaluate_run(Path(run), cfg)
+
+
+def cmd_compare(args) -> None:
+    from latentprobe.compare import CompareConfig, write_comparison
+    print(write_comparison([Path(run) for run in args.runs], configuration.resolve(CompareConfig, args)))
+
+
+def cmd_export(args) -> None:
+    from latentprobe.export import export_features
+    export_features(Path(args.run), args.split, args.source, args.out, args.label_type, args.device, args.data_dir)
+
+
+def cmd_predict(args) -> None:
+    from latentprobe.export import predict_files
+    failed = predict_files(Path(args.run), [Path(p) for p in args.images], args.top_k, args.label_type, args.device)
+    if failed:
+        sys.exit(f"error: {failed} of {len(args.images)} image(s) could not be read")
+
+
 def cmd_models(args) -> None:
     from latentprobe.models import _REGISTRY, list_models
     for name in list_models():
@@ -96,6 +124,36 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="rebuild a study's report.md from its files")
     report.add_argument("study_dir")
     report.set_defaults(handler=cmd_report)
+
+    from latentprobe.compare import CompareConfig
+    from latentprobe.evaluate import EvalConfig
+    evaluate = commands.add_parser("evaluate", help="linear / MLP / kNN probes and baselines, repeated seeds")
+    evaluate.add_argument("runs", nargs="+", help="run directories made by `latentprobe train`")
+    configuration.add_config_arguments(evaluate, EvalConfig)
+    evaluate.set_defaults(handler=cmd_evaluate)
+
+    compare = commands.add_parser("compare", help="one Markdown + HTML report over evaluated runs")
+    compare.add_argument("runs", nargs="+", help="evaluated run directories")
+    configuration.add_config_arguments(compare, CompareConfig)
+    compare.set_defaults(handler=cmd_compare)
+
+    export = commands.add_parser("export", help="write a split's features, labels and class names to .npz")
+    export.add_argument("run")
+    export.add_argument("--split", default="test", choices=["train", "val", "test"])
+    export.add_argument("--source", default="encoder", choices=["encoder", "random", "pca", "pixels"])
+    export.add_argument("--out", default=None, help="file to write (default: RUN/features_SPLIT.npz)")
+    export.add_argument("--label-type", default="fine", choices=["fine", "coarse"])
+    export.add_argument("--data-dir", default=None)
+    export.add_argument("--device", default="auto")
+    export.set_defaults(handler=cmd_export)
+
+    predict = commands.add_parser("predict", help="classify image files with a run's encoder + classifier")
+    predict.add_argument("run")
+    predict.add_argument("images", nargs="+", help="image files of any size and mode")
+    predict.add_argument("--top-k", type=int, default=3)
+    predict.add_argument("--label-type", default="fine", choices=["fine", "coarse"])
+    predict.add_argument("--device", default="auto")
+    predict.set_defaults(handler=cmd_predict)
 
     models = commands.add_parser("models", help="list the registered models")
     models.set_defaults(handler=cmd_models)

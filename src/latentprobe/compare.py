@@ -1,0 +1,320 @@
+"""``latentprobe compare RUN...``: one report over evaluated runs, as Markdown + PNGs and as a
+self-contained HTML page, built only from files the runs hold (eval.json, metrics.jsonl,
+finetune.json, cached features), so it can be rebuilt at any time without training.
+
+Runs whose training settings differ only in the seed form one row: their numbers are pooled
+(every probe seed of every run), which is how repeated pretraining is reported. Baselines are
+rows of the same table; a baseline computed by several runs on the same data counts once.
+"""
+
+import datetime
+import json
+import platform
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from latentprobe import config as configuration
+from latentprobe.document import Bullets, Figure, Heading, Paragraph, Table, to_html, to_markdown
+from latentprobe.evaluate import load_eval
+from latentprobe.metrics import most_confused, precision_recall
+from latentprobe.plots import confusion_heatmap, grouped_bars, scatter_maps
+from latentprobe.runs import read_json, write_json
+
+FINETUNE = "finetune.json"
+# Settings that do not change what a run is, only how or where it ran (or its seed).
+_NOT_IDENTITY = {"seed", "out", "device", "data_dir", "download", "compile", "grid_every"}
+PROBE_NAMES = {"linear": "linear", "bn_linear": "linear+BN", "mlp": "MLP"}
+MANY_CLASSES = 20  # above this, Markdown lists the top confusions instead of the full matrix
+
+
+@dataclass
+class CompareConfig:
+    out: str = field(default="runs/compare", metadata={"help": "folder for report.md, report.html, figures/"})
+    label_type: str = field(default="fine", metadata={"help": "fine, or coarse (CIFAR-100)"})
+    tsne_points: int = field(default=2000, metadata={"help": "test latents per t-SNE map (0: no map)"})
+    title: str = "Which representation makes the best detector?"
+    data_dir: str | None = field(default=None, metadata={"help": "only if features must be re-extracted"})
+    device: str = "auto"
+
+
+@dataclass
+class Row:
+    """One line of the comparison: a model (runs pooled over seeds) or a baseline."""
+    label: str
+    kind: str  # encoder, random, pca or pixels
+    dim: int
+    evals: list[dict]  # the runs behind the row (the first one for a deduplicated baseline)
+    accuracies: dict[str, list[float]] = field(default_factory=dict)  # probe → test acc per seed × run
+    finetune: list[float] = field(default_factory=list)
+
+
+def _identity(record: dict) -> str:
+    return json.dumps({k: v for k, v in record["train_config"].items() if k not in _NOT_IDENTITY}, sort_keys=True)
+
+
+def _data_key(record: dict) -> dict:
+    config = record["train_config"]
+    return {k: config.get(k) for k in ("dataset", "val_size", "seed", "subset")} | {"labels": record["label_type"]}
+
+
+def _finetune_accuracies(run: str) -> list[float]:
+    path = Path(run) / FINETUNE
+    if not path.is_file():
+        return []
+    value = read_json(path).get("test_acc")
+    return [float(v) for v in (value if isinstance(value, list) else [value]) if v is not None]
+
+
+def collect_rows(evals: list[dict]) -> list[Row]:
+    groups: dict[str, list[dict]] = {}
+    for record in evals:
+        groups.setdefault(_identity(record), []).append(record)
+    rows, seen_labels = [], set()
+    for members in groups.values():
+        first = members[0]
+        label = f"{first['model_name']} {first['latent_dim']}-d"
+        if label in seen_labels:  # same model and size, other settings: name it by its run
+            label += f" ({Path(first['run']).name})"
+        seen_labels.add(label)
+        rows.append(Row(label, "encoder", first["latent_dim"], members))
+    baselines: dict[str, Row] = {}
+    counted = set()
+    for row in list(rows):
+        for record in row.evals:
+            for kind, rep in record["representations"].items():
+                if kind == "encoder":
+                    _pool(row, rep)
+                    continue
+                label = {"random": f"random-weight {record['model_name']} {rep['dim']}-d",
+                         "pca": f"PCA of pixels {rep['dim']}-d", "pixels": f"raw pixels {rep['dim']}-d"}[kind]
+                key = json.dumps([label, _data_key(record)], sort_keys=True)
+                if key in counted:  # the same baseline on the same data, from another run
+                    continue
+                counted.add(key)
+                baseline = baselines.setdefault(label, Row(label, kind, rep["dim"], [record]))
+                _pool(baseline, rep)
+        row.finetune = [acc for record in row.evals for acc in _finetune_accuracies(record["run"])]
+    order = {"encoder": 0, "random": 1, "pca": 2, "pixels": 3}
+    return rows + sorted(baselines.values(), key=lambda r: (order[r.kind], r.dim, r.label))
+
+
+def _pool(row: Row, rep: dict) -> None:
+    for probe, result in rep["probes"].items():
+        row.accuracies.setdefault(probe, []).extend(s["test_acc"] for s in result["seeds"])
+
+
+def _stats(values: list[float]) -> tuple[float, float, int]:
+    array = np.asarray(values, dtype=float)
+    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0, len(array)
+
+
+def fmt(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
+    """``mean ± std (n)``; sample std, 0 for one value; "–" when there is nothing."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "–"
+    mean, std, n = _stats(values)
+    return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f} ({n})"
+
+
+def probe_columns(rows: list[Row]) -> list[str]:
+    present = {probe for row in rows for probe in row.accuracies}
+    knn = sorted((p for p in present if p.startswith("knn_")), key=lambda p: int(p.split("_")[1]))
+    return [p for p in PROBE_NAMES if p in present] + knn
+
+
+def probe_title(probe: str) -> str:
+    return PROBE_NAMES.get(probe) or f"kNN k={probe.split('_')[1]}"
+
+
+def _slug(label: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in label).strip("_").lower()
+
+
+def summary_table(rows: list[Row], probes: list[str]) -> Table:
+    header = ["representation", "dim", "params (encoder / all)", "runs", "recon MSE", "PSNR dB", "train s",
+              *[probe_title(p) + " %" for p in probes], "fine-tuned %"]
+    table = []
+    for row in rows:
+        model = row.kind == "encoder"
+        first = row.evals[0]
+        table.append([
+            f"**{row.label}**" if model else row.label, row.dim,
+            f"{first['encoder_params']:,} / {first['params']:,}" if row.kind in ("encoder", "random") else "–",
+            len(row.evals) if model else "–",
+            fmt([r["val_mse"] for r in row.evals], 1.0, 5) if model else "–",
+            fmt([r["val_psnr"] for r in row.evals], 1.0, 2) if model else "–",
+            fmt([r["train_seconds"] for r in row.evals], 1.0, 0) if model else "–",
+            *[fmt(row.accuracies.get(p, [])) for p in probes],
+            fmt(row.finetune) if model else "–"])
+    return Table(header, table)
+
+
+def selection_table(rows: list[Row], probes: list[str]) -> Table:
+    """What the validation split chose, per row and trained probe (seed 0 of the first run)."""
+    table = []
+    for row in rows:
+        rep = row.evals[0]["representations"][row.kind]
+        for probe in probes:
+            result = rep["probes"].get(probe)
+            if result is None or "chosen" not in result:
+                continue
+            table.append([row.label, probe_title(probe), result["chosen"]["lr"], result["chosen"]["weight_decay"],
+                          ", ".join(str(s["best_epoch"]) for s in result["seeds"]),
+                          fmt([s["val_acc"] for s in result["seeds"]]), fmt([s["test_acc"] for s in result["seeds"]])])
+    return Table(["representation", "probe", "lr", "weight decay", "best epoch per seed", "val acc %",
+                  "test acc %"], table)
+
+
+def _header(evals: list[dict], cfg: CompareConfig) -> list:
+    protocol = evals[0]["protocol"]
+    differ = [Path(e["run"]).name for e in evals if e["protocol"] != protocol]
+    ks = ", ".join(str(k) for k in protocol["knn_k"])
+    where = sorted({f"{e['device']} on {e['host']}" for e in evals})
+    return [
+        Heading(1, cfg.title),
+        Bullets([
+            f"Report made {datetime.datetime.now().isoformat(timespec='minutes')} on {platform.node()} by "
+            f"`{' '.join(sys.argv)}` (git {configuration.git_sha() or 'unknown'}).",
+            f"Probes evaluated by `latentprobe evaluate` on {'; '.join(where)}, "
+            f"{min(e['date'] for e in evals)} to {max(e['date'] for e in evals)}.",
+            f"Data: {evals[0]['train_config']['dataset']}, {evals[0]['label_type']} labels, "
+            f"{len(evals[0]['class_names'])} classes; train / validation / test images: "
+            + " / ".join(str(n) for n in evals[0]['representations']['encoder'].get('sizes', {}).values()) + ".",
+            f"Probes over frozen features, extracted once: `linear` (the study's Linear + log-softmax), "
+            f"`linear+BN` (BatchNorm1d without affine before the Linear, MAE's protocol), `MLP` "
+            f"(BatchNorm, one hidden layer of {protocol['mlp_hidden']} with BatchNorm + ReLU), all Adam with "
+            f"batch {protocol['batch_size']}; weighted kNN with cosine similarity, k in {{{ks}}}, "
+            f"temperature {protocol['knn_temperature']}.",
+            f"Model selection on the validation split only: grid lr ∈ {{{', '.join(map(str, protocol['lrs']))}}} × "
+            f"weight decay ∈ {{{', '.join(map(str, protocol['weight_decays']))}}}, epochs = best validation "
+            f"epoch up to {protocol['epochs']} (stop after {protocol['patience']} epochs without gain), "
+            f"chosen with seed 0; the chosen setting is then trained with {protocol['seeds']} probe seeds and "
+            f"each reads the test set once.",
+            "Cells are test accuracy **mean ± std (n)**: n counts probe seeds × pretraining runs (runs that "
+            "differ only in their seed share a row); std is the sample std. kNN is deterministic, so its n "
+            "counts pretraining runs only, and one run has std 0.",
+            "Baselines: the same encoder with its untrained initial weights (the seed pretraining started "
+            "from), PCA of the normalised pixels fitted on the training split to the latent size, raw pixels. "
+            "Reconstruction MSE is on [0, 1] pixels of the validation split, at the last epoch.",
+            *([f"Protocols differ for: {', '.join(differ)} (see their eval.json)."] if differ else []),
+        ]),
+    ]
+
+
+def _per_class(rows: list[Row], class_names: list[str], figures: Path) -> list:
+    many = len(class_names) > MANY_CLASSES
+    blocks = [Heading(2, "Per class"),
+              Paragraph("For each model: the linear head saved for `latentprobe predict` (seed 0, first run of "
+                        "the row) on the test set. Confusion rows are the true class, columns the prediction.")]
+    precision_recall_rows, models = {}, [r for r in rows if r.kind == "encoder"]
+    for row in models:
+        record = row.evals[0]
+        probe = record["representations"]["encoder"].get("classifier", "bn_linear")
+        matrix = np.array(record["representations"]["encoder"]["probes"][probe]["confusion"])
+        precision, recall = precision_recall(matrix)
+        precision_recall_rows[row.label] = (precision, recall)
+        slug = _slug(row.label)
+        confusion_heatmap(matrix, class_names, figures / f"confusion_{slug}.png",
+                          title=f"{row.label}, {probe_title(probe)}: test confusion (rows: true)")
+        grouped_bars({"precision": precision.tolist(), "recall": recall.tolist()}, class_names,
+                     figures / f"precision_recall_{slug}.png", title=f"{row.label}: per-class precision and recall",
+                     ylabel="fraction")
+        pairs = most_confused(matrix, class_names, 15 if many else 5)
+        blocks += [Heading(3, f"{row.label} ({probe_title(probe)}, test accuracy "
+                              f"{100 * np.trace(matrix) / matrix.sum():.2f} %)"),
+                   Paragraph("Most confused: " + ("; ".join(f"{t} → {p}: {n}" for t, p, n in pairs) or "none") + "."),
+                   Figure(f"figures/confusion_{slug}.png", f"{row.label}: test confusion matrix"),
+                   Figure(f"figures/precision_recall_{slug}.png", f"{row.label}: precision and recall per class")]
+        if not many:
+            blocks += [Paragraph(f"Confusion matrix of {row.label} (rows: true class):"),
+                       Table(["true \\ predicted", *class_names],
+                             [[f"**{name}**", *map(int, matrix[i])] for i, name in enumerate(class_names)])]
+        else:
+            lowest = np.argsort(recall)[:10]
+            blocks.append(Paragraph("Lowest recall: " + ", ".join(
+                f"{class_names[i]} {100 * recall[i]:.0f} %" for i in lowest) + "."))
+    if models and not many:
+        header = ["class"] + [f"{label} {m}" for label in precision_recall_rows for m in ("P", "R")]
+        table = [[name] + [f"{100 * pr[k][i]:.1f}" for pr in precision_recall_rows.values() for k in (0, 1)]
+                 for i, name in enumerate(class_names)]
+        blocks[2:2] = [Paragraph("Precision (P) and recall (R), % on the test set:"), Table(header, table)]
+    return blocks
+
+
+def _tsne_maps(rows: list[Row], cfg: CompareConfig, figures: Path) -> list:
+    if cfg.tsne_points <= 0:
+        return []
+    import torch
+    from sklearn.manifold import TSNE
+
+    from latentprobe.distributed import local_device
+    from latentprobe.features import run_features
+
+    device = local_device(cfg.device)
+    maps, class_names = {}, None
+    for row in (r for r in rows if r.kind == "encoder"):
+        data = run_features(row.evals[0]["run"], device, cfg.data_dir, cfg.label_type)
+        class_names = data.class_names
+        generator = torch.Generator().manual_seed(0)  # the same test images in every map
+        take = torch.randperm(len(data.labels["test"]), generator=generator)[:cfg.tsne_points]
+        points = data.features["test"][take].numpy()
+        perplexity = min(30.0, (len(points) - 1) / 3)
+        embedded = TSNE(2, init="pca", learning_rate="auto", perplexity=perplexity,
+                        random_state=0).fit_transform(points)
+        maps[row.label] = (embedded, data.labels["test"][take].numpy())
+    if not maps:
+        return []
+    scatter_maps(maps, class_names, figures / "tsne.png",
+                 title=f"t-SNE of {len(next(iter(maps.values()))[1])} test latents, coloured by true class")
+    return [Heading(2, "Map of test latents"),
+            Paragraph("t-SNE (scikit-learn, PCA init, perplexity 30, seed 0) of a random subset of the test "
+                      "latents of each model (first run of each row). Distances between far clusters mean little."),
+            Figure("figures/tsne.png", "t-SNE maps of test latents coloured by class")]
+
+
+def write_comparison(runs: list[Path], cfg: CompareConfig) -> Path:
+    """Write report.md, report.html, summary.json and figures/ into ``cfg.out``; returns the HTML path."""
+    if not runs:
+        raise ValueError("compare needs at least one run directory")
+    evals = [load_eval(run, cfg.label_type) for run in runs]
+    missing = [e["run"] for e in evals if "encoder" not in e["representations"]]
+    if missing:
+        raise ValueError(f"{', '.join(missing)}: evaluation unfinished; run `latentprobe evaluate` again")
+    class_names = evals[0]["class_names"]
+    if any(e["class_names"] != class_names for e in evals):
+        raise ValueError("the runs do not share one label set (dataset or --label-type differ)")
+    out = Path(cfg.out)
+    figures = out / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    rows = collect_rows(evals)
+    probes = probe_columns(rows)
+    means = {probe_title(p): [_stats(r.accuracies[p])[0] if r.accuracies.get(p) else 0.0 for r in rows]
+             for p in probes}
+    stds = {probe_title(p): [_stats(r.accuracies[p])[1] if r.accuracies.get(p) else 0.0 for r in rows]
+            for p in probes}
+    grouped_bars(means, [r.label for r in rows], figures / "accuracy.png", errors=stds,
+                 title="Test accuracy by representation and probe (mean ± std)", ylabel="test accuracy")
+    blocks = _header(evals, cfg) + [
+        Heading(2, "Summary"), summary_table(rows, probes),
+        Figure("figures/accuracy.png", "Test accuracy per representation and probe; bars are mean ± std"),
+        Heading(2, "Model selection"),
+        Paragraph("The grid point chosen on the validation split, and the epoch each seed stopped at."),
+        selection_table(rows, probes),
+    ]
+    blocks += _per_class(rows, class_names, figures)
+    blocks += _tsne_maps(rows, cfg, figures)
+    blocks += [Heading(2, "Runs"), Bullets([f"{row.label}: " + ", ".join(
+        f"`{e['run']}` (seed {e['train_config']['seed']}, {e['epochs_trained']} epochs)" for e in row.evals)
+        for row in rows if row.kind == "encoder"])]
+    (out / "report.md").write_text(to_markdown(blocks))
+    (out / "report.html").write_text(to_html(blocks, out, cfg.title))
+    write_json(out / "summary.json", [{"label": r.label, "kind": r.kind, "dim": r.dim,
+                                       "runs": [e["run"] for e in r.evals],
+                                       "test_acc": {p: dict(zip(("mean", "std", "n"), _stats(v)))
+                                                    for p, v in r.accuracies.items()},
+                                       "finetune_test_acc": r.finetune} for r in rows])
+    return out / "report.html"
