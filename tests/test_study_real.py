@@ -11,7 +11,7 @@ from latentprobe.cli import main
 def test_tiny_study_on_real_cifar10_writes_the_report(real_data_root, tmp_path):
     out = tmp_path / "study"
     main(["study", "--preset", "quick", "--latent-sizes", "16 64", "--subset", "2000", "--val-size", "500",
-          "--epochs", "1", "--probe-epochs", "3", "--data-dir", str(real_data_root), "--out", str(out)])
+          "--epochs", "1", "--probe-epochs", "10", "--data-dir", str(real_data_root), "--out", str(out)])
     report = (out / "report.md").read_text()
     linked = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
     expected = {"ae_loss.png", "reconstructions.png", "detector_loss.png", "detector_train_acc.png",
