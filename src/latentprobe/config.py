@@ -8,6 +8,7 @@ at the start of a run and saved beside its results.
 import argparse
 import dataclasses
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -123,10 +124,18 @@ def git_sha() -> str | None:
     return out.stdout.strip() or None
 
 
+def command_line() -> str:
+    """The command as a user would type it again (``python -m latentprobe`` shows as latentprobe)."""
+    program = Path(sys.argv[0]).name
+    if program in ("__main__.py", "latentprobe"):
+        program = "latentprobe"
+    return shlex.join([program, *sys.argv[1:]])
+
+
 def save_resolved(config, directory: Path, name: str = "config.yaml") -> None:
     """Print the resolved config and write it (with command and git sha) into ``directory``."""
-    record = {"config": to_dict(config), "command": " ".join(sys.argv), "git_sha": git_sha()}
-    text = yaml.safe_dump(record, sort_keys=False)
+    record = {"config": to_dict(config), "command": command_line(), "git_sha": git_sha()}
+    text = yaml.safe_dump(record, sort_keys=False, width=1000)
     print(text.rstrip())
     directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / (name + ".tmp")
