@@ -9,6 +9,9 @@
     latentprobe export  runs/ae256 --split test
     latentprobe predict runs/ae256 cat.jpg dog.png
     latentprobe models
+    latentprobe summary   mae_vit_tiny_patch4
+    latentprobe finetune  runs/mae_micro [--freeze-encoder]
+    latentprobe mae-report runs/mae_micro
 """
 
 import argparse
@@ -43,6 +46,8 @@ def cmd_probe(args) -> None:
     run_dir = Path(args.run)
     features = run_features(run_dir, device, data_dir=args.data_dir)
     record = probe_and_save(features, cfg, run_dir, device)
+    from latentprobe.runs import write_json
+    write_json(run_dir / f"probe_{cfg.head}.json", record)  # one file per head, for mae-report
     history = record["history"]
     epochs = [h["epoch"] for h in history]
     line_chart({split: (epochs, [h[f"{split}_acc"] for h in history]) for split in ("train", "val", "test")},
@@ -95,6 +100,24 @@ def cmd_models(args) -> None:
     for name in list_models():
         doc = (_REGISTRY[name].__doc__ or "").strip().splitlines()
         print(f"{name:28s} {doc[0] if doc else ''}")
+
+
+def cmd_summary(args) -> None:
+    from latentprobe.summary import model_summary
+    print(model_summary(args.model, args.model_args, batch_size=args.batch_size, depth=args.depth))
+
+
+def cmd_finetune(args) -> None:
+    from latentprobe.finetune import FinetuneConfig, finetune
+    finetune(Path(args.run), configuration.resolve(FinetuneConfig, args))
+    if os.environ.get("RANK", "0") == "0":  # rank 0 (or no torchrun) writes the report
+        from latentprobe.mae_report import write_mae_report
+        print(f"report: {write_mae_report(Path(args.run))}")
+
+
+def cmd_mae_report(args) -> None:
+    from latentprobe.mae_report import write_mae_report
+    print(write_mae_report(Path(args.run)))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,6 +180,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = commands.add_parser("models", help="list the registered models")
     models.set_defaults(handler=cmd_models)
+
+    summary = commands.add_parser("summary", help="torchinfo summary of a model: layers, shapes, parameters, MACs")
+    summary.add_argument("model", help="model name (latentprobe models)")
+    summary.add_argument("--model-args", type=configuration._parse_mapping, default={},
+                         help="model options, 'key=value ...'")
+    summary.add_argument("--batch-size", type=int, default=1)
+    summary.add_argument("--depth", type=int, default=3, help="nesting depth of the layer table")
+    summary.set_defaults(handler=cmd_summary)
+
+    from latentprobe.finetune import FinetuneConfig
+    finetune = commands.add_parser("finetune", help="classifier on a run's encoder, fine-tuned end to end "
+                                                    "(or frozen); torchrun-ready")
+    finetune.add_argument("run", help="run directory made by `latentprobe train`")
+    configuration.add_config_arguments(finetune, FinetuneConfig)
+    finetune.set_defaults(handler=cmd_finetune)
+
+    mae_report = commands.add_parser("mae-report", help="frozen vs fine-tuned classifiers of a run, side by side")
+    mae_report.add_argument("run")
+    mae_report.set_defaults(handler=cmd_mae_report)
     return parser
 
 

@@ -10,7 +10,6 @@ rows of the same table; a baseline computed by several runs on the same data cou
 import datetime
 import json
 import platform
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import numpy as np
 
 from latentprobe import config as configuration
 from latentprobe.document import Bullets, Figure, Heading, Paragraph, Table, to_html, to_markdown
-from latentprobe.evaluate import load_eval
+from latentprobe.evaluate import command_line, load_eval
 from latentprobe.metrics import most_confused, precision_recall
 from latentprobe.plots import confusion_heatmap, grouped_bars, scatter_maps
 from latentprobe.runs import read_json, write_json
@@ -88,7 +87,7 @@ def collect_rows(evals: list[dict]) -> list[Row]:
                 if kind == "encoder":
                     _pool(row, rep)
                     continue
-                label = {"random": f"random-weight {record['model_name']} {rep['dim']}-d",
+                label = {"random": f"random-weight {row.label}",  # same architecture as its row
                          "pca": f"PCA of pixels {rep['dim']}-d", "pixels": f"raw pixels {rep['dim']}-d"}[kind]
                 key = json.dumps([label, _data_key(record)], sort_keys=True)
                 if key in counted:  # the same baseline on the same data, from another run
@@ -134,22 +133,25 @@ def _slug(label: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in label).strip("_").lower()
 
 
-def summary_table(rows: list[Row], probes: list[str]) -> Table:
-    header = ["representation", "dim", "params (encoder / all)", "runs", "recon MSE", "PSNR dB", "train s",
-              *[probe_title(p) + " %" for p in probes], "fine-tuned %"]
+def accuracy_table(rows: list[Row], probes: list[str]) -> Table:
+    """Test accuracy of every model and baseline under every probe (and fine-tuning)."""
+    header = ["representation", "dim", *[probe_title(p) + " %" for p in probes], "fine-tuned %"]
+    return Table(header, [[f"**{row.label}**" if row.kind == "encoder" else row.label, row.dim,
+                           *[fmt(row.accuracies.get(p, [])) for p in probes],
+                           fmt(row.finetune) if row.kind == "encoder" else "–"] for row in rows])
+
+
+def model_table(rows: list[Row]) -> Table:
+    """What each model costs and how well it reconstructs (pooled over its runs)."""
+    header = ["model", "latent dim", "params (encoder / all)", "runs", "epochs", "val recon MSE", "PSNR dB",
+              "train s"]
     table = []
-    for row in rows:
-        model = row.kind == "encoder"
+    for row in (r for r in rows if r.kind == "encoder"):
         first = row.evals[0]
-        table.append([
-            f"**{row.label}**" if model else row.label, row.dim,
-            f"{first['encoder_params']:,} / {first['params']:,}" if row.kind in ("encoder", "random") else "–",
-            len(row.evals) if model else "–",
-            fmt([r["val_mse"] for r in row.evals], 1.0, 5) if model else "–",
-            fmt([r["val_psnr"] for r in row.evals], 1.0, 2) if model else "–",
-            fmt([r["train_seconds"] for r in row.evals], 1.0, 0) if model else "–",
-            *[fmt(row.accuracies.get(p, [])) for p in probes],
-            fmt(row.finetune) if model else "–"])
+        table.append([row.label, row.dim, f"{first['encoder_params']:,} / {first['params']:,}", len(row.evals),
+                      first["epochs_trained"], fmt([r["val_mse"] for r in row.evals], 1.0, 5),
+                      fmt([r["val_psnr"] for r in row.evals], 1.0, 2),
+                      fmt([r["train_seconds"] for r in row.evals], 1.0, 0)])
     return Table(header, table)
 
 
@@ -174,16 +176,18 @@ def _header(evals: list[dict], cfg: CompareConfig) -> list:
     differ = [Path(e["run"]).name for e in evals if e["protocol"] != protocol]
     ks = ", ".join(str(k) for k in protocol["knn_k"])
     where = sorted({f"{e['device']} on {e['host']}" for e in evals})
+    dates = sorted({e["date"] for e in evals})
+    when = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
     return [
         Heading(1, cfg.title),
         Bullets([
             f"Report made {datetime.datetime.now().isoformat(timespec='minutes')} on {platform.node()} by "
-            f"`{' '.join(sys.argv)}` (git {configuration.git_sha() or 'unknown'}).",
-            f"Probes evaluated by `latentprobe evaluate` on {'; '.join(where)}, "
-            f"{min(e['date'] for e in evals)} to {max(e['date'] for e in evals)}.",
+            f"`{command_line()}` (git {configuration.git_sha() or 'unknown'}).",
+            f"Probes evaluated by `latentprobe evaluate` on {'; '.join(where)}, {when}.",
             f"Data: {evals[0]['train_config']['dataset']}, {evals[0]['label_type']} labels, "
             f"{len(evals[0]['class_names'])} classes; train / validation / test images: "
-            + " / ".join(str(n) for n in evals[0]['representations']['encoder'].get('sizes', {}).values()) + ".",
+            + " / ".join(str(n) for n in evals[0]["representations"]["encoder"].get("sizes", {}).values())
+            + " (the validation split is carved from the training set with each run's seed).",
             f"Probes over frozen features, extracted once: `linear` (the study's Linear + log-softmax), "
             f"`linear+BN` (BatchNorm1d without affine before the Linear, MAE's protocol), `MLP` "
             f"(BatchNorm, one hidden layer of {protocol['mlp_hidden']} with BatchNorm + ReLU), all Adam with "
@@ -207,41 +211,42 @@ def _header(evals: list[dict], cfg: CompareConfig) -> list:
 
 def _per_class(rows: list[Row], class_names: list[str], figures: Path) -> list:
     many = len(class_names) > MANY_CLASSES
+    confusions = {}  # label → (probe, (C, C) test confusion of the saved linear head)
+    for row in (r for r in rows if r.kind == "encoder"):
+        encoder = row.evals[0]["representations"]["encoder"]
+        probe = encoder.get("classifier", "bn_linear")
+        confusions[row.label] = probe, np.array(encoder["probes"][probe]["confusion"])
     blocks = [Heading(2, "Per class"),
               Paragraph("For each model: the linear head saved for `latentprobe predict` (seed 0, first run of "
                         "the row) on the test set. Confusion rows are the true class, columns the prediction.")]
-    precision_recall_rows, models = {}, [r for r in rows if r.kind == "encoder"]
-    for row in models:
-        record = row.evals[0]
-        probe = record["representations"]["encoder"].get("classifier", "bn_linear")
-        matrix = np.array(record["representations"]["encoder"]["probes"][probe]["confusion"])
+    if not many:
+        scores = {label: precision_recall(matrix) for label, (_, matrix) in confusions.items()}
+        header = ["class"] + [f"{label} {m}" for label in scores for m in ("P", "R")]
+        table = [[name] + [f"{100 * pr[k][i]:.1f}" for pr in scores.values() for k in (0, 1)]
+                 for i, name in enumerate(class_names)]
+        blocks += [Paragraph("Precision (P) and recall (R), % on the test set:"), Table(header, table)]
+    for label, (probe, matrix) in confusions.items():
         precision, recall = precision_recall(matrix)
-        precision_recall_rows[row.label] = (precision, recall)
-        slug = _slug(row.label)
+        slug = _slug(label)
         confusion_heatmap(matrix, class_names, figures / f"confusion_{slug}.png",
-                          title=f"{row.label}, {probe_title(probe)}: test confusion (rows: true)")
+                          title=f"{label}, {probe_title(probe)}: test confusion (rows: true)")
         grouped_bars({"precision": precision.tolist(), "recall": recall.tolist()}, class_names,
-                     figures / f"precision_recall_{slug}.png", title=f"{row.label}: per-class precision and recall",
+                     figures / f"precision_recall_{slug}.png", title=f"{label}: per-class precision and recall",
                      ylabel="fraction")
         pairs = most_confused(matrix, class_names, 15 if many else 5)
-        blocks += [Heading(3, f"{row.label} ({probe_title(probe)}, test accuracy "
+        blocks += [Heading(3, f"{label} ({probe_title(probe)}, test accuracy "
                               f"{100 * np.trace(matrix) / matrix.sum():.2f} %)"),
                    Paragraph("Most confused: " + ("; ".join(f"{t} → {p}: {n}" for t, p, n in pairs) or "none") + "."),
-                   Figure(f"figures/confusion_{slug}.png", f"{row.label}: test confusion matrix"),
-                   Figure(f"figures/precision_recall_{slug}.png", f"{row.label}: precision and recall per class")]
-        if not many:
-            blocks += [Paragraph(f"Confusion matrix of {row.label} (rows: true class):"),
-                       Table(["true \\ predicted", *class_names],
-                             [[f"**{name}**", *map(int, matrix[i])] for i, name in enumerate(class_names)])]
-        else:
+                   Figure(f"figures/confusion_{slug}.png", f"{label}: test confusion matrix"),
+                   Figure(f"figures/precision_recall_{slug}.png", f"{label}: precision and recall per class")]
+        if many:  # a 100×100 Markdown table helps nobody; the heatmap above stays
             lowest = np.argsort(recall)[:10]
             blocks.append(Paragraph("Lowest recall: " + ", ".join(
                 f"{class_names[i]} {100 * recall[i]:.0f} %" for i in lowest) + "."))
-    if models and not many:
-        header = ["class"] + [f"{label} {m}" for label in precision_recall_rows for m in ("P", "R")]
-        table = [[name] + [f"{100 * pr[k][i]:.1f}" for pr in precision_recall_rows.values() for k in (0, 1)]
-                 for i, name in enumerate(class_names)]
-        blocks[2:2] = [Paragraph("Precision (P) and recall (R), % on the test set:"), Table(header, table)]
+        else:
+            blocks += [Paragraph(f"Confusion matrix of {label} (rows: true class):"),
+                       Table(["true \\ predicted", *class_names],
+                             [[f"**{name}**", *map(int, matrix[i])] for i, name in enumerate(class_names)])]
     return blocks
 
 
@@ -271,8 +276,9 @@ def _tsne_maps(rows: list[Row], cfg: CompareConfig, figures: Path) -> list:
     scatter_maps(maps, class_names, figures / "tsne.png",
                  title=f"t-SNE of {len(next(iter(maps.values()))[1])} test latents, coloured by true class")
     return [Heading(2, "Map of test latents"),
-            Paragraph("t-SNE (scikit-learn, PCA init, perplexity 30, seed 0) of a random subset of the test "
-                      "latents of each model (first run of each row). Distances between far clusters mean little."),
+            Paragraph("t-SNE (scikit-learn, PCA init, perplexity 30 or less for few points, seed 0) of a random "
+                      "subset of the test latents of each model (first run of each row). Distances between far "
+                      "clusters mean little."),
             Figure("figures/tsne.png", "t-SNE maps of test latents coloured by class")]
 
 
@@ -296,13 +302,19 @@ def write_comparison(runs: list[Path], cfg: CompareConfig) -> Path:
              for p in probes}
     stds = {probe_title(p): [_stats(r.accuracies[p])[1] if r.accuracies.get(p) else 0.0 for r in rows]
             for p in probes}
-    grouped_bars(means, [r.label for r in rows], figures / "accuracy.png", errors=stds,
+    top = max((m + s for p in means for m, s in zip(means[p], stds[p])), default=1.0)
+    grouped_bars(means, [r.label for r in rows], figures / "accuracy.png", errors=stds, ylim=(0, min(1.0, top + 0.1)),
                  title="Test accuracy by representation and probe (mean ± std)", ylabel="test accuracy")
     blocks = _header(evals, cfg) + [
-        Heading(2, "Summary"), summary_table(rows, probes),
+        Heading(2, "Test accuracy"), accuracy_table(rows, probes),
         Figure("figures/accuracy.png", "Test accuracy per representation and probe; bars are mean ± std"),
+        Heading(2, "Models"),
+        Paragraph("Parameters of the encoder (what the probes read) and of the whole autoencoder; "
+                  "reconstruction on the validation split at the last epoch; training time summed over epochs."),
+        model_table(rows),
         Heading(2, "Model selection"),
-        Paragraph("The grid point chosen on the validation split, and the epoch each seed stopped at."),
+        Paragraph("The grid point chosen on the validation split, and the epoch of best validation accuracy "
+                  "that each seed kept."),
         selection_table(rows, probes),
     ]
     blocks += _per_class(rows, class_names, figures)

@@ -70,9 +70,10 @@ def _inline(text: str) -> str:
 
 _STYLE = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
-       max-width: 1200px; padding: 0 1em; color: #222; line-height: 1.45; }
+       max-width: 1400px; padding: 0 1em; color: #222; line-height: 1.45; }
 table { border-collapse: collapse; margin: 0.6em 0 1.2em; font-size: 0.88em; }
-th, td { border: 1px solid #bbb; padding: 0.25em 0.55em; text-align: right; }
+th, td { border: 1px solid #bbb; padding: 0.25em 0.55em; text-align: right; white-space: nowrap; }
+th { white-space: normal; } .scroll { overflow-x: auto; }
 th { background: #eef1f5; } td:first-child, th:first-child { text-align: left; }
 tr:nth-child(even) td { background: #fafafa; }
 figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #ddd; }
@@ -96,7 +97,8 @@ def to_html(blocks: list, base_dir: Path, title: str) -> str:
             head = "".join(f"<th>{_inline(h)}</th>" for h in block.header)
             rows = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>"
                            for row in block.rows)
-            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+            # wide tables scroll sideways instead of squeezing "12.34 ± 0.56 (3)" onto three lines
+            body.append(f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>')
         elif isinstance(block, Figure):
             data = base64.b64encode((Path(base_dir) / block.path).read_bytes()).decode("ascii")
             body.append(f'<figure><img alt="{html.escape(block.caption)}" src="data:image/png;base64,{data}">'

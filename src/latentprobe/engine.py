@@ -70,7 +70,8 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, peak_lr: float, schedu
 
 def train_one_epoch(objective: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
                     normalizer: Normalizer, *, batch_size: int, generator: torch.Generator,
-                    lr_fn, first_step: int, accum_steps: int = 1, use_augment: bool = False,
+                    lr_fn, first_step: int, accum_steps: int = 1, clip_grad: float | None = None,
+                    use_augment: bool = False,
                     rank: int = 0, world_size: int = 1, desc: str = "train") -> dict:
     """One pass over ``images`` (uint8, on the device). ``lr_fn(step)`` sets the lr of every
     optimiser step; returns the mean loss, images/s and the last lr."""
@@ -98,6 +99,8 @@ def train_one_epoch(objective: nn.Module, optimizer: torch.optim.Optimizer, imag
             lr = lr_fn(step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
+            if clip_grad:
+                torch.nn.utils.clip_grad_norm_(objective.parameters(), clip_grad)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1

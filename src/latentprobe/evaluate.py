@@ -21,6 +21,7 @@ import itertools
 import platform
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,6 +75,13 @@ class EvalConfig:
                 if k not in ("baselines", "data_dir", "device", "threads")}
 
 
+def command_line() -> str:
+    """The command as the user typed it (``python -m latentprobe`` shows as ``latentprobe``)."""
+    program = Path(sys.argv[0]).name
+    program = "latentprobe" if program in ("latentprobe", "__main__.py", "-m") else sys.argv[0]
+    return " ".join([program, *sys.argv[1:]])
+
+
 def eval_file(label_type: str = "fine") -> str:
     return "eval.json" if label_type == "fine" else f"eval_{label_type}.json"
 
@@ -89,48 +97,61 @@ def _summary(values: list[float]) -> dict:
             "n": len(array)}
 
 
+def _fit(kind: str, train, val, num_classes: int, cfg: EvalConfig, *, lr: float, weight_decay: float, seed: int):
+    return fit_head(kind, train, val, num_classes, lr=lr, weight_decay=weight_decay, epochs=cfg.epochs,
+                    batch_size=cfg.batch_size, seed=seed, patience=cfg.patience, hidden=cfg.mlp_hidden)
+
+
+def trained_probe(kind: str, train, val, test, num_classes: int, cfg: EvalConfig) -> tuple[dict, tuple]:
+    """Grid on validation (seed 0), then every seed at the chosen point reads the test set once.
+    Returns the record and (seed-0 head, chosen setting)."""
+    grid = []
+    for lr, weight_decay in itertools.product(cfg.lrs, cfg.weight_decays):
+        fit = _fit(kind, train, val, num_classes, cfg, lr=lr, weight_decay=weight_decay, seed=0)
+        grid.append((fit, {"lr": lr, "weight_decay": weight_decay, "best_epoch": fit.best_epoch,
+                           "val_acc": fit.val_acc}))
+    chosen_fit, chosen = max(grid, key=lambda item: item[1]["val_acc"])  # first of equals wins
+    seeds = []
+    for seed in range(cfg.seeds):
+        fit = chosen_fit if seed == 0 else _fit(kind, train, val, num_classes, cfg, lr=chosen["lr"],
+                                                weight_decay=chosen["weight_decay"], seed=seed)
+        predictions = predict(fit.head, test[0]).cpu()  # the one reading of the test set
+        seeds.append({"seed": seed, "best_epoch": fit.best_epoch, "val_acc": fit.val_acc,
+                      "test_acc": (predictions == test[1]).float().mean().item()})
+        if seed == 0:
+            confusion = confusion_matrix(test[1], predictions, num_classes)
+    record = {"grid": [g for _, g in grid], "chosen": {k: chosen[k] for k in ("lr", "weight_decay")},
+              "seeds": seeds, "test": _summary([s["test_acc"] for s in seeds]), "confusion": confusion.tolist()}
+    return record, (chosen_fit.head.cpu(), chosen)
+
+
+def knn_probes(train, val, test, num_classes: int, cfg: EvalConfig) -> dict:
+    """One record per k; no seeds: kNN has neither training nor randomness."""
+    args = dict(num_classes=num_classes, ks=tuple(cfg.knn_k), temperature=cfg.knn_temperature)
+    on_val, on_test = knn_predict(*train, val[0], **args), knn_predict(*train, test[0], **args)
+    records = {}
+    for k in cfg.knn_k:
+        test_acc = (on_test[k] == test[1]).float().mean().item()
+        records[f"knn_{k}"] = {"k": k, "temperature": cfg.knn_temperature, "deterministic": True,
+                               "seeds": [{"val_acc": (on_val[k] == val[1].cpu()).float().mean().item(),
+                                          "test_acc": test_acc}],
+                               "test": _summary([test_acc]),
+                               "confusion": confusion_matrix(test[1], on_test[k], num_classes).tolist()}
+    return records
+
+
 def evaluate_features(data: FeatureSet, cfg: EvalConfig, device: torch.device) -> tuple[dict, dict]:
     """All probes of ``cfg`` over one FeatureSet: (record for eval.json, seed-0 heads by probe)."""
     data = data.to(device)  # features stay on the device for every probe below
     train = (data.features["train"], data.labels["train"])
     val = (data.features["val"], data.labels["val"])
-    x_test, y_test = data.features["test"], data.labels["test"].cpu()
+    test = (data.features["test"], data.labels["test"].cpu())
     num_classes = len(data.class_names)
     probes, heads = {}, {}
     for kind in (p for p in cfg.probes if p != "knn"):
-        grid = []
-        for lr, weight_decay in itertools.product(cfg.lrs, cfg.weight_decays):
-            fit = fit_head(kind, train, val, num_classes, lr=lr, weight_decay=weight_decay, epochs=cfg.epochs,
-                           batch_size=cfg.batch_size, seed=0, patience=cfg.patience, hidden=cfg.mlp_hidden)
-            grid.append((fit, {"lr": lr, "weight_decay": weight_decay, "best_epoch": fit.best_epoch,
-                               "val_acc": fit.val_acc}))
-        chosen_fit, chosen = max(grid, key=lambda item: item[1]["val_acc"])  # first of equals wins
-        seeds = []
-        for seed in range(cfg.seeds):
-            fit = chosen_fit if seed == 0 else fit_head(
-                kind, train, val, num_classes, lr=chosen["lr"], weight_decay=chosen["weight_decay"],
-                epochs=cfg.epochs, batch_size=cfg.batch_size, seed=seed, patience=cfg.patience,
-                hidden=cfg.mlp_hidden)
-            predictions = predict(fit.head, x_test).cpu()  # the one reading of the test set
-            seeds.append({"seed": seed, "best_epoch": fit.best_epoch, "val_acc": fit.val_acc,
-                          "test_acc": (predictions == y_test).float().mean().item()})
-            if seed == 0:
-                heads[kind] = (fit.head.cpu(), chosen)
-                confusion = confusion_matrix(y_test, predictions, num_classes)
-        probes[kind] = {"grid": [g for _, g in grid], "chosen": {k: chosen[k] for k in ("lr", "weight_decay")},
-                        "seeds": seeds, "test": _summary([s["test_acc"] for s in seeds]),
-                        "confusion": confusion.tolist()}
+        probes[kind], heads[kind] = trained_probe(kind, train, val, test, num_classes, cfg)
     if "knn" in cfg.probes:
-        args = dict(num_classes=num_classes, ks=tuple(cfg.knn_k), temperature=cfg.knn_temperature)
-        on_val = knn_predict(*train, val[0], **args)
-        on_test = knn_predict(*train, x_test, **args)
-        for k in cfg.knn_k:
-            test_acc = (on_test[k] == y_test).float().mean().item()
-            probes[f"knn_{k}"] = {"k": k, "temperature": cfg.knn_temperature, "deterministic": True,
-                                  "seeds": [{"val_acc": (on_val[k] == val[1].cpu()).float().mean().item(),
-                                             "test_acc": test_acc}],
-                                  "test": _summary([test_acc]),
-                                  "confusion": confusion_matrix(y_test, on_test[k], num_classes).tolist()}
+        probes.update(knn_probes(train, val, test, num_classes, cfg))
     sizes = {split: len(labels) for split, labels in data.labels.items()}
     return {"dim": data.dim, "sizes": sizes, "probes": probes}, heads
 
@@ -173,15 +194,32 @@ def _save_classifier(run_dir: Path, heads: dict, record: dict, class_names: list
     record["classifier"] = kind
 
 
+@contextmanager
+def cpu_threads(count: int | None):
+    """Run with ``count`` torch CPU threads (None: leave as is), restoring the number after.
+
+    Why: the probes take many small steps; on a shared CPU, two threads that wait on each other
+    while other jobs hold the cores were up to 20x slower than one (measured, 2-core machine)."""
+    before = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def evaluate_run(run_dir: Path, cfg: EvalConfig) -> dict:
     """Evaluate (or continue evaluating) one run; returns the eval.json record."""
+    with cpu_threads(cfg.threads):
+        return _evaluate_run(Path(run_dir), cfg)
+
+
+def _evaluate_run(run_dir: Path, cfg: EvalConfig) -> dict:
     from latentprobe.distributed import local_device
 
-    run_dir, device = Path(run_dir), local_device(cfg.device)
-    if cfg.threads:
-        # Small probe steps on a shared CPU: one thread is up to 20x faster than two that wait
-        # on each other while other jobs hold the cores (measured on the 2-core dev machine).
-        torch.set_num_threads(cfg.threads)
+    device = local_device(cfg.device)
+    print(f"{run_dir}: evaluating with {cfg.protocol()} on {device}", flush=True)
     path = run_dir / eval_file(cfg.label_type)
     info = _run_info(run_dir, device)
     if not info["train_config"].get("val_size"):
@@ -191,7 +229,7 @@ def evaluate_run(run_dir: Path, cfg: EvalConfig) -> dict:
     done = previous.get("representations", {}) if previous.get("protocol") == cfg.protocol() else {}
     record = {**info, "label_type": cfg.label_type, "protocol": cfg.protocol(), "device": str(device),
               "host": f"{platform.node()} ({platform.machine()}, {torch.get_num_threads()} threads)",
-              "date": datetime.datetime.now().isoformat(timespec="seconds"), "command": " ".join(sys.argv),
+              "date": datetime.datetime.now().isoformat(timespec="seconds"), "command": command_line(),
               "git_sha": configuration.git_sha(), "class_names": previous.get("class_names"),
               "representations": done}
     pixels = None
@@ -199,12 +237,13 @@ def evaluate_run(run_dir: Path, cfg: EvalConfig) -> dict:
         if name in done:
             print(f"{run_dir}: {name} already evaluated under this protocol", flush=True)
             continue
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         if name in ("pca", "pixels") and pixels is None:  # one pixel FeatureSet serves both
             pixels = pixel_features(run_splits(info["train_config"], cfg.data_dir, cfg.label_type), device)
         data = representation_features(run_dir, name, device, cfg.data_dir, cfg.label_type, pixels=pixels)
         result, heads = evaluate_features(data, cfg, device)
-        result["seconds"] = time.perf_counter() - started
+        # wall and CPU (all threads) seconds: on a shared machine the two tell different stories
+        result["seconds"], result["cpu_seconds"] = time.perf_counter() - started, time.process_time() - cpu_started
         record["class_names"] = data.class_names
         if name == "encoder":
             _save_classifier(run_dir, heads, result, data.class_names, cfg)

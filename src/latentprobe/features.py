@@ -60,10 +60,10 @@ def run_splits(train_config: dict, data_dir: str | None = None, label_type: str 
 
 
 def load_run_model(run_dir: Path, device: torch.device):
-    """The trained model of a run (eval mode) and its checkpoint."""
+    """The trained model of a run (eval mode) at its best validation epoch, and its checkpoint."""
     checkpoint = load_checkpoint(Path(run_dir) / CHECKPOINT, kind="autoencoder")
     model = create_model(checkpoint["model_name"], **checkpoint["model_config"])
-    model.load_state_dict(checkpoint["model"])
+    model.load_state_dict(checkpoint.get("best_model", checkpoint["model"]))
     return model.to(device).eval(), checkpoint
 
 
@@ -101,7 +101,7 @@ def run_features(run_dir: Path, device: torch.device, data_dir: str | None = Non
     """Cached features of a run's encoder, extracted on the first call."""
     run_dir = Path(run_dir)
     model, checkpoint = load_run_model(run_dir, device)
-    key = {"epoch": checkpoint["epoch"], "label_type": label_type}
+    key = {"epoch": checkpoint.get("best_epoch", checkpoint["epoch"]), "label_type": label_type}
     feature_set = _load_cache(run_dir / FEATURES, key)
     if feature_set is None:
         feature_set = _encode_splits(model, checkpoint["train_config"], device, data_dir, label_type)
@@ -146,10 +146,13 @@ def pca_features(pixels: FeatureSet, dim: int) -> FeatureSet:
         raise ValueError(f"PCA to {dim} dimensions needs 1 <= dim <= {min(x_train.shape)} "
                          f"(training images × pixel values)")
     mean = x_train.mean(dim=0)
-    centred = x_train - mean
-    covariance = (centred.T @ centred / max(len(x_train) - 1, 1)).double()  # (3072, 3072)
-    _, vectors = torch.linalg.eigh(covariance)  # eigenvalues ascending
-    axes = vectors[:, -dim:].flip(1).to(x_train.dtype)  # (3072, dim), largest variance first
+    centred = x_train - mean  # (N, P), P = 3072 pixel values
+    if len(centred) < centred.shape[1]:  # few images: the thin SVD of the data is cheaper
+        axes = torch.linalg.svd(centred.double(), full_matrices=False).Vh[:dim].T  # (P, dim)
+    else:  # the (P, P) covariance costs N·P² once, then one P×P eigendecomposition
+        _, vectors = torch.linalg.eigh((centred.T @ centred).double())  # eigenvalues ascending
+        axes = vectors[:, -dim:].flip(1)  # (P, dim), largest variance first
+    axes = axes.to(x_train.dtype)
     features = {name: (x - mean.to(x.device)) @ axes.to(x.device) for name, x in pixels.features.items()}
     return FeatureSet(features, pixels.labels, pixels.class_names)
 

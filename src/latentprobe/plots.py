@@ -51,7 +51,8 @@ def line_chart(series: dict[str, tuple[list, list]], path: Path, *, title: str, 
 
 
 def grouped_bars(values: dict[str, list[float]], categories: list[str], path: Path, *, title: str,
-                 ylabel: str, errors: dict[str, list[float]] | None = None) -> Path:
+                 ylabel: str, errors: dict[str, list[float]] | None = None,
+                 ylim: tuple[float, float] | None = (0, 1)) -> Path:
     """Bars per category, one colour per series (e.g. precision per class per latent size);
     ``errors`` (same shape as ``values``) draws ± error bars, e.g. the std over seeds."""
     fig, ax = plt.subplots(figsize=(max(6.4, 0.6 * len(categories) * max(1, len(values)) / 2), 4.0))
@@ -61,9 +62,11 @@ def grouped_bars(values: dict[str, list[float]], categories: list[str], path: Pa
         yerr = errors.get(label) if errors else None
         ax.bar(x + (i - (len(values) - 1) / 2) * width, heights, width, label=label, yerr=yerr,
                capsize=2 if yerr is not None else 0, error_kw={"elinewidth": 0.8})
-    ax.set_xticks(x, categories, rotation=45 if len(categories) > 10 else 0, ha="right" if len(categories) > 10 else "center",
-                  fontsize=8)
-    ax.set(title=title, ylabel=ylabel, ylim=(0, 1))
+    tilt = len(categories) > 10 or sum(map(len, categories)) > 60  # long labels would overlap
+    ax.set_xticks(x, categories, rotation=45 if tilt else 0, ha="right" if tilt else "center", fontsize=8)
+    ax.set(title=title, ylabel=ylabel)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7, ncol=min(len(values), 6))
     return _save(fig, path)
@@ -73,7 +76,7 @@ def confusion_heatmap(matrix: np.ndarray, class_names: list[str], path: Path, *,
     """Rows: true class, columns: predicted class; counts written in the cells when readable."""
     n = len(class_names)
     # capped: at 100 classes the uncapped size would be a ~5000-pixel-wide image
-    fig, ax = plt.subplots(figsize=(min(max(5, 0.45 * n), 16), min(max(4.2, 0.42 * n), 15)))
+    fig, ax = plt.subplots(figsize=(min(max(5, 0.45 * n), 12), min(max(4.2, 0.42 * n), 11)))
     image = ax.imshow(matrix, cmap="Blues")
     fig.colorbar(image, ax=ax, fraction=0.046)
     ticks = np.arange(n)

@@ -1,0 +1,259 @@
+"""``latentprobe finetune RUN``: a classifier on a pretrained encoder, trained end to end.
+
+The encoder of RUN's checkpoint (an MAE, or a conv autoencoder) gets a Linear head on its
+pooled latent. Unfrozen (the default) the whole encoder trains with AdamW, layer-wise lr decay
+(``layer_decay ** (depth + 1 - layer)`` for models that define ``layer_id``), label smoothing,
+drop-path, and random crop + flip done on the device per batch. ``freeze_encoder=true`` trains
+the head alone on the frozen encoder, in eval mode (an online linear probe).
+
+The epoch is chosen on the run's validation split; test accuracy is the one of that epoch.
+Outputs: OUT/config.yaml, OUT/checkpoint.pt (kind "classifier", atomic, resumable),
+OUT/metrics.jsonl, and RUN/finetune.json (read by the comparison report and mae-report;
+RUN/finetune_frozen.json for a frozen encoder).
+Runs unchanged under torchrun (DDP), like ``latentprobe train``.
+"""
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from latentprobe import config as configuration
+from latentprobe.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, unwrap
+from latentprobe.data import Normalizer, augment, batch_indices, take
+from latentprobe.distributed import barrier, init_distributed, is_main_process, local_device, mean_across_ranks
+from latentprobe.engine import autocast, lr_at
+from latentprobe.features import run_splits
+from latentprobe.metrics import confusion_matrix, precision_recall
+from latentprobe.models import create_model
+from latentprobe.runs import CHECKPOINT, METRICS, append_jsonl, write_json, write_jsonl
+
+FINETUNE_FILE = "finetune.json"
+FROZEN_FILE = "finetune_frozen.json"  # the online linear probe (freeze_encoder=true)
+
+
+@dataclass
+class FinetuneConfig:
+    epochs: int = 10
+    batch_size: int = 128
+    base_lr: float = field(default=1e-3, metadata={"help": "lr = base_lr * effective batch / 256"})
+    weight_decay: float = 0.05
+    layer_decay: float = field(default=0.75, metadata={"help": "lr factor per block below the head"})
+    label_smoothing: float = 0.1
+    drop_path: float = field(default=0.1, metadata={"help": "stochastic depth (ViT encoders)"})
+    warmup_epochs: float = 1.0
+    pool: str | None = field(default=None, metadata={"help": "cls or mean (default: the run's)"})
+    freeze_encoder: bool = field(default=False, metadata={"help": "train the head only"})
+    augment: bool = field(default=True, metadata={"help": "random crop + flip per batch"})
+    subset: int | None = field(default=None, metadata={"help": "use at most this many training images"})
+    data_dir: str | None = None
+    seed: int = 0
+    device: str = "auto"
+    out: str | None = field(default=None, metadata={"help": "output folder (default: RUN/finetune, "
+                                                             "RUN/finetune_frozen when frozen)"})
+
+
+# Settings that may change when a fine-tuning run is continued.
+_RESUMABLE = {"epochs", "data_dir", "device", "out"}
+
+
+class Classifier(nn.Module):
+    """encoder → pooled latent (B, D) → Linear → logits (B, C)."""
+
+    def __init__(self, encoder: nn.Module, num_classes: int, pool: str | None):
+        super().__init__()
+        self.encoder = encoder
+        self.pool = pool
+        self.head = nn.Linear(encoder.latent_dim, num_classes)
+        nn.init.normal_(self.head.weight, std=0.01)  # small logits at the start
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        latent = self.encoder.encode(images) if self.pool is None else self.encoder.encode(images, pool=self.pool)
+        return self.head(latent.float())
+
+
+def build_classifier(checkpoint: dict, num_classes: int, cfg: FinetuneConfig) -> Classifier:
+    """The run's encoder with its pretrained weights, plus a fresh head."""
+    model_config = dict(checkpoint["model_config"])
+    is_vit = "pool" in model_config
+    if not is_vit and cfg.pool is not None:
+        raise ValueError(f"--pool applies to ViT encoders; {checkpoint['model_name']} has one latent vector")
+    if is_vit:
+        model_config["drop_path_rate"] = cfg.drop_path  # DropPath has no weights: state dict unchanged
+    encoder = create_model(checkpoint["model_name"], **model_config)
+    encoder.load_state_dict(checkpoint["model"])
+    pool = (cfg.pool or model_config["pool"]) if is_vit else None
+    return Classifier(encoder, num_classes, pool)
+
+
+def freeze_unused(classifier: Classifier, image_shape: tuple[int, ...]) -> list[str]:
+    """Freeze what the classifier never reaches (the decoder), found by one backward pass rather
+    than by parameter names, so no layer is missed; returns the encoder's trained names."""
+    classifier.zero_grad(set_to_none=True)
+    classifier.eval()
+    classifier(torch.zeros(2, *image_shape, device=classifier.head.weight.device)).sum().backward()
+    used = []
+    for name, param in classifier.encoder.named_parameters():
+        if param.grad is None:
+            param.requires_grad_(False)
+        else:
+            used.append(name)
+    classifier.zero_grad(set_to_none=True)
+    return used
+
+
+def param_groups(classifier: Classifier, cfg: FinetuneConfig, peak_lr: float) -> list[dict]:
+    """AdamW groups: no decay on biases / norms / tokens; lr scaled by depth for ViTs."""
+    encoder = classifier.encoder
+    skip = set(encoder.no_weight_decay()) if hasattr(encoder, "no_weight_decay") else set()
+    num_layers = encoder.depth + 1 if hasattr(encoder, "layer_id") else 0
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, param in classifier.named_parameters():
+        if not param.requires_grad:
+            continue
+        inner = name.removeprefix("encoder.")
+        is_encoder = name.startswith("encoder.")
+        layer = encoder.layer_id(inner) if is_encoder and num_layers else num_layers
+        no_decay = param.ndim <= 1 or (is_encoder and inner in skip)
+        group = groups.setdefault((layer, no_decay), {
+            "params": [], "weight_decay": 0.0 if no_decay else cfg.weight_decay,
+            "lr_scale": cfg.layer_decay ** (num_layers - layer)})
+        group["params"].append(param)
+    return list(groups.values())
+
+
+@torch.no_grad()
+def predict(classifier: nn.Module, images: torch.Tensor, normalizer: Normalizer, batch_size: int = 500):
+    classifier.eval()
+    outputs = []
+    for index in batch_indices(len(images), batch_size, shuffle=False, device=images.device):
+        with autocast(images.device):
+            outputs.append(classifier(normalizer(images[index])).argmax(1))
+    return torch.cat(outputs)
+
+
+def train_one_epoch(model, optimizer, split, normalizer, cfg: FinetuneConfig, *, generator, lr_fn,
+                    first_step: int, rank: int, world_size: int) -> dict:
+    """One pass over this rank's share of the training images; returns loss, accuracy, images/s."""
+    device = split.images.device
+    model.train()
+    if cfg.freeze_encoder:
+        unwrap(model).encoder.eval()  # a frozen encoder keeps eval behaviour (no drop-path)
+    loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device)
+    seen, step, started = 0, first_step, time.perf_counter()
+    for index in batch_indices(len(split), cfg.batch_size, shuffle=True, generator=generator,
+                               rank=rank, world_size=world_size, device=device):
+        x, y = normalizer(split.images[index]), split.labels[index]
+        if cfg.augment:
+            x = augment(x, generator)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_fn(step) * group["lr_scale"]
+        with autocast(device):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        loss_sum += loss.detach() * len(index)
+        correct += (logits.argmax(1) == y).sum()
+        seen += len(index)
+    seconds = time.perf_counter() - started
+    return {"train_loss": (loss_sum / seen).item(), "train_acc": (correct / seen).item(),
+            "images_per_s": seen * world_size / seconds, "lr": lr_fn(step - 1)}
+
+
+def _resume(out: Path, cfg: FinetuneConfig, run_dir: Path, classifier, optimizer):
+    path = out / CHECKPOINT
+    if not path.exists():
+        return 0, [], None
+    checkpoint = load_checkpoint(path, kind="classifier")
+    saved = checkpoint["finetune_config"]
+    changed = sorted(k for k, v in configuration.to_dict(cfg).items() if k not in _RESUMABLE and saved.get(k) != v)
+    if checkpoint.get("source_run") != str(run_dir.resolve()):
+        changed.append("source run")
+    if changed:
+        raise CheckpointError(f"{out} holds a fine-tuning run with other settings ({', '.join(changed)}); "
+                              f"use another --out, or the same settings to continue it")
+    classifier.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    return checkpoint["epoch"], checkpoint["history"], checkpoint["best"]
+
+
+def finetune(run_dir: Path, cfg: FinetuneConfig) -> dict:
+    """Fine-tune (or continue fine-tuning) a classifier on RUN's encoder; returns the summary."""
+    run_dir = Path(run_dir)
+    device = local_device(cfg.device)
+    rank, world_size = init_distributed(device)
+    out = Path(cfg.out) if cfg.out else run_dir / ("finetune_frozen" if cfg.freeze_encoder else "finetune")
+    source = load_checkpoint(run_dir / CHECKPOINT, kind="autoencoder")
+    splits = run_splits(source["train_config"], cfg.data_dir)
+    splits["train"] = take(splits["train"], cfg.subset, seed=cfg.seed)
+    splits = {name: split.to(device) for name, split in splits.items()}
+    class_names = splits["train"].class_names
+    torch.manual_seed(cfg.seed)
+    classifier = build_classifier(source, len(class_names), cfg).to(device)
+    encoder_names = freeze_unused(classifier, tuple(splits["train"].images.shape[1:]))
+    if cfg.freeze_encoder:
+        classifier.encoder.requires_grad_(False)
+    effective_batch = cfg.batch_size * world_size
+    peak_lr = cfg.base_lr * effective_batch / 256
+    optimizer = torch.optim.AdamW(param_groups(classifier, cfg, peak_lr), lr=peak_lr, betas=(0.9, 0.999))
+    start_epoch, history, best = _resume(out, cfg, run_dir, classifier, optimizer)
+    main = is_main_process()
+    if main:
+        configuration.save_resolved(cfg, out)
+        write_jsonl(out / METRICS, history)
+    model = classifier
+    if world_size > 1:
+        model = torch.nn.parallel.DistributedDataParallel(classifier)
+    normalizer = Normalizer(source["train_config"]["dataset"], device)
+    steps_per_epoch = -(-(len(splits["train"]) // world_size) // cfg.batch_size)
+    total_steps, warmup_steps = cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)
+    print(f"fine-tuning {source['model_name']} ({len(encoder_names)} encoder tensors "
+          f"{'frozen' if cfg.freeze_encoder else 'trained'}, pool {classifier.pool or 'latent'}) on "
+          f"{len(splits['train'])} images, lr {peak_lr:.2e}" + (f", {world_size} ranks" if world_size > 1 else ""))
+
+    for epoch in range(start_epoch + 1, cfg.epochs + 1):
+        torch.manual_seed(cfg.seed * 100_003 + epoch)  # drop-path: the same stream on resume
+        generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        stats = train_one_epoch(model, optimizer, splits["train"], normalizer, cfg, generator=generator,
+                                lr_fn=lambda s: lr_at(s, total_steps, warmup_steps, peak_lr, "cosine"),
+                                first_step=(epoch - 1) * steps_per_epoch, rank=rank, world_size=world_size)
+        stats = mean_across_ranks(stats, device)
+        predictions = {n: predict(classifier, splits[n].images, normalizer) for n in ("val", "test")}
+        record = {"epoch": epoch, **stats, **{f"{n}_acc": (p == splits[n].labels).float().mean().item()
+                                               for n, p in predictions.items()}}
+        history.append(record)
+        if best is None or record["val_acc"] > best["val_acc"]:
+            matrix = confusion_matrix(splits["test"].labels, predictions["test"], len(class_names))
+            best = {"epoch": epoch, "val_acc": record["val_acc"], "test_acc": record["test_acc"],
+                    "confusion": matrix.tolist()}
+        if main:
+            save_checkpoint(out / CHECKPOINT, kind="classifier", model_name=source["model_name"],
+                            model_config=source["model_config"], finetune_config=configuration.to_dict(cfg),
+                            source_run=str(run_dir.resolve()), model=classifier.state_dict(),
+                            optimizer=optimizer.state_dict(), epoch=epoch, history=history, best=best)
+            append_jsonl(out / METRICS, record)
+            print(f"epoch {epoch}/{cfg.epochs}  loss {record['train_loss']:.4f}  train {record['train_acc']:.4f}  "
+                  f"val {record['val_acc']:.4f}  test {record['test_acc']:.4f}  "
+                  f"{record['images_per_s']:.0f} img/s", flush=True)
+        barrier()
+
+    import numpy as np
+    precision, recall = precision_recall(np.array(best["confusion"]))
+    summary = {"val_acc": best["val_acc"], "test_acc": best["test_acc"], "best_epoch": best["epoch"],
+               "mode": "frozen" if cfg.freeze_encoder else "fine-tuned", "pool": classifier.pool,
+               "latent_dim": classifier.encoder.latent_dim, "model_name": source["model_name"],
+               "history": history, "confusion": best["confusion"], "precision": precision.tolist(),
+               "recall": recall.tolist(), "class_names": class_names,
+               "finetune_config": configuration.to_dict(cfg), "device": str(device), "world_size": world_size}
+    if main:
+        write_json(run_dir / (FROZEN_FILE if cfg.freeze_encoder else FINETUNE_FILE), summary)
+        print(f"{run_dir}: {summary['mode']} classifier, validation accuracy {best['val_acc']:.4f}, "
+              f"test accuracy {best['test_acc']:.4f} (epoch {best['epoch']})")
+    return summary

@@ -1,0 +1,89 @@
+"""``latentprobe mae-report RUN``: frozen vs fine-tuned classifiers on one encoder, side by side.
+
+Built only from the JSON files the other commands leave in RUN, so it can be rebuilt at any
+time without training: ``probe_linear.json`` and ``probe_bn_linear.json`` (``latentprobe probe``,
+frozen encoder, cached latents), ``finetune_frozen.json`` (optional online linear probe) and
+``finetune.json`` (``latentprobe finetune``, encoder trained end to end). Writes
+RUN/mae_report.md with accuracy curves, per-class precision and the confusion matrices.
+"""
+
+from pathlib import Path
+
+import numpy as np
+
+from latentprobe.plots import confusion_heatmap, grouped_bars, line_chart
+from latentprobe.runs import read_json
+
+# (file in RUN, label in the report, how the number was made)
+SOURCES = (
+    ("probe_linear.json", "frozen, linear", "the study's head: Linear + log-softmax over cached latents, Adam"),
+    ("probe_bn_linear.json", "frozen, BN + linear", "MAE linear-probe protocol: BatchNorm1d(affine=False) → Linear"),
+    ("finetune_frozen.json", "frozen, online head", "`finetune --freeze-encoder`: head on the frozen encoder, "
+                                                    "augmented batches"),
+    ("finetune.json", "fine-tuned", "`finetune`: encoder + head end to end, AdamW, layer decay, "
+                                    "label smoothing, drop-path, crop + flip"),
+)
+
+
+def load_results(run_dir: Path) -> dict[str, dict]:
+    results = {label: read_json(run_dir / name) for name, label, _ in SOURCES if (run_dir / name).is_file()}
+    if not results:
+        names = ", ".join(name for name, _, _ in SOURCES)
+        raise FileNotFoundError(f"{run_dir} has none of {names}; run `latentprobe probe RUN --head linear` "
+                                f"(and bn_linear) and `latentprobe finetune RUN` first")
+    return results
+
+
+def _pooling(run_dir: Path, results: dict[str, dict]) -> tuple[str, str]:
+    """(latent size, pooling): from finetune.json, else from the run's config.yaml."""
+    latent_dim = next((str(r.get("latent_dim") or r.get("feature_dim")) for r in results.values()
+                       if r.get("latent_dim") or r.get("feature_dim")), "?")
+    for record in results.values():
+        if "pool" in record:
+            return latent_dim, str(record["pool"] or "the latent vector")
+    import yaml
+    config_file = run_dir / "config.yaml"
+    config = yaml.safe_load(config_file.read_text())["config"] if config_file.is_file() else {}
+    default = "cls" if str(config.get("model", "")).startswith("mae") else "the latent vector"
+    return latent_dim, str(config.get("model_args", {}).get("pool", default))
+
+
+def write_mae_report(run_dir: Path) -> Path:
+    run_dir = Path(run_dir)
+    results = load_results(run_dir)
+    figures = run_dir / "mae_report"
+    class_names = next(r["class_names"] for r in results.values() if "class_names" in r)
+    latent_dim, pool = _pooling(run_dir, results)
+
+    curves = {}
+    for label, record in results.items():
+        epochs = [h["epoch"] for h in record["history"]]
+        curves[f"{label}: val"] = (epochs, [h["val_acc"] for h in record["history"]])
+        curves[f"{label}: test"] = (epochs, [h["test_acc"] for h in record["history"]])
+    line_chart(curves, figures / "accuracy.png", title=f"{run_dir.name}: frozen vs fine-tuned", ylabel="accuracy")
+    grouped_bars({label: r["precision"] for label, r in results.items()}, class_names,
+                 figures / "precision.png", title="per-class precision (test, best validation epoch)",
+                 ylabel="precision")
+    for i, (label, record) in enumerate(results.items()):
+        confusion_heatmap(np.array(record["confusion"]), class_names, figures / f"confusion_{i}.png",
+                          title=f"{label} (rows: true)")
+
+    lines = [f"# {run_dir.name}: classifiers on the encoder, frozen vs fine-tuned", "",
+             f"Latent: **{latent_dim}** values per image, pooling **{pool}**. Every number is test "
+             f"accuracy at the epoch with the best validation accuracy (validation split carved from "
+             f"the training set with the run's seed; one seed).", "",
+             "| classifier | encoder | best epoch | val acc | test acc | how |", "|---|---|---|---|---|---|"]
+    for name, label, how in SOURCES:
+        if label in results:
+            r = results[label]
+            lines.append(f"| {label} | {'trained' if label == 'fine-tuned' else 'frozen'} | {r['best_epoch']} "
+                         f"| {r['val_acc']:.4f} | {r['test_acc']:.4f} | {how} (`{name}`) |")
+    lines += ["", "![accuracy](mae_report/accuracy.png)", "", "![precision](mae_report/precision.png)", "",
+              "| class | " + " | ".join(results) + " |", "|---|" + "---|" * len(results)]
+    for c, class_name in enumerate(class_names):
+        lines.append(f"| {class_name} | " + " | ".join(f"{r['precision'][c]:.3f}" for r in results.values()) + " |")
+    lines += ["", "Confusion matrices on the test set (rows: true class):", ""]
+    lines += [f"![{label}](mae_report/confusion_{i}.png)" for i, label in enumerate(results)]
+    path = run_dir / "mae_report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

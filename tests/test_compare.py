@@ -1,0 +1,99 @@
+import re
+
+import pytest
+from conftest import write_cifar10, write_cifar100
+from eval_helpers import fast_config, train_tiny_run
+
+from latentprobe.compare import CompareConfig, collect_rows, fmt, write_comparison
+from latentprobe.evaluate import cpu_threads, evaluate_run, load_eval
+from latentprobe.runs import write_json
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    with cpu_threads(1):  # small steps on a shared CPU (see evaluate.cpu_threads)
+        yield
+
+
+@pytest.fixture(scope="module")
+def cifar10_runs(tmp_path_factory):
+    """Two runs that differ only in their seed, and one of another latent size."""
+    root = tmp_path_factory.mktemp("compare10")
+    data = write_cifar10(root / "data", per_batch=40, test=60)
+    runs = [train_tiny_run(data, root / "ae16_s0"), train_tiny_run(data, root / "ae16_s1", seed=1),
+            train_tiny_run(data, root / "ae8", latent_dim=8)]
+    with cpu_threads(1):
+        for run in runs:
+            evaluate_run(run, fast_config(data_dir=str(data)))
+    write_json(runs[0] / "finetune.json", {"test_acc": 0.5, "val_acc": 0.55})
+    return root, data, runs
+
+
+def test_runs_differing_only_in_seed_share_a_row(cifar10_runs):
+    _, _, runs = cifar10_runs
+    rows = collect_rows([load_eval(run) for run in runs])
+    labels = [row.label for row in rows]
+    assert labels[:2] == ["conv_ae 16-d", "conv_ae 8-d"]
+    model = rows[0]
+    assert len(model.evals) == 2 and len(model.accuracies["linear"]) == 4  # 2 runs × 2 probe seeds
+    assert len(model.accuracies["knn_3"]) == 2  # deterministic: one value per run
+    assert model.finetune == [0.5] and rows[1].finetune == []
+    # raw pixels on the same split count once; PCA and random baselines once per size and init
+    assert labels.count("raw pixels 3072-d") == 1
+    pixels = rows[labels.index("raw pixels 3072-d")]
+    assert len(pixels.accuracies["linear"]) == 4  # seeds 0 and 1 carve different validation splits
+    assert {"PCA of pixels 16-d", "PCA of pixels 8-d", "random-weight conv_ae 16-d"} <= set(labels)
+
+
+def test_fmt_shows_mean_std_and_count():
+    assert fmt([0.5, 0.7]) == "60.00 ± 14.14 (2)"
+    assert fmt([0.25]) == "25.00 ± 0.00 (1)"
+    assert fmt([]) == "–"
+
+
+def test_html_report_is_self_contained_and_has_every_figure_and_table(cifar10_runs, tmp_path):
+    _, data, runs = cifar10_runs
+    html_path = write_comparison(runs, CompareConfig(out=str(tmp_path / "report"), tsne_points=50, device="cpu",
+                                                     data_dir=str(data)))
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    html = html_path.read_text()
+    figures = re.findall(r"!\[[^\]]*\]\((figures/[^)]+\.png)\)", markdown)
+    pngs = sorted(p.name for p in (tmp_path / "report" / "figures").glob("*.png"))
+    assert sorted(f.split("/")[1] for f in figures) == pngs
+    assert {"accuracy.png", "tsne.png", "confusion_conv_ae_16_d.png", "precision_recall_conv_ae_8_d.png"} <= set(pngs)
+    assert html.count('<img alt="') == len(figures) == html.count('src="data:image/png;base64,')
+    markdown_tables = len(re.findall(r"^\|---", markdown, flags=re.M))
+    assert html.count("<table>") == markdown_tables >= 6  # accuracy, models, selection, P/R, 2 confusions
+    assert not re.search(r"(src|href)=\"(?!data:)", html)  # nothing to fetch: opens from disk, offline
+    for text in ("linear+BN %", "kNN k=3 %", "MLP %", "fine-tuned %", "raw pixels 3072-d", "→", "mean ± std (n)"):
+        assert text in markdown and text.replace("→", "&#8594;") in html or text in html, text
+    accuracy_line = next(line for line in markdown.splitlines() if line.startswith("| **conv_ae 16-d**"))
+    assert accuracy_line.endswith("| 50.00 ± 0.00 (1) |")  # finetune.json of the first run
+    assert accuracy_line.count("(4)") == 3 and accuracy_line.count("(2)") == 2  # probe seeds × runs; kNN: runs
+    model_line = next(line for line in markdown.splitlines() if line.startswith("| conv_ae 16-d |"))
+    assert model_line.count("(2)") == 3  # MSE, PSNR, time over the two pretraining runs
+
+
+def test_cifar100_fine_and_coarse_labels_run_through_compare(tmp_path):
+    data = write_cifar100(tmp_path / "data", train=400, test=200)
+    run = train_tiny_run(data, tmp_path / "run100", dataset="cifar100", val_size=100)
+    for label_type, classes in (("fine", 100), ("coarse", 20)):
+        record = evaluate_run(run, fast_config(data_dir=str(data), label_type=label_type, seeds=1,
+                                               baselines=["pca"], probes=["bn_linear", "knn"]))
+        assert len(record["class_names"]) == classes
+        out = tmp_path / f"report_{label_type}"
+        write_comparison([run], CompareConfig(out=str(out), label_type=label_type, device="cpu", data_dir=str(data),
+                                              tsne_points=60 if label_type == "fine" else 0))
+        markdown = (out / "report.md").read_text()
+        assert (out / "figures" / "confusion_conv_ae_16_d.png").exists()
+        assert "Most confused:" in markdown and " → " in markdown
+        full_matrix = "true \\ predicted" in markdown
+        assert full_matrix == (classes == 20)  # 100 classes: top confusions instead of a 100×100 table
+        assert (run / ("eval.json" if label_type == "fine" else "eval_coarse.json")).exists()
+    assert (run / "classifier_coarse.pt").exists()
+
+
+def test_compare_needs_evaluated_runs(tmp_path):
+    run = train_tiny_run(write_cifar10(tmp_path / "data"), tmp_path / "plain")
+    with pytest.raises(FileNotFoundError, match="latentprobe evaluate"):
+        write_comparison([run], CompareConfig(out=str(tmp_path / "out")))

@@ -1,0 +1,120 @@
+import numpy as np
+import pytest
+import torch
+from conftest import write_cifar10
+from eval_helpers import fast_config, train_tiny_run
+
+from latentprobe.checkpoint import load_checkpoint
+from latentprobe.data import Normalizer
+from latentprobe.evaluate import cpu_threads, evaluate_run, load_eval
+from latentprobe.features import FeatureSet, extract, pca_features, random_encoder_features, run_splits
+from latentprobe.pretrain import TrainConfig, build_model
+from latentprobe.probe import MLPHead, fit_head
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluate")
+    data = write_cifar10(root / "data", per_batch=40, test=60)
+    run = train_tiny_run(data, root / "run")
+    record = evaluate_run(run, fast_config(data_dir=str(data)))
+    return run, data, record
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small probe steps run faster on one thread on a shared CPU (see evaluate.cpu_threads)."""
+    with cpu_threads(1):
+        yield
+
+
+def test_fit_head_keeps_the_best_validation_epoch_and_never_sees_test():
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 3, (400,), generator=gen)
+    x = torch.eye(8)[:3][labels] * 4 + torch.randn(400, 8, generator=gen)
+    fit = fit_head("mlp", (x[:300], labels[:300]), (x[300:], labels[300:]), 3, lr=1e-2, weight_decay=0,
+                   epochs=6, batch_size=32, hidden=16, patience=None)
+    assert isinstance(fit.head, MLPHead) and not fit.head.training
+    assert fit.val_acc == max(h["val_acc"] for h in fit.history) > 0.9
+    assert fit.history[fit.best_epoch - 1]["val_acc"] == fit.val_acc
+    assert all(set(h) == {"epoch", "train_loss", "val_acc"} for h in fit.history)
+    with pytest.raises(ValueError, match="unknown probe head"):
+        fit_head("svm", (x, labels), (x, labels), 3, lr=1e-3, weight_decay=0, epochs=1)
+
+
+def test_eval_json_holds_every_representation_probe_and_seed(evaluated):
+    run, _, record = evaluated
+    assert record == load_eval(run)
+    assert list(record["representations"]) == ["encoder", "random", "pca", "pixels"]
+    dims = {name: rep["dim"] for name, rep in record["representations"].items()}
+    assert dims == {"encoder": 16, "random": 16, "pca": 16, "pixels": 3072}
+    for rep in record["representations"].values():
+        assert rep["sizes"] == {"train": 140, "val": 60, "test": 60}
+        assert set(rep["probes"]) == {"linear", "bn_linear", "mlp", "knn_3", "knn_10"}
+        for name in ("linear", "bn_linear", "mlp"):
+            probe = rep["probes"][name]
+            assert len(probe["grid"]) == 2 and len(probe["seeds"]) == 2 and probe["test"]["n"] == 2
+            best = max(probe["grid"], key=lambda g: g["val_acc"])
+            assert probe["chosen"]["weight_decay"] == best["weight_decay"]
+            assert probe["seeds"][0]["val_acc"] == best["val_acc"]  # seed 0 is the chosen grid run
+            assert np.isclose(probe["test"]["mean"], np.mean([s["test_acc"] for s in probe["seeds"]]))
+            assert np.array(probe["confusion"]).sum() == 60
+        knn = rep["probes"]["knn_3"]
+        assert knn["deterministic"] and knn["test"] == {"mean": knn["seeds"][0]["test_acc"], "std": 0.0, "n": 1}
+    assert record["encoder_params"] < record["params"]  # the decoder is not counted twice
+    assert record["val_mse"] > 0 and record["train_seconds"] > 0
+
+
+def test_classifier_is_saved_weights_only(evaluated):
+    run, _, record = evaluated
+    saved = load_checkpoint(run / "classifier.pt", kind="classifier")  # torch.load(weights_only=True)
+    assert saved["head"] == record["representations"]["encoder"]["classifier"]
+    assert saved["head"] in ("linear", "bn_linear") and saved["class_names"][3] == "cat"
+
+
+def test_evaluation_continues_instead_of_redoing(evaluated, capsys):
+    run, data, record = evaluated
+    again = evaluate_run(run, fast_config(data_dir=str(data)))
+    assert "already evaluated" in capsys.readouterr().out
+    assert again["representations"] == record["representations"]
+
+
+def test_random_baseline_is_the_initialisation_pretraining_started_from(evaluated):
+    run, data, _ = evaluated
+    checkpoint = load_checkpoint(run / "checkpoint.pt")
+    cfg = TrainConfig(**checkpoint["train_config"])
+    torch.manual_seed(cfg.seed)  # as `latentprobe train` does before building the model
+    start = build_model(cfg).eval()
+    splits = run_splits(checkpoint["train_config"], str(data))
+    expected = extract(start.encode, splits["test"].images, Normalizer("cifar10"))
+    got = random_encoder_features(run, torch.device("cpu"), str(data))
+    assert torch.allclose(got.features["test"], expected)
+
+
+@pytest.mark.parametrize("n_train", [40, 400])  # fewer and more images than pixel values
+def test_pca_is_fitted_on_train_only_and_matches_sklearn(n_train):
+    from sklearn.decomposition import PCA
+
+    gen = torch.Generator().manual_seed(0)
+    scales = torch.linspace(5, 0.5, 64)  # distinct variances: the axes are well defined
+    rotation = torch.linalg.qr(torch.randn(64, 64, generator=gen))[0]
+    features = {split: (torch.randn(n, 64, generator=gen) * scales) @ rotation.T + 3
+                for split, n in (("train", n_train), ("val", 20), ("test", 30))}
+    labels = {split: torch.zeros(len(x), dtype=torch.long) for split, x in features.items()}
+    pixels = FeatureSet(features, labels, ["only"])
+    ours = pca_features(pixels, 8)
+    reference = PCA(8).fit(features["train"].numpy())
+    for split in ("train", "test"):
+        theirs = reference.transform(features[split].numpy())
+        signs = np.sign((ours.features[split].numpy() * theirs).sum(0))  # axes are defined up to sign
+        assert np.allclose(ours.features[split].numpy() * signs, theirs, atol=1e-3)
+    shifted = FeatureSet({**features, "test": features["test"] + 100}, labels, ["only"])
+    assert torch.equal(pca_features(shifted, 8).features["train"], ours.features["train"])
+    with pytest.raises(ValueError, match="PCA"):
+        pca_features(pixels, 100)
+
+
+def test_unknown_probe_or_baseline_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown probe"):
+        fast_config(probes=["svm"])
+    assert fast_config(baselines=["none"]).baselines == []

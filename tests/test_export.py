@@ -1,0 +1,111 @@
+import numpy as np
+import pytest
+from eval_helpers import fast_config, train_tiny_run, write_noisy_cifar10
+from PIL import Image
+
+from latentprobe.cli import main
+from latentprobe.evaluate import cpu_threads, evaluate_run
+from latentprobe.export import export_features, load_image, predict_files
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    with cpu_threads(1):  # small steps on a shared CPU (see evaluate.cpu_threads)
+        yield
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    data = write_noisy_cifar10(root / "data")
+    run_dir = train_tiny_run(data, root / "run", val_size=400)
+    record = evaluate_run(run_dir, fast_config(data_dir=str(data), probes=["linear", "bn_linear"], seeds=1,
+                                               epochs=60, patience=15, lrs=[1e-2], weight_decays=[0.0],
+                                               batch_size=64, baselines=[]))
+    return run_dir, data, record
+
+
+def test_exported_npz_fits_sklearn_within_two_points_of_our_linear_probe(run, tmp_path):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    run_dir, data, record = run
+    paths = {split: export_features(run_dir, split, data_dir=str(data), device="cpu",
+                                    out=tmp_path / f"{split}.npz") for split in ("train", "test")}
+    train, test = (np.load(paths[s], allow_pickle=False) for s in ("train", "test"))  # plain arrays only
+    assert train["features"].shape == (1600, 16) and train["features"].dtype == np.float32
+    assert test["labels"].dtype == np.int64 and list(test["class_names"]) == [f"class_{i}" for i in range(10)]
+    assert str(test["split"]) == "test" and str(test["source"]) == "encoder"
+    sklearn_acc = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(
+        train["features"], train["labels"]).score(test["features"], test["labels"])
+    encoder = record["representations"]["encoder"]
+    ours = encoder["probes"][encoder["classifier"]]["test"]["mean"]  # the linear head chosen on val
+    assert 0.3 < ours < 0.98  # a task where classifiers could disagree
+    assert abs(sklearn_acc - ours) <= 0.02, (sklearn_acc, ours)
+
+
+def test_export_of_a_baseline_and_bad_arguments(run, tmp_path):
+    run_dir, data, _ = run
+    out = export_features(run_dir, "val", source="random", data_dir=str(data), device="cpu")
+    assert out.name == "features_val_random.npz" and np.load(out)["features"].shape == (400, 16)
+    with pytest.raises(ValueError, match="unknown split"):
+        export_features(run_dir, "holdout", data_dir=str(data))
+    with pytest.raises(ValueError, match="unknown source"):
+        export_features(run_dir, "test", source="vae", data_dir=str(data))
+
+
+@pytest.fixture
+def images(tmp_path):
+    rng = np.random.default_rng(0)
+    made = {}
+    pixels = rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)
+    made["png"] = tmp_path / "colour.png"
+    Image.fromarray(pixels).save(made["png"])
+    made["jpeg"] = tmp_path / "photo.jpg"
+    Image.fromarray(pixels).save(made["jpeg"], quality=90)
+    made["gray"] = tmp_path / "gray.png"
+    Image.fromarray(pixels[..., 0], mode="L").save(made["gray"])
+    made["rgba"] = tmp_path / "alpha.png"
+    Image.fromarray(np.dstack([pixels, np.zeros((48, 40), np.uint8)]), mode="RGBA").save(made["rgba"])
+    made["large"] = tmp_path / "large.jpg"
+    Image.fromarray(rng.integers(0, 256, (3000, 4000, 3), dtype=np.uint8)).save(made["large"])
+    made["tiny"] = tmp_path / "tiny.bmp"
+    Image.fromarray(pixels[:3, :5]).save(made["tiny"])
+    return made
+
+
+def test_load_image_takes_any_size_and_mode(images):
+    for kind, path in images.items():
+        tensor = load_image(path)
+        assert tensor.shape == (3, 32, 32) and str(tensor.dtype) == "torch.uint8", kind
+    gray = load_image(images["gray"])
+    assert (gray[0] == gray[1]).all() and (gray[1] == gray[2]).all()
+    assert (load_image(images["rgba"]) == 255).all()  # fully transparent → the white background
+
+
+def test_predict_prints_top_k_and_reports_bad_files(run, images, tmp_path, capsys):
+    run_dir, _, _ = run
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
+    paths = [images["png"], tmp_path / "missing.jpg", broken, *[images[k] for k in ("jpeg", "gray", "rgba", "large")]]
+    assert predict_files(run_dir, paths, top_k=3, device="cpu") == 2
+    out, err = capsys.readouterr()
+    lines = out.strip().splitlines()
+    assert len(lines) == 5 and lines[0].startswith(str(images["png"]) + ": ")
+    for line in lines:
+        scores = [float(part.rsplit(" ", 1)[1]) for part in line.split(": ", 1)[1].split(", ")]
+        assert len(scores) == 3 and scores == sorted(scores, reverse=True) and sum(scores) <= 1.0001
+    assert "missing.jpg: no such file" in err and "broken.png: not a readable image" in err
+    with pytest.raises(SystemExit, match="2 of 3"):  # the command exits non-zero, after the good ones
+        main(["predict", str(run_dir), str(images["png"]), str(broken), str(tmp_path / "nope.png"),
+              "--device", "cpu"])
+    assert capsys.readouterr().out.count(": ") == 1
+
+
+def test_predict_without_classifier_says_to_evaluate(tmp_path, images):
+    from conftest import write_cifar10
+
+    run_dir = train_tiny_run(write_cifar10(tmp_path / "data"), tmp_path / "bare")
+    with pytest.raises(FileNotFoundError, match="latentprobe evaluate"):
+        predict_files(run_dir, [images["png"]], device="cpu")

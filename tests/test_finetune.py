@@ -1,0 +1,102 @@
+"""Classifiers on a pretrained encoder: frozen vs fine-tuned, resume, bad input."""
+
+import pytest
+import torch
+
+from latentprobe.checkpoint import CheckpointError, load_checkpoint
+from latentprobe.features import run_features
+from latentprobe.finetune import FinetuneConfig, finetune
+from latentprobe.mae_report import write_mae_report
+from latentprobe.pretrain import TrainConfig, train
+from latentprobe.probe import ProbeConfig
+from latentprobe.runs import read_jsonl
+from latentprobe.study import probe_and_save
+
+TINY_MAE = {"embed_dim": 32, "depth": 2, "num_heads": 2, "decoder_embed_dim": 32, "decoder_depth": 1,
+            "decoder_num_heads": 2}
+
+
+def _pretrain(root, out, **overrides):
+    settings = dict(model="mae_vit_micro_patch4", model_args=TINY_MAE, data_dir=str(root), download=False,
+                    val_size=40, epochs=1, batch_size=32, optimizer="adamw", lr=None, base_lr=1e-3,
+                    weight_decay=0.05, schedule="cosine", warmup_epochs=0.5, device="cpu", out=str(out))
+    return train(TrainConfig(**{**settings, **overrides}))
+
+
+def _finetune(run, **overrides):
+    return finetune(run, FinetuneConfig(**{**dict(epochs=1, batch_size=32, base_lr=2e-3, warmup_epochs=0.5,
+                                                  device="cpu"), **overrides}))
+
+
+@pytest.fixture
+def mae_run(cifar10_root, tmp_path):
+    return _pretrain(cifar10_root, tmp_path / "mae")
+
+
+def _encoder_state(path, prefix=""):
+    model = load_checkpoint(path)["model"]
+    return {k[len(prefix):]: v for k, v in model.items() if k.startswith(prefix)}
+
+
+def test_frozen_training_keeps_the_encoder_bit_identical_and_fine_tuning_changes_it(mae_run):
+    pretrained = _encoder_state(mae_run / "checkpoint.pt")
+    before = (mae_run / "checkpoint.pt").read_bytes()
+    probe_and_save(run_features(mae_run, torch.device("cpu")), ProbeConfig(head="bn_linear", epochs=2),
+                   mae_run, "cpu")  # the cached-latent probe never touches the checkpoint
+    assert (mae_run / "checkpoint.pt").read_bytes() == before
+
+    frozen = _finetune(mae_run, freeze_encoder=True)
+    frozen_encoder = _encoder_state(mae_run / "finetune_frozen" / "checkpoint.pt", "encoder.")
+    assert frozen["mode"] == "frozen" and (mae_run / "finetune_frozen.json").is_file()
+    assert all(torch.equal(pretrained[k], frozen_encoder[k]) for k in pretrained)
+
+    tuned = _finetune(mae_run)
+    tuned_encoder = _encoder_state(mae_run / "finetune" / "checkpoint.pt", "encoder.")
+    changed = {k for k in pretrained if not torch.equal(pretrained[k], tuned_encoder[k])}
+    assert {"patch_embed.weight", "blocks.0.attn.qkv.weight", "blocks.1.mlp.fc2.weight", "norm.weight"} <= changed
+    assert not any(k.startswith(("decoder", "mask_token")) for k in changed)  # never reached: frozen
+    assert {"val_acc", "test_acc", "best_epoch", "history", "confusion", "precision",
+            "class_names"} <= set(tuned)
+    assert "fine-tuned" in write_mae_report(mae_run).read_text()
+
+
+def interrupt_after_first_epoch(monkeypatch, module):
+    """Make ``module.barrier`` (called once per epoch, after the checkpoint) raise the first time,
+    as if the job was killed there; the cosine schedule keeps its full length."""
+    def stop():
+        monkeypatch.undo()
+        raise KeyboardInterrupt
+    monkeypatch.setattr(module, "barrier", stop)
+
+
+def test_fine_tuning_resumes_to_the_same_result(mae_run, tmp_path, monkeypatch):
+    import latentprobe.finetune
+    _finetune(mae_run, epochs=2, out=str(tmp_path / "straight"))
+    interrupt_after_first_epoch(monkeypatch, latentprobe.finetune)
+    with pytest.raises(KeyboardInterrupt):
+        _finetune(mae_run, epochs=2, out=str(tmp_path / "resumed"))
+    assert len(read_jsonl(tmp_path / "resumed" / "metrics.jsonl")) == 1
+    _finetune(mae_run, epochs=2, out=str(tmp_path / "resumed"))
+    a = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")["model"]
+    b = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["train_loss"] for r in read_jsonl(tmp_path / "straight" / "metrics.jsonl")] == \
+           [r["train_loss"] for r in read_jsonl(tmp_path / "resumed" / "metrics.jsonl")]
+
+
+def test_bad_runs_give_clear_errors(mae_run, cifar10_root, tmp_path):
+    _finetune(mae_run)
+    with pytest.raises(CheckpointError, match="'classifier' checkpoint, expected 'autoencoder'"):
+        _finetune(mae_run / "finetune")  # a classifier is not a pretraining run
+    with pytest.raises(CheckpointError, match="other settings.*layer_decay"):
+        _finetune(mae_run, epochs=2, layer_decay=0.5)
+    conv = train(TrainConfig(model="conv_ae", latent_dim=8, model_args={"c1": 4, "c2": 8},
+                             data_dir=str(cifar10_root), download=False, val_size=40, epochs=1,
+                             device="cpu", out=str(tmp_path / "conv")))
+    with pytest.raises(ValueError, match="--pool applies to ViT encoders"):
+        _finetune(conv, pool="mean")
+    assert _finetune(conv)["pool"] is None  # a conv encoder + Linear head is supported
+
+
+def test_mean_pooling_is_an_option(mae_run):
+    assert _finetune(mae_run, pool="mean", out=str(mae_run / "mean"))["pool"] == "mean"
