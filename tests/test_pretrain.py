@@ -34,6 +34,9 @@ def test_run_directory_contents(cifar10_root, tmp_path):
     records = read_jsonl(run / "metrics.jsonl")
     assert [r["epoch"] for r in records] == [1, 2]
     assert {"train_loss", "val_mse", "val_psnr", "images_per_s"} <= set(records[0])
+    checkpoint = load_checkpoint(run / "checkpoint.pt")
+    best = min(records, key=lambda r: r["val_loss"])
+    assert checkpoint["best_epoch"] == best["epoch"] and checkpoint["best_val_loss"] == best["val_loss"]
 
 
 def test_interrupted_run_resumes_to_the_same_result(cifar10_root, tmp_path):
