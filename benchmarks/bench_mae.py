@@ -8,8 +8,8 @@ Each step is what `latentprobe train` does (`engine.train_one_epoch`): index a b
 images already on the device, normalise it there, forward + backward of `model.loss` (bf16
 autocast on CUDA) and an AdamW step with the run's parameter groups. One epoch of warm-up steps
 is run first (and compiles, with --compile); the timed epoch is ``--steps`` batches long.
-On the CPU it also prints images per CPU-second of the process,
-which is what counts when other jobs share the cores. Also prints the MACs per image of one training forward (torch's flop counter). Numbers go to
+It also prints images per CPU-second of the process (what counts when other jobs share the
+cores) and the MACs per image of one training forward (torch's flop counter). Numbers go to
 docs/RESULTS.md with the machine, thread count and date.
 """
 

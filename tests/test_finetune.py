@@ -84,7 +84,7 @@ def test_fine_tuning_resumes_to_the_same_result(mae_run, tmp_path, monkeypatch):
            [r["train_loss"] for r in read_jsonl(tmp_path / "resumed" / "metrics.jsonl")]
 
 
-def test_bad_runs_give_clear_errors(mae_run, cifar10_root, tmp_path):
+def test_bad_runs_give_clear_errors_and_options_work(mae_run, cifar10_root, tmp_path):
     _finetune(mae_run)
     with pytest.raises(CheckpointError, match="'classifier' checkpoint, expected 'autoencoder'"):
         _finetune(mae_run / "finetune")  # a classifier is not a pretraining run
@@ -96,7 +96,4 @@ def test_bad_runs_give_clear_errors(mae_run, cifar10_root, tmp_path):
     with pytest.raises(ValueError, match="--pool applies to ViT encoders"):
         _finetune(conv, pool="mean")
     assert _finetune(conv)["pool"] is None  # a conv encoder + Linear head is supported
-
-
-def test_mean_pooling_is_an_option(mae_run):
     assert _finetune(mae_run, pool="mean", out=str(mae_run / "mean"))["pool"] == "mean"

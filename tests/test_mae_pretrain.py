@@ -17,16 +17,16 @@ from test_finetune import TINY_MAE, _pretrain, interrupt_after_first_epoch
 
 def test_mae_run_resumes_to_the_same_result_and_keeps_grids(cifar10_root, tmp_path, monkeypatch):
     import latentprobe.pretrain
-    straight = _pretrain(cifar10_root, tmp_path / "straight", epochs=3, grid_every=2)
+    straight = _pretrain(cifar10_root, tmp_path / "straight", epochs=2, grid_every=2)
     interrupt_after_first_epoch(monkeypatch, latentprobe.pretrain)  # cosine lr: same schedule length
     with pytest.raises(KeyboardInterrupt):
-        _pretrain(cifar10_root, tmp_path / "resumed", epochs=3, grid_every=2)
-    resumed = _pretrain(cifar10_root, tmp_path / "resumed", epochs=3, grid_every=2)
+        _pretrain(cifar10_root, tmp_path / "resumed", epochs=2, grid_every=2)
+    resumed = _pretrain(cifar10_root, tmp_path / "resumed", epochs=2, grid_every=2)
     a, b = load_checkpoint(straight / "checkpoint.pt"), load_checkpoint(resumed / "checkpoint.pt")
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert [r["train_loss"] for r in read_jsonl(straight / "metrics.jsonl")] == \
            [r["train_loss"] for r in read_jsonl(resumed / "metrics.jsonl")]
-    assert sorted(p.name for p in (straight / "grids").iterdir()) == ["epoch_0002.png", "epoch_0003.png"]
+    assert sorted(p.name for p in (straight / "grids").iterdir()) == ["epoch_0002.png"]
     rows = torch.load(straight / "reconstructions.pt", weights_only=True)
     assert list(rows) == ["original", "masked", "reconstruction"]
 
@@ -46,7 +46,7 @@ def test_two_cpu_ranks_under_torchrun(cifar10_root, tmp_path):
     done = subprocess.run([*launch, *pretrain, "--then", *tune], env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("2 ranks") == 2  # one line from pretraining, one from fine-tuning (rank 0)
+    assert "2 ranks" in done.stdout and done.stdout.count("fine-tuned classifier") == 1  # rank 0 reports
     records = read_jsonl(run / "metrics.jsonl")
     assert [r["epoch"] for r in records] == [1, 2]  # rank 0 alone writes
     model, checkpoint = load_run_model(run, torch.device("cpu"))  # N-rank checkpoint, one process

@@ -89,13 +89,20 @@ def collect_rows(evals: list[dict]) -> list[Row]:
                     continue
                 label = {"random": f"random-weight {row.label}",  # same architecture as its row
                          "pca": f"PCA of pixels {rep['dim']}-d", "pixels": f"raw pixels {rep['dim']}-d"}[kind]
-                key = json.dumps([label, _data_key(record)], sort_keys=True)
+                data = _data_key(record)
+                key = json.dumps([label, data], sort_keys=True)
                 if key in counted:  # the same baseline on the same data, from another run
                     continue
                 counted.add(key)
-                baseline = baselines.setdefault(label, Row(label, kind, rep["dim"], [record]))
+                # split seeds are repeats of one baseline; another data set or subset is another baseline
+                group = json.dumps([label, {k: v for k, v in data.items() if k != "seed"}], sort_keys=True)
+                baseline = baselines.setdefault(group, Row(label, kind, rep["dim"], [record]))
                 _pool(baseline, rep)
         row.finetune = [acc for record in row.evals for acc in _finetune_accuracies(record["run"])]
+    labels = [row.label for row in baselines.values()]
+    for row in baselines.values():
+        if labels.count(row.label) > 1:
+            row.label += f" ({row.evals[0]['train_config'].get('subset') or 'all'} train images)"
     order = {"encoder": 0, "random": 1, "pca": 2, "pixels": 3}
     return rows + sorted(baselines.values(), key=lambda r: (order[r.kind], r.dim, r.label))
 
@@ -178,6 +185,8 @@ def _header(evals: list[dict], cfg: CompareConfig) -> list:
     where = sorted({f"{e['device']} on {e['host']}" for e in evals})
     dates = sorted({e["date"] for e in evals})
     when = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
+    sizes = "; ".join(dict.fromkeys(" / ".join(map(str, e["representations"]["encoder"]["sizes"].values()))
+                                    for e in evals if "sizes" in e["representations"]["encoder"]))
     return [
         Heading(1, cfg.title),
         Bullets([
@@ -185,9 +194,8 @@ def _header(evals: list[dict], cfg: CompareConfig) -> list:
             f"`{command_line()}` (git {configuration.git_sha() or 'unknown'}).",
             f"Probes evaluated by `latentprobe evaluate` on {'; '.join(where)}, {when}.",
             f"Data: {evals[0]['train_config']['dataset']}, {evals[0]['label_type']} labels, "
-            f"{len(evals[0]['class_names'])} classes; train / validation / test images: "
-            + " / ".join(str(n) for n in evals[0]["representations"]["encoder"].get("sizes", {}).values())
-            + " (the validation split is carved from the training set with each run's seed).",
+            f"{len(evals[0]['class_names'])} classes; train / validation / test images: {sizes} "
+            "(the validation split is carved from the training set with each run's seed).",
             f"Probes over frozen features, extracted once: `linear` (the study's Linear + log-softmax), "
             f"`linear+BN` (BatchNorm1d without affine before the Linear, MAE's protocol), `MLP` "
             f"(BatchNorm, one hidden layer of {protocol['mlp_hidden']} with BatchNorm + ReLU), all Adam with "

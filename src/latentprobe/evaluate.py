@@ -228,7 +228,7 @@ def _evaluate_run(run_dir: Path, cfg: EvalConfig) -> dict:
     previous = read_json(path) if path.exists() else {}
     done = previous.get("representations", {}) if previous.get("protocol") == cfg.protocol() else {}
     record = {**info, "label_type": cfg.label_type, "protocol": cfg.protocol(), "device": str(device),
-              "host": f"{platform.node()} ({platform.machine()}, {torch.get_num_threads()} threads)",
+              "host": f"{platform.node()} ({platform.machine()}, torch threads: {torch.get_num_threads()})",
               "date": datetime.datetime.now().isoformat(timespec="seconds"), "command": command_line(),
               "git_sha": configuration.git_sha(), "class_names": previous.get("class_names"),
               "representations": done}

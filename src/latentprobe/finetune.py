@@ -85,7 +85,8 @@ def build_classifier(checkpoint: dict, num_classes: int, cfg: FinetuneConfig) ->
     if is_vit:
         model_config["drop_path_rate"] = cfg.drop_path  # DropPath has no weights: state dict unchanged
     encoder = create_model(checkpoint["model_name"], **model_config)
-    encoder.load_state_dict(checkpoint["model"])
+    # the weights the probes read too: the best validation epoch where the run recorded one
+    encoder.load_state_dict(checkpoint.get("best_model", checkpoint["model"]))
     pool = (cfg.pool or model_config["pool"]) if is_vit else None
     return Classifier(encoder, num_classes, pool)
 
@@ -249,6 +250,7 @@ def finetune(run_dir: Path, cfg: FinetuneConfig) -> dict:
     summary = {"val_acc": best["val_acc"], "test_acc": best["test_acc"], "best_epoch": best["epoch"],
                "mode": "frozen" if cfg.freeze_encoder else "fine-tuned", "pool": classifier.pool,
                "latent_dim": classifier.encoder.latent_dim, "model_name": source["model_name"],
+               "pretrain_epoch": source.get("best_epoch", source["epoch"]),
                "history": history, "confusion": best["confusion"], "precision": precision.tolist(),
                "recall": recall.tolist(), "class_names": class_names,
                "finetune_config": configuration.to_dict(cfg), "device": str(device), "world_size": world_size}

@@ -62,7 +62,7 @@ def grouped_bars(values: dict[str, list[float]], categories: list[str], path: Pa
         yerr = errors.get(label) if errors else None
         ax.bar(x + (i - (len(values) - 1) / 2) * width, heights, width, label=label, yerr=yerr,
                capsize=2 if yerr is not None else 0, error_kw={"elinewidth": 0.8})
-    tilt = len(categories) > 10 or sum(map(len, categories)) > 60  # long labels would overlap
+    tilt = len(categories) > 10 or max(map(len, categories), default=0) > 8  # long labels would overlap
     ax.set_xticks(x, categories, rotation=45 if tilt else 0, ha="right" if tilt else "center", fontsize=8)
     ax.set(title=title, ylabel=ylabel)
     if ylim is not None:
