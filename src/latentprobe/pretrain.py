@@ -79,7 +79,9 @@ def _resume(run_dir: Path, cfg: TrainConfig, model, optimizer) -> tuple[int, lis
                               f"use a new --out, or the same settings to continue it")
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
-    best = (checkpoint["best_val_loss"], checkpoint["best_epoch"], checkpoint["best_model"])
+    best = None  # checkpoints written before best-epoch tracking carry none
+    if "best_model" in checkpoint:
+        best = (checkpoint["best_val_loss"], checkpoint["best_epoch"], checkpoint["best_model"])
     return checkpoint["epoch"], checkpoint["history"], best
 
 
