@@ -65,7 +65,8 @@ def write_study_report(study_dir: Path, device: str | None = None) -> Path:
     best = sorted(probes, key=lambda label: probes[label]["val_acc"], reverse=True)[:2]
     summary_rows = []
     for size, path in runs:
-        last, probe = metrics[size][-1], probes[f"latent {size}"]
+        # the epoch whose latents were probed: the lowest validation loss
+        last, probe = min(metrics[size], key=lambda m: m["val_loss"]), probes[f"latent {size}"]
         summary_rows.append([size, f"{last['val_mse']:.5f}", f"{last['val_psnr']:.2f}",
                              f"{probe['val_acc']:.4f}", f"**{probe['test_acc']:.4f}**", probe["best_epoch"],
                              f"{sum(m['epoch_seconds'] for m in metrics[size]):.0f}",
@@ -92,7 +93,7 @@ def write_study_report(study_dir: Path, device: str | None = None) -> Path:
         "",
         "## Summary",
         "",
-        _table(["latent", "val recon MSE ([0,1] px)", "PSNR dB", "val acc", "test acc", "best epoch",
+        _table(["latent", "val recon MSE ([0,1] px), chosen epoch", "PSNR dB", "val acc", "test acc", "best epoch",
                 "AE train s", "detector s"], summary_rows),
         "",
         "## Autoencoder",
