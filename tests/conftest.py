@@ -65,3 +65,11 @@ def real_data_root() -> Path:
             pytest.fail(f"real CIFAR-10 not found under {root}; CI must set LATENTPROBE_DATA")
         pytest.skip("real CIFAR-10 not available (set LATENTPROBE_DATA)")
     return root
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models and probe steps run faster on one thread, far faster on a shared CPU."""
+    from latentprobe.evaluate import cpu_threads
+    with cpu_threads(1):
+        yield

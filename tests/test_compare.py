@@ -9,10 +9,7 @@ from latentprobe.evaluate import cpu_threads, evaluate_run, load_eval
 from latentprobe.runs import write_json
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    with cpu_threads(1):  # small steps on a shared CPU (see evaluate.cpu_threads)
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from eval_helpers import fast_config, train_tiny_run
 
 from latentprobe.checkpoint import load_checkpoint
 from latentprobe.data import Normalizer
-from latentprobe.evaluate import cpu_threads, evaluate_run, load_eval
+from latentprobe.evaluate import evaluate_run, load_eval
 from latentprobe.features import FeatureSet, extract, pca_features, random_encoder_features, run_splits
 from latentprobe.pretrain import TrainConfig, build_model
 from latentprobe.probe import MLPHead, fit_head
@@ -21,11 +21,7 @@ def evaluated(tmp_path_factory):
     return run, data, record
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small probe steps run faster on one thread on a shared CPU (see evaluate.cpu_threads)."""
-    with cpu_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 def test_fit_head_keeps_the_best_validation_epoch_and_never_sees_test():

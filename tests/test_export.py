@@ -4,14 +4,11 @@ from eval_helpers import fast_config, train_tiny_run, write_noisy_cifar10
 from PIL import Image
 
 from latentprobe.cli import main
-from latentprobe.evaluate import cpu_threads, evaluate_run
+from latentprobe.evaluate import evaluate_run
 from latentprobe.export import export_features, load_image, predict_files
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    with cpu_threads(1):  # small steps on a shared CPU (see evaluate.cpu_threads)
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,7 @@ from latentprobe.models.mae import MaskedAutoencoderViT, random_masking
 MAE_PRESETS = [name for name in list_models() if name.startswith("mae_")]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Models this small run faster on one thread, and far faster when another job shares the CPU.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 def tiny_mae(**overrides) -> MaskedAutoencoderViT:
