@@ -95,5 +95,28 @@ def test_bad_runs_give_clear_errors_and_options_work(mae_run, cifar10_root, tmp_
                              device="cpu", out=str(tmp_path / "conv")))
     with pytest.raises(ValueError, match="--pool applies to ViT encoders"):
         _finetune(conv, pool="mean")
+    with pytest.raises(ValueError, match="--pool applies to ViT encoders"):
+        run_features(conv, torch.device("cpu"), pool="mean")
     assert _finetune(conv)["pool"] is None  # a conv encoder + Linear head is supported
     assert _finetune(mae_run, pool="mean", out=str(mae_run / "mean"))["pool"] == "mean"
+
+
+def test_probe_time_pooling_reads_other_tokens_and_keys_the_cache(mae_run, cifar10_root):
+    import json
+
+    from latentprobe.data import Normalizer, load_split
+    from latentprobe.features import FEATURES, load_run_model
+
+    cls = run_features(mae_run, torch.device("cpu"))  # the run's own pooling: cls
+    mean = run_features(mae_run, torch.device("cpu"), pool="mean")
+    assert torch.load(mae_run / FEATURES, weights_only=True)["key"]["pool"] == "mean"  # cache rewritten
+    assert not torch.allclose(cls.features["test"], mean.features["test"])
+    model, _ = load_run_model(mae_run, torch.device("cpu"))
+    images = load_split("cifar10", "test", cifar10_root, download=False).images[:8]
+    with torch.no_grad():
+        expected = model.encode(Normalizer("cifar10")(images), pool="mean")
+    torch.testing.assert_close(mean.features["test"][:8], expected)
+
+    record = probe_and_save(mean, ProbeConfig(head="bn_linear", epochs=1), mae_run, "cpu")
+    (mae_run / "probe_bn_linear.json").write_text(json.dumps({**record, "pool": "mean"}))  # as `probe --pool`
+    assert "| frozen, BN + linear | frozen | mean |" in write_mae_report(mae_run).read_text()

@@ -44,8 +44,10 @@ def cmd_probe(args) -> None:
     cfg = configuration.resolve(ProbeConfig, args)
     device = local_device(args.device)
     run_dir = Path(args.run)
-    features = run_features(run_dir, device, data_dir=args.data_dir)
+    features = run_features(run_dir, device, data_dir=args.data_dir, pool=args.pool)
     record = probe_and_save(features, cfg, run_dir, device)
+    if args.pool is not None:
+        record["pool"] = args.pool  # mae-report shows it beside the run's own pooling
     from latentprobe.runs import write_json
     write_json(run_dir / f"probe_{cfg.head}.json", record)  # one file per head, for mae-report
     history = record["history"]
@@ -85,7 +87,8 @@ def cmd_compare(args) -> None:
 
 def cmd_export(args) -> None:
     from latentprobe.export import export_features
-    export_features(Path(args.run), args.split, args.source, args.out, args.label_type, args.device, args.data_dir)
+    export_features(Path(args.run), args.split, args.source, args.out, args.label_type, args.device, args.data_dir,
+                    args.pool)
 
 
 def cmd_predict(args) -> None:
@@ -137,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("run", help="run directory made by `latentprobe train`")
     probe.add_argument("--data-dir", default=None, help="folder holding the CIFAR folders")
     probe.add_argument("--device", default="auto")
+    probe.add_argument("--pool", default=None, choices=["cls", "mean"],
+                       help="ViT encoders: read the CLS token or the mean of the patch tokens (default: the run's)")
     configuration.add_config_arguments(probe, ProbeConfig)
     probe.set_defaults(handler=cmd_probe)
 
@@ -168,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--label-type", default="fine", choices=["fine", "coarse"])
     export.add_argument("--data-dir", default=None)
     export.add_argument("--device", default="auto")
+    export.add_argument("--pool", default=None, choices=["cls", "mean"], help="ViT token pooling (default: the run's)")
     export.set_defaults(handler=cmd_export)
 
     predict = commands.add_parser("predict", help="classify image files with a run's encoder + classifier")

@@ -55,6 +55,7 @@ class EvalConfig:
     knn_k: list[int] = field(default_factory=lambda: [20, 200])
     knn_temperature: float = 0.07
     label_type: str = field(default="fine", metadata={"help": "fine, or coarse (CIFAR-100)"})
+    pool: str | None = field(default=None, metadata={"help": "ViT token pooling: cls or mean (default: the run's)"})
     threads: int | None = field(default=1, metadata={"help": "CPU threads (none: torch's default)"})
     data_dir: str | None = field(default=None, metadata={"help": "folder holding the CIFAR folders"})
     device: str = "auto"
@@ -167,18 +168,19 @@ def _encoder_params(model) -> int:
     return used
 
 
-def _run_info(run_dir: Path, device) -> dict:
-    model, checkpoint = load_run_model(run_dir, device)
+def _run_info(run_dir: Path, device, pool: str | None = None) -> dict:
+    model, checkpoint = load_run_model(run_dir, device, pool)
     history = read_jsonl(run_dir / METRICS) or checkpoint.get("history", [])
     last = history[-1] if history else {}
     return {"run": str(run_dir), "model_name": checkpoint["model_name"], "latent_dim": model.latent_dim,
             "params": sum(p.numel() for p in model.parameters()), "encoder_params": _encoder_params(model),
             "train_config": checkpoint["train_config"], "model_config": checkpoint["model_config"],
-            "epochs_trained": checkpoint["epoch"], "val_mse": last.get("val_mse"), "val_psnr": last.get("val_psnr"),
+            "pool": getattr(model, "pool", None), "epochs_trained": checkpoint["epoch"], "val_mse": last.get("val_mse"), "val_psnr": last.get("val_psnr"),
             "train_seconds": sum(h.get("epoch_seconds", 0.0) for h in history)}
 
 
-def _save_classifier(run_dir: Path, heads: dict, record: dict, class_names: list[str], cfg: EvalConfig) -> None:
+def _save_classifier(run_dir: Path, heads: dict, record: dict, class_names: list[str], cfg: EvalConfig,
+                     pool: str | None) -> None:
     """The better (by validation accuracy) of the two seed-0 linear heads on the encoder."""
     linear = [kind for kind in ("bn_linear", "linear") if kind in heads]
     if not linear:
@@ -187,7 +189,7 @@ def _save_classifier(run_dir: Path, heads: dict, record: dict, class_names: list
     head, chosen = heads[kind]
     save_checkpoint(run_dir / classifier_file(cfg.label_type), kind=CLASSIFIER_KIND, head=kind,
                     in_dim=record["dim"], num_classes=len(class_names), hidden=cfg.mlp_hidden,
-                    state_dict=head.state_dict(), class_names=class_names, label_type=cfg.label_type,
+                    state_dict=head.state_dict(), class_names=class_names, label_type=cfg.label_type, pool=pool,
                     lr=chosen["lr"], weight_decay=chosen["weight_decay"],
                     val_acc=record["probes"][kind]["seeds"][0]["val_acc"],
                     test_acc=record["probes"][kind]["seeds"][0]["test_acc"])
@@ -221,7 +223,7 @@ def _evaluate_run(run_dir: Path, cfg: EvalConfig) -> dict:
     device = local_device(cfg.device)
     print(f"{run_dir}: evaluating with {cfg.protocol()} on {device}", flush=True)
     path = run_dir / eval_file(cfg.label_type)
-    info = _run_info(run_dir, device)
+    info = _run_info(run_dir, device, cfg.pool)
     if not info["train_config"].get("val_size"):
         raise ValueError(f"{run_dir} was trained with val_size 0; the probes need a validation split "
                          f"to choose their settings (train with --val-size > 0)")
@@ -240,13 +242,14 @@ def _evaluate_run(run_dir: Path, cfg: EvalConfig) -> dict:
         started, cpu_started = time.perf_counter(), time.process_time()
         if name in ("pca", "pixels") and pixels is None:  # one pixel FeatureSet serves both
             pixels = pixel_features(run_splits(info["train_config"], cfg.data_dir, cfg.label_type), device)
-        data = representation_features(run_dir, name, device, cfg.data_dir, cfg.label_type, pixels=pixels)
+        data = representation_features(run_dir, name, device, cfg.data_dir, cfg.label_type, pixels=pixels,
+                                       pool=cfg.pool)
         result, heads = evaluate_features(data, cfg, device)
         # wall and CPU (all threads) seconds: on a shared machine the two tell different stories
         result["seconds"], result["cpu_seconds"] = time.perf_counter() - started, time.process_time() - cpu_started
         record["class_names"] = data.class_names
         if name == "encoder":
-            _save_classifier(run_dir, heads, result, data.class_names, cfg)
+            _save_classifier(run_dir, heads, result, data.class_names, cfg, info["pool"])
         record["representations"][name] = result
         write_json(path, record)
         print(f"{run_dir}: {name} ({result['dim']}-d, {result['seconds']:.0f} s): " + ", ".join(

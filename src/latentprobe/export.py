@@ -25,7 +25,8 @@ IMAGE_SIZE = 32
 
 
 def export_features(run_dir: Path, split: str = "test", source: str = "encoder", out: Path | None = None,
-                    label_type: str = "fine", device: str = "auto", data_dir: str | None = None) -> Path:
+                    label_type: str = "fine", device: str = "auto", data_dir: str | None = None,
+                    pool: str | None = None) -> Path:
     """Write ``split`` of ``source`` (encoder, random, pca, pixels) of a run to an .npz; returns its path."""
     from latentprobe.distributed import local_device
 
@@ -34,7 +35,7 @@ def export_features(run_dir: Path, split: str = "test", source: str = "encoder",
     if source not in REPRESENTATIONS:
         raise ValueError(f"unknown source {source!r}; use one of {', '.join(REPRESENTATIONS)}")
     run_dir = Path(run_dir)
-    data = representation_features(run_dir, source, local_device(device), data_dir, label_type)
+    data = representation_features(run_dir, source, local_device(device), data_dir, label_type, pool=pool)
     suffix = "" if source == "encoder" else f"_{source}"
     suffix += "" if label_type == "fine" else f"_{label_type}"
     out = Path(out) if out else run_dir / f"features_{split}{suffix}.npz"
@@ -70,8 +71,9 @@ def load_image(path: Path) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)  # (3, 32, 32)
 
 
-def load_classifier(run_dir: Path, label_type: str = "fine") -> tuple[torch.nn.Module, list[str]]:
-    """The head that ``latentprobe evaluate`` saved, in eval mode, and its class names."""
+def load_classifier(run_dir: Path, label_type: str = "fine") -> tuple[torch.nn.Module, dict]:
+    """The head that ``latentprobe evaluate`` saved, in eval mode, and the saved record
+    (class names, and the token pooling its features were read with)."""
     path = Path(run_dir) / classifier_file(label_type)
     if not path.is_file():
         flag = "" if label_type == "fine" else f" --label-type {label_type}"
@@ -80,7 +82,7 @@ def load_classifier(run_dir: Path, label_type: str = "fine") -> tuple[torch.nn.M
     saved = load_checkpoint(path, kind=CLASSIFIER_KIND)
     head = build_head(saved["head"], saved["in_dim"], saved["num_classes"], hidden=saved["hidden"])
     head.load_state_dict(saved["state_dict"])
-    return head.eval(), saved["class_names"]
+    return head.eval(), saved
 
 
 @torch.no_grad()
@@ -90,8 +92,9 @@ def predict_files(run_dir: Path, paths: list[Path], top_k: int = 3, label_type: 
     from latentprobe.distributed import local_device
 
     device = local_device(device)
-    head, class_names = load_classifier(run_dir, label_type)  # first: no classifier, no model load
-    model, checkpoint = load_run_model(run_dir, device)
+    head, saved = load_classifier(run_dir, label_type)  # first: no classifier, no model load
+    class_names = saved["class_names"]
+    model, checkpoint = load_run_model(run_dir, device, saved.get("pool"))
     normalizer = Normalizer(checkpoint["train_config"]["dataset"], device)
     head = head.to(device)
     images, names, failed = [], [], 0

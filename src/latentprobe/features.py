@@ -59,12 +59,23 @@ def run_splits(train_config: dict, data_dir: str | None = None, label_type: str 
             zip(SPLITS, (train, val, test))}
 
 
-def load_run_model(run_dir: Path, device: torch.device):
-    """The trained model of a run (eval mode) at its best validation epoch, and its checkpoint."""
+def load_run_model(run_dir: Path, device: torch.device, pool: str | None = None):
+    """The trained model of a run (eval mode) at its best validation epoch, and its checkpoint.
+    ``pool`` (ViT encoders: ``cls`` or ``mean``) overrides the pooling the run was trained with."""
     checkpoint = load_checkpoint(Path(run_dir) / CHECKPOINT, kind="autoencoder")
-    model = create_model(checkpoint["model_name"], **checkpoint["model_config"])
+    model = create_model(checkpoint["model_name"], **_with_pool(checkpoint, pool))
     model.load_state_dict(checkpoint.get("best_model", checkpoint["model"]))
     return model.to(device).eval(), checkpoint
+
+
+def _with_pool(checkpoint: dict, pool: str | None) -> dict:
+    """The run's model config, its token pooling replaced by ``pool`` when one is given."""
+    config = dict(checkpoint["model_config"])
+    if pool is not None:
+        if "pool" not in config:
+            raise ValueError(f"--pool applies to ViT encoders; {checkpoint['model_name']} has one latent vector")
+        config["pool"] = pool
+    return config
 
 
 def _load_cache(path: Path, key: dict) -> FeatureSet | None:
@@ -97,11 +108,13 @@ def _encode_splits(model, train_config: dict, device, data_dir, label_type) -> F
 
 
 def run_features(run_dir: Path, device: torch.device, data_dir: str | None = None,
-                 label_type: str = "fine") -> FeatureSet:
-    """Cached features of a run's encoder, extracted on the first call."""
+                 label_type: str = "fine", pool: str | None = None) -> FeatureSet:
+    """Cached features of a run's encoder, extracted on the first call (and again whenever
+    the epoch, labels or pooling asked for differ from the cached ones)."""
     run_dir = Path(run_dir)
-    model, checkpoint = load_run_model(run_dir, device)
-    key = {"epoch": checkpoint.get("best_epoch", checkpoint["epoch"]), "label_type": label_type}
+    model, checkpoint = load_run_model(run_dir, device, pool)
+    key = {"epoch": checkpoint.get("best_epoch", checkpoint["epoch"]), "label_type": label_type,
+           "pool": getattr(model, "pool", None)}
     feature_set = _load_cache(run_dir / FEATURES, key)
     if feature_set is None:
         feature_set = _encode_splits(model, checkpoint["train_config"], device, data_dir, label_type)
@@ -110,7 +123,7 @@ def run_features(run_dir: Path, device: torch.device, data_dir: str | None = Non
 
 
 def random_encoder_features(run_dir: Path, device: torch.device, data_dir: str | None = None,
-                            label_type: str = "fine") -> FeatureSet:
+                            label_type: str = "fine", pool: str | None = None) -> FeatureSet:
     """Baseline: the run's encoder with untrained weights, cached in ``features_random.pt``.
 
     The model is rebuilt from the checkpoint's ``model_config`` after seeding torch with the
@@ -119,13 +132,13 @@ def random_encoder_features(run_dir: Path, device: torch.device, data_dir: str |
     """
     run_dir = Path(run_dir)
     checkpoint = load_checkpoint(run_dir / CHECKPOINT, kind="autoencoder")
-    train_config = checkpoint["train_config"]
+    train_config, model_config = checkpoint["train_config"], _with_pool(checkpoint, pool)
     key = {"init_seed": train_config["seed"], "model_name": checkpoint["model_name"],
-           "model_config": checkpoint["model_config"], "label_type": label_type}
+           "model_config": model_config, "label_type": label_type}
     feature_set = _load_cache(run_dir / RANDOM_FEATURES, key)
     if feature_set is None:
         torch.manual_seed(train_config["seed"])
-        model = create_model(checkpoint["model_name"], **checkpoint["model_config"]).to(device).eval()
+        model = create_model(checkpoint["model_name"], **model_config).to(device).eval()
         feature_set = _encode_splits(model, train_config, device, data_dir, label_type)
         _save_cache(run_dir / RANDOM_FEATURES, key, feature_set)
     return feature_set
@@ -161,14 +174,16 @@ REPRESENTATIONS = ("encoder", "random", "pca", "pixels")
 
 
 def representation_features(run_dir: Path, name: str, device: torch.device, data_dir: str | None = None,
-                            label_type: str = "fine", pixels: FeatureSet | None = None) -> FeatureSet:
+                            label_type: str = "fine", pixels: FeatureSet | None = None,
+                            pool: str | None = None) -> FeatureSet:
     """Features of a run under one representation: its trained ``encoder``, the ``random``
     (untrained) encoder, ``pca`` of the pixels to the run's latent size, or raw ``pixels``.
-    ``pixels`` may be passed in when the caller already has them."""
+    ``pixels`` may be passed in when the caller already has them; ``pool`` is the ViT token
+    pooling of the two encoders (None: the run's own)."""
     if name == "encoder":
-        return run_features(run_dir, device, data_dir, label_type)
+        return run_features(run_dir, device, data_dir, label_type, pool)
     if name == "random":
-        return random_encoder_features(run_dir, device, data_dir, label_type)
+        return random_encoder_features(run_dir, device, data_dir, label_type, pool)
     if name not in REPRESENTATIONS:
         raise ValueError(f"unknown representation {name!r}; use one of {', '.join(REPRESENTATIONS)}")
     checkpoint = load_checkpoint(Path(run_dir) / CHECKPOINT, kind="autoencoder")

@@ -34,18 +34,25 @@ def load_results(run_dir: Path) -> dict[str, dict]:
     return results
 
 
-def _pooling(run_dir: Path, results: dict[str, dict]) -> tuple[str, str]:
-    """(latent size, pooling): from finetune.json, else from the run's config.yaml."""
-    latent_dim = next((str(r.get("latent_dim") or r.get("feature_dim")) for r in results.values()
-                       if r.get("latent_dim") or r.get("feature_dim")), "?")
-    for record in results.values():
-        if "pool" in record:
-            return latent_dim, str(record["pool"] or "the latent vector")
+def _latent_dim(results: dict[str, dict]) -> str:
+    return next((str(r.get("latent_dim") or r.get("feature_dim")) for r in results.values()
+                 if r.get("latent_dim") or r.get("feature_dim")), "?")
+
+
+def _run_pooling(run_dir: Path) -> str:
+    """The pooling the run was pretrained with, from its config.yaml."""
     import yaml
     config_file = run_dir / "config.yaml"
     config = yaml.safe_load(config_file.read_text())["config"] if config_file.is_file() else {}
     default = "cls" if str(config.get("model", "")).startswith("mae") else "the latent vector"
-    return latent_dim, str(config.get("model_args", {}).get("pool", default))
+    return str(config.get("model_args", {}).get("pool", default))
+
+
+def _pooling(record: dict, run_pooling: str) -> str:
+    """What a classifier read: its record's ``pool`` when it chose one, else the run's."""
+    if "pool" in record:
+        return str(record["pool"] or "the latent vector")
+    return run_pooling
 
 
 def write_mae_report(run_dir: Path) -> Path:
@@ -53,7 +60,7 @@ def write_mae_report(run_dir: Path) -> Path:
     results = load_results(run_dir)
     figures = run_dir / "mae_report"
     class_names = next(r["class_names"] for r in results.values() if "class_names" in r)
-    latent_dim, pool = _pooling(run_dir, results)
+    latent_dim, run_pooling = _latent_dim(results), _run_pooling(run_dir)
 
     curves = {}
     for label, record in results.items():
@@ -69,14 +76,16 @@ def write_mae_report(run_dir: Path) -> Path:
                           title=f"{label} (rows: true)")
 
     lines = [f"# {run_dir.name}: classifiers on the encoder, frozen vs fine-tuned", "",
-             f"Latent: **{latent_dim}** values per image, pooling **{pool}**. Every number is test "
+             f"Latent: **{latent_dim}** values per image; pooling per classifier in the table. Every number is test "
              f"accuracy at the epoch with the best validation accuracy (validation split carved from "
              f"the training set with the run's seed; one seed).", "",
-             "| classifier | encoder | best epoch | val acc | test acc | how |", "|---|---|---|---|---|---|"]
+             "| classifier | encoder | pooling | best epoch | val acc | test acc | how |",
+             "|---|---|---|---|---|---|---|"]
     for name, label, how in SOURCES:
         if label in results:
             r = results[label]
-            lines.append(f"| {label} | {'trained' if label == 'fine-tuned' else 'frozen'} | {r['best_epoch']} "
+            lines.append(f"| {label} | {'trained' if label == 'fine-tuned' else 'frozen'} "
+                         f"| {_pooling(r, run_pooling)} | {r['best_epoch']} "
                          f"| {r['val_acc']:.4f} | {r['test_acc']:.4f} | {how} (`{name}`) |")
     lines += ["", "![accuracy](mae_report/accuracy.png)", "", "![precision](mae_report/precision.png)", "",
               "| class | " + " | ".join(results) + " |", "|---|" + "---|" * len(results)]
