@@ -1,7 +1,10 @@
 import pytest
 import torch
 
+import torch.nn.functional as F
+
 from latentprobe.models import create_model, list_models
+from latentprobe.models.conv_ae import ConvAutoencoder
 
 
 @pytest.mark.parametrize("latent_dim", [16, 32, 64, 128, 256, 512])
@@ -33,3 +36,23 @@ def test_every_registered_model_follows_the_protocol():
 def test_unknown_model_names_the_choices():
     with pytest.raises(ValueError, match="unknown model 'nope'.*conv_ae"):
         create_model("nope")
+
+
+def test_denoising_corrupts_only_the_training_input():
+    torch.manual_seed(0)
+    images = torch.randn(4, 3, 32, 32)
+    plain = ConvAutoencoder(latent_dim=16, c1=4, c2=8)
+    noisy = ConvAutoencoder(latent_dim=16, c1=4, c2=8, noise=0.5)
+    noisy.load_state_dict(plain.state_dict())
+    clean_loss = F.mse_loss(plain(images), images)
+    torch.testing.assert_close(plain.loss(images)[0], clean_loss)  # noise=0: the study's loss
+    assert not torch.allclose(noisy.loss(images)[0], clean_loss)  # training: a noisy input ...
+    torch.manual_seed(1)
+    expected = F.mse_loss(plain(images + 0.5 * torch.randn_like(images)), images)  # ... clean target
+    torch.manual_seed(1)
+    torch.testing.assert_close(noisy.loss(images)[0], expected)
+    noisy.eval()
+    torch.testing.assert_close(noisy.loss(images)[0], clean_loss)  # evaluation reads clean images
+    torch.testing.assert_close(noisy.encode(images), plain.encode(images))
+    with pytest.raises(ValueError, match="noise is a standard deviation"):
+        ConvAutoencoder(noise=-0.1)
