@@ -51,7 +51,8 @@ class Row:
 
 
 def _identity(record: dict) -> str:
-    return json.dumps({k: v for k, v in record["train_config"].items() if k not in _NOT_IDENTITY}, sort_keys=True)
+    settings = {k: v for k, v in record["train_config"].items() if k not in _NOT_IDENTITY}
+    return json.dumps({**settings, "probe pooling": record.get("pool")}, sort_keys=True)
 
 
 def _data_key(record: dict) -> dict:
@@ -75,6 +76,8 @@ def collect_rows(evals: list[dict]) -> list[Row]:
     for members in groups.values():
         first = members[0]
         label = f"{first['model_name']} {first['latent_dim']}-d"
+        if first.get("pool"):  # ViT encoders: which tokens the probes read
+            label += f" {first['pool']} pooling"
         if label in seen_labels:  # same model and size, other settings: name it by its run
             label += f" ({Path(first['run']).name})"
         seen_labels.add(label)
