@@ -13,6 +13,11 @@ from latentprobe.plots import confusion_heatmap, grouped_bars, image_grid, line_
 from latentprobe.runs import read_jsonl
 
 
+
+def _denoising(cfg: dict) -> str:
+    noise = cfg.get("noise")  # absent in studies made before the option existed
+    return f" (denoising: input noise σ = {noise}, clean target)" if noise else ""
+
 def _latent_runs(study_dir: Path) -> list[tuple[int, Path]]:
     runs = [(int(p.name.split("_")[1]), p) for p in study_dir.glob("latent_*") if (p / "probe.json").exists()]
     return sorted(runs)
@@ -86,7 +91,9 @@ def write_study_report(study_dir: Path, device: str | None = None) -> Path:
         f"(seed {cfg['seed']}) chooses the detector's epoch; {cfg['subset'] or 'all remaining'} training images; "
         f"the test set is used only for the reported numbers.",
         f"- Autoencoder: Conv(3→{cfg['c1']}) → ReLU → MaxPool → ReLU → Conv({cfg['c1']}→{cfg['c2']}) → Linear; "
-        f"MSE, Adam lr {cfg['lr']}, batch {cfg['batch_size']}, {cfg['epochs']} epochs, 1 seed ({cfg['seed']}).",
+        f"MSE{_denoising(cfg)}, Adam lr {cfg['lr']}"
+        f"{', gradient norm clipped to ' + str(cfg['clip_grad']) if cfg.get('clip_grad') else ''}, "
+        f"batch {cfg['batch_size']}, {cfg['epochs']} epochs, 1 seed ({cfg['seed']}).",
         f"- Detector: one Linear layer + log-softmax, NLL loss, Adam lr {cfg['probe_lr']}, "
         f"{cfg['probe_epochs']} epochs; the reported test accuracy is at the epoch with the best "
         f"validation accuracy.",

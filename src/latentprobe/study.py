@@ -36,6 +36,8 @@ class StudyConfig:
     latent_sizes: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256, 512])
     c1: int = field(default=16, metadata={"help": "channels of the first convolution"})
     c2: int = field(default=32, metadata={"help": "channels of the second convolution"})
+    noise: float = field(default=0.0, metadata={"help": "denoising: input noise std (0: the write-up's plain AE)"})
+    clip_grad: float | None = field(default=None, metadata={"help": "clip the gradient norm to this"})
     dataset: str = "cifar10"
     data_dir: str | None = None
     download: bool = True
@@ -56,6 +58,11 @@ class StudyConfig:
         for key, value in PRESETS[self.preset].items():  # what the user left unset
             if getattr(self, key) is None:
                 setattr(self, key, value)
+
+
+def _model_args(cfg: StudyConfig) -> dict:
+    """The autoencoder's options; ``noise`` only when set, so plain runs keep their old config."""
+    return {"c1": cfg.c1, "c2": cfg.c2, **({"noise": cfg.noise} if cfg.noise else {})}
 
 
 def probe_record(result: ProbeResult, feature_dim: int, seconds: float) -> dict:
@@ -84,10 +91,11 @@ def run_study(cfg: StudyConfig) -> Path:
     train_cfg = None
     for latent in cfg.latent_sizes:
         print(f"\n=== latent {latent} ===", flush=True)
-        train_cfg = TrainConfig(model="conv_ae", latent_dim=latent, model_args={"c1": cfg.c1, "c2": cfg.c2},
+        train_cfg = TrainConfig(model="conv_ae", latent_dim=latent, model_args=_model_args(cfg),
                                 dataset=cfg.dataset, data_dir=cfg.data_dir, download=cfg.download,
                                 val_size=cfg.val_size, subset=cfg.subset, epochs=cfg.epochs,
-                                batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, device=cfg.device,
+                                batch_size=cfg.batch_size, lr=cfg.lr, clip_grad=cfg.clip_grad,
+                                seed=cfg.seed, device=cfg.device,
                                 out=str(out / f"latent_{latent}"))
         run_dir = train(train_cfg)
         record = probe_and_save(run_features(run_dir, device), probe_cfg, run_dir, device)
