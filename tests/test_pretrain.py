@@ -88,3 +88,17 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(cifar10_root, tmp_path, mo
         train(_config(cifar10_root, tmp_path / "run", epochs=2))
     assert (run / "checkpoint.pt").read_bytes() == before
     assert len(read_jsonl(run / "metrics.jsonl")) == 1
+
+
+def test_train_seeds_repeats_pretraining_one_run_per_seed(cifar10_root, tmp_path):
+    from latentprobe.cli import main
+
+    out = tmp_path / "ae8"
+    main(["train", "--latent-dim", "8", "--model-args", "c1=4 c2=8", "--data-dir", str(cifar10_root),
+          "--no-download", "--val-size", "40", "--epochs", "1", "--device", "cpu", "--seed", "3",
+          "--seeds", "2", "--out", str(out)])
+    assert sorted(p.name for p in out.iterdir()) == ["seed_3", "seed_4"]
+    a, b = (load_checkpoint(out / name / "checkpoint.pt") for name in ("seed_3", "seed_4"))
+    assert (a["train_config"]["seed"], b["train_config"]["seed"]) == (3, 4)
+    assert a["train_config"]["out"] == str(out / "seed_3")
+    assert not torch.equal(a["model"]["encoder.0.weight"], b["model"]["encoder.0.weight"])

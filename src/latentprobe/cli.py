@@ -15,6 +15,7 @@
 """
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -30,7 +31,14 @@ USER_ERRORS = (DataError, CheckpointError, TrainingError, FileNotFoundError, Val
 
 def cmd_train(args) -> None:
     from latentprobe.pretrain import TrainConfig, train
-    train(configuration.resolve(TrainConfig, args))
+    cfg = configuration.resolve(TrainConfig, args)
+    if args.seeds is None:
+        train(cfg)
+        return
+    if args.seeds < 1:
+        sys.exit("error: --seeds must be at least 1")
+    for seed in range(cfg.seed, cfg.seed + args.seeds):  # one resumable run per seed: OUT/seed_S
+        train(dataclasses.replace(cfg, seed=seed, out=str(Path(cfg.out) / f"seed_{seed}")))
 
 
 def cmd_probe(args) -> None:
@@ -134,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="pretrain an autoencoder into a run directory (resumable)")
     configuration.add_config_arguments(train, TrainConfig)
+    train.add_argument("--seeds", type=int, default=None,
+                       help="repeat pretraining with seeds SEED … SEED+N-1, one run each in OUT/seed_S")
     train.set_defaults(handler=cmd_train)
 
     probe = commands.add_parser("probe", help="train the detector on a run's cached latents")
