@@ -175,7 +175,8 @@ def _run_info(run_dir: Path, device, pool: str | None = None) -> dict:
     return {"run": str(run_dir), "model_name": checkpoint["model_name"], "latent_dim": model.latent_dim,
             "params": sum(p.numel() for p in model.parameters()), "encoder_params": _encoder_params(model),
             "train_config": checkpoint["train_config"], "model_config": checkpoint["model_config"],
-            "pool": getattr(model, "pool", None), "epochs_trained": checkpoint["epoch"], "val_mse": last.get("val_mse"), "val_psnr": last.get("val_psnr"),
+            "pool": getattr(model, "pool", None), "epochs_trained": checkpoint["epoch"],
+            "val_mse": last.get("val_mse"), "val_psnr": last.get("val_psnr"),
             "train_seconds": sum(h.get("epoch_seconds", 0.0) for h in history)}
 
 
