@@ -114,3 +114,17 @@ def test_unknown_probe_or_baseline_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown probe"):
         fast_config(probes=["svm"])
     assert fast_config(baselines=["none"]).baselines == []
+
+
+def test_run_info_reports_the_reconstruction_of_the_epoch_the_probes_read(tmp_path):
+    from latentprobe.checkpoint import save_checkpoint
+    from latentprobe.evaluate import _run_info
+    from latentprobe.runs import write_jsonl
+
+    run = train_tiny_run(write_cifar10(tmp_path / "data", per_batch=40, test=60), tmp_path / "run")
+    checkpoint = load_checkpoint(run / "checkpoint.pt")
+    save_checkpoint(run / "checkpoint.pt", **{**checkpoint, "epoch": 2, "best_epoch": 1})  # epoch 2 spiked
+    write_jsonl(run / "metrics.jsonl", [{"epoch": 1, "val_mse": 0.01, "val_psnr": 20.0},
+                                        {"epoch": 2, "val_mse": 0.5, "val_psnr": 3.0}])
+    info = _run_info(run, torch.device("cpu"))
+    assert (info["epochs_trained"], info["probed_epoch"], info["val_mse"], info["val_psnr"]) == (2, 1, 0.01, 20.0)

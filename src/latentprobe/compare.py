@@ -153,13 +153,15 @@ def accuracy_table(rows: list[Row], probes: list[str]) -> Table:
 
 def model_table(rows: list[Row]) -> Table:
     """What each model costs and how well it reconstructs (pooled over its runs)."""
-    header = ["model", "latent dim", "params (encoder / all)", "runs", "epochs", "val recon MSE", "PSNR dB",
-              "train s"]
+    header = ["model", "latent dim", "params (encoder / all)", "runs", "epochs (probed)", "val recon MSE",
+              "PSNR dB", "train s"]
     table = []
     for row in (r for r in rows if r.kind == "encoder"):
         first = row.evals[0]
         table.append([row.label, row.dim, f"{first['encoder_params']:,} / {first['params']:,}", len(row.evals),
-                      first["epochs_trained"], fmt([r["val_mse"] for r in row.evals], 1.0, 5),
+                      ", ".join(f"{r['epochs_trained']} ({r.get('probed_epoch', r['epochs_trained'])})"
+                                for r in row.evals),
+                      fmt([r["val_mse"] for r in row.evals], 1.0, 5),
                       fmt([r["val_psnr"] for r in row.evals], 1.0, 2),
                       fmt([r["train_seconds"] for r in row.evals], 1.0, 0)])
     return Table(header, table)
@@ -183,7 +185,9 @@ def selection_table(rows: list[Row], probes: list[str]) -> Table:
 
 def _header(evals: list[dict], cfg: CompareConfig) -> list:
     protocol = evals[0]["protocol"]
-    differ = [Path(e["run"]).name for e in evals if e["protocol"] != protocol]
+    differ = [f"{Path(e['run']).name} (" + ", ".join(f"{k}={v}" for k, v in e["protocol"].items()
+                                                    if protocol.get(k) != v) + ")"
+              for e in evals if e["protocol"] != protocol]
     ks = ", ".join(str(k) for k in protocol["knn_k"])
     where = sorted({f"{e['device']} on {e['host']}" for e in evals})
     dates = sorted({e["date"] for e in evals})
@@ -214,8 +218,9 @@ def _header(evals: list[dict], cfg: CompareConfig) -> list:
             "counts pretraining runs only, and one run has std 0.",
             "Baselines: the same encoder with its untrained initial weights (the seed pretraining started "
             "from), PCA of the normalised pixels fitted on the training split to the latent size, raw pixels. "
-            "Reconstruction MSE is on [0, 1] pixels of the validation split, at the last epoch.",
-            *([f"Protocols differ for: {', '.join(differ)} (see their eval.json)."] if differ else []),
+            "Reconstruction MSE is on [0, 1] pixels of the validation split, at the epoch the probes read "
+            "(the one with the lowest validation loss).",
+            *([f"Protocols differ for: {'; '.join(differ)}."] if differ else []),
         ]),
     ]
 
@@ -321,7 +326,8 @@ def write_comparison(runs: list[Path], cfg: CompareConfig) -> Path:
         Figure("figures/accuracy.png", "Test accuracy per representation and probe; bars are mean ± std"),
         Heading(2, "Models"),
         Paragraph("Parameters of the encoder (what the probes read) and of the whole autoencoder; "
-                  "reconstruction on the validation split at the last epoch; training time summed over epochs."),
+                  "epochs trained and, in brackets, the epoch the probes read (lowest validation loss) with "
+                  "its reconstruction on the validation split; training time summed over epochs."),
         model_table(rows),
         Heading(2, "Model selection"),
         Paragraph("The grid point chosen on the validation split, and the epoch of best validation accuracy "

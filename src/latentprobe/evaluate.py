@@ -171,12 +171,13 @@ def _encoder_params(model) -> int:
 def _run_info(run_dir: Path, device, pool: str | None = None) -> dict:
     model, checkpoint = load_run_model(run_dir, device, pool)
     history = read_jsonl(run_dir / METRICS) or checkpoint.get("history", [])
-    last = history[-1] if history else {}
+    probed_epoch = checkpoint.get("best_epoch", checkpoint["epoch"])  # the weights the probes read
+    probed = next((h for h in history if h.get("epoch") == probed_epoch), history[-1] if history else {})
     return {"run": str(run_dir), "model_name": checkpoint["model_name"], "latent_dim": model.latent_dim,
             "params": sum(p.numel() for p in model.parameters()), "encoder_params": _encoder_params(model),
             "train_config": checkpoint["train_config"], "model_config": checkpoint["model_config"],
             "pool": getattr(model, "pool", None), "epochs_trained": checkpoint["epoch"],
-            "val_mse": last.get("val_mse"), "val_psnr": last.get("val_psnr"),
+            "probed_epoch": probed_epoch, "val_mse": probed.get("val_mse"), "val_psnr": probed.get("val_psnr"),
             "train_seconds": sum(h.get("epoch_seconds", 0.0) for h in history)}
 
 
