@@ -190,7 +190,8 @@ def _header(evals: list[dict], cfg: CompareConfig) -> list:
               for e in evals if e["protocol"] != protocol]
     ks = ", ".join(str(k) for k in protocol["knn_k"])
     where = sorted({f"{e['device']} on {e['host']}" for e in evals})
-    dates = sorted({e["date"] for e in evals})
+    # when the probes ran (older eval.json files only know when `evaluate` was last called)
+    dates = sorted({rep.get("date", e["date"]) for e in evals for rep in e["representations"].values()})
     when = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
     sizes = "; ".join(dict.fromkeys(" / ".join(map(str, e["representations"]["encoder"]["sizes"].values()))
                                     for e in evals if "sizes" in e["representations"]["encoder"]))

@@ -249,6 +249,7 @@ def _evaluate_run(run_dir: Path, cfg: EvalConfig) -> dict:
         result, heads = evaluate_features(data, cfg, device)
         # wall and CPU (all threads) seconds: on a shared machine the two tell different stories
         result["seconds"], result["cpu_seconds"] = time.perf_counter() - started, time.process_time() - cpu_started
+        result["date"] = datetime.datetime.now().isoformat(timespec="seconds")  # when these probes ran
         record["class_names"] = data.class_names
         if name == "encoder":
             _save_classifier(run_dir, heads, result, data.class_names, cfg, info["pool"])
