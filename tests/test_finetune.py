@@ -120,3 +120,32 @@ def test_probe_time_pooling_reads_other_tokens_and_keys_the_cache(mae_run, cifar
     record = probe_and_save(mean, ProbeConfig(head="bn_linear", epochs=1), mae_run, "cpu")
     (mae_run / "probe_bn_linear.json").write_text(json.dumps({**record, "pool": "mean"}))  # as `probe --pool`
     assert "| frozen, BN + linear | frozen | mean |" in write_mae_report(mae_run).read_text()
+
+
+def test_evaluate_with_mean_pooling_saves_it_and_predict_reads_the_same_tokens(mae_run, cifar10_root, capsys):
+    import numpy as np
+    from eval_helpers import fast_config
+    from PIL import Image
+
+    from latentprobe.data import Normalizer
+    from latentprobe.evaluate import evaluate_run
+    from latentprobe.export import load_classifier, load_image, predict_files
+    from latentprobe.features import load_run_model
+
+    record = evaluate_run(mae_run, fast_config(data_dir=str(cifar10_root), probes=["linear"], seeds=1,
+                                               baselines=[], pool="mean"))
+    head, saved = load_classifier(mae_run)
+    assert record["pool"] == "mean" and record["protocol"]["pool"] == "mean" and saved["pool"] == "mean"
+
+    path = mae_run / "image.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(path)
+    capsys.readouterr()  # drop evaluate's log
+    assert predict_files(mae_run, [path], top_k=10, device="cpu") == 0
+    model, _ = load_run_model(mae_run, torch.device("cpu"))  # the run's own pooling: cls
+    with torch.no_grad():
+        x = Normalizer("cifar10")(load_image(path)[None])
+        mean_p, cls_p = (head(model.encode(x, pool=pool)).exp()[0] for pool in ("mean", "cls"))
+    assert (mean_p - cls_p).abs().max() > 0.01  # the two poolings give visibly different answers
+    printed = dict(part.rsplit(" ", 1) for part in capsys.readouterr().out.strip().split(": ", 1)[1].split(", "))
+    expected = {name: mean_p[i].item() for i, name in enumerate(saved["class_names"])}
+    assert {name: float(p) for name, p in printed.items()} == pytest.approx(expected, abs=1e-3)
