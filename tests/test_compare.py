@@ -94,3 +94,16 @@ def test_compare_needs_evaluated_runs(tmp_path):
     run = train_tiny_run(write_cifar10(tmp_path / "data"), tmp_path / "plain")
     with pytest.raises(FileNotFoundError, match="latentprobe evaluate"):
         write_comparison([run], CompareConfig(out=str(tmp_path / "out")))
+
+
+def test_a_row_with_other_settings_is_named_by_what_differs(cifar10_runs):
+    import copy
+
+    _, _, runs = cifar10_runs
+    plain = load_eval(runs[0])
+    denoising = copy.deepcopy(plain)
+    denoising["run"] = str(runs[0].parent / "ae16_denoising")
+    denoising["train_config"]["model_args"] = {**plain["train_config"]["model_args"], "noise": 0.5}
+    denoising["train_config"]["clip_grad"] = 1.0
+    labels = [row.label for row in collect_rows([plain, denoising]) if row.kind == "encoder"]
+    assert labels == ["conv_ae 16-d", "conv_ae 16-d (clip_grad=1.0, noise=0.5)"]

@@ -68,19 +68,28 @@ def _finetune_accuracies(run: str) -> list[float]:
     return [float(v) for v in (value if isinstance(value, list) else [value]) if v is not None]
 
 
+def _settings_apart(earlier: dict, record: dict) -> str:
+    """``key=value`` for each training or model setting of ``record`` that ``earlier`` does not share."""
+    def flat(r: dict) -> dict:
+        config = {k: v for k, v in r["train_config"].items() if k not in _NOT_IDENTITY | {"model_args"}}
+        return {**config, **r["train_config"].get("model_args", {})}
+    mine, theirs = flat(record), flat(earlier)
+    return ", ".join(f"{k}={v}" for k, v in mine.items() if theirs.get(k) != v)
+
+
 def collect_rows(evals: list[dict]) -> list[Row]:
     groups: dict[str, list[dict]] = {}
     for record in evals:
         groups.setdefault(_identity(record), []).append(record)
-    rows, seen_labels = [], set()
+    rows, seen_labels = [], {}
     for members in groups.values():
         first = members[0]
         label = f"{first['model_name']} {first['latent_dim']}-d"
         if first.get("pool"):  # ViT encoders: which tokens the probes read
             label += f" {first['pool']} pooling"
-        if label in seen_labels:  # same model and size, other settings: name it by its run
-            label += f" ({Path(first['run']).name})"
-        seen_labels.add(label)
+        if label in seen_labels:  # same model and size, other settings: name what differs
+            label += f" ({_settings_apart(seen_labels[label], first) or Path(first['run']).name})"
+        seen_labels.setdefault(label, first)
         rows.append(Row(label, "encoder", first["latent_dim"], members))
     baselines: dict[str, Row] = {}
     counted = set()
