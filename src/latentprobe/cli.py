@@ -53,9 +53,7 @@ def cmd_probe(args) -> None:
     device = local_device(args.device)
     run_dir = Path(args.run)
     features = run_features(run_dir, device, data_dir=args.data_dir, pool=args.pool)
-    record = probe_and_save(features, cfg, run_dir, device)
-    if args.pool is not None:
-        record["pool"] = args.pool  # mae-report shows it beside the run's own pooling
+    record = probe_and_save(features, cfg, run_dir, device, pool=args.pool)
     from latentprobe.runs import write_json
     write_json(run_dir / f"probe_{cfg.head}.json", record)  # one file per head, for mae-report
     history = record["history"]

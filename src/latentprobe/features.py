@@ -63,12 +63,12 @@ def load_run_model(run_dir: Path, device: torch.device, pool: str | None = None)
     """The trained model of a run (eval mode) at its best validation epoch, and its checkpoint.
     ``pool`` (ViT encoders: ``cls`` or ``mean``) overrides the pooling the run was trained with."""
     checkpoint = load_checkpoint(Path(run_dir) / CHECKPOINT, kind="autoencoder")
-    model = create_model(checkpoint["model_name"], **_with_pool(checkpoint, pool))
+    model = create_model(checkpoint["model_name"], **model_config_with_pool(checkpoint, pool))
     model.load_state_dict(checkpoint.get("best_model", checkpoint["model"]))
     return model.to(device).eval(), checkpoint
 
 
-def _with_pool(checkpoint: dict, pool: str | None) -> dict:
+def model_config_with_pool(checkpoint: dict, pool: str | None) -> dict:
     """The run's model config, its token pooling replaced by ``pool`` when one is given."""
     config = dict(checkpoint["model_config"])
     if pool is not None:
@@ -132,7 +132,7 @@ def random_encoder_features(run_dir: Path, device: torch.device, data_dir: str |
     """
     run_dir = Path(run_dir)
     checkpoint = load_checkpoint(run_dir / CHECKPOINT, kind="autoencoder")
-    train_config, model_config = checkpoint["train_config"], _with_pool(checkpoint, pool)
+    train_config, model_config = checkpoint["train_config"], model_config_with_pool(checkpoint, pool)
     key = {"init_seed": train_config["seed"], "model_name": checkpoint["model_name"],
            "model_config": model_config, "label_type": label_type}
     feature_set = _load_cache(run_dir / RANDOM_FEATURES, key)

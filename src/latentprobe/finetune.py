@@ -26,7 +26,7 @@ from latentprobe.checkpoint import CheckpointError, load_checkpoint, save_checkp
 from latentprobe.data import Normalizer, augment, batch_indices, take
 from latentprobe.distributed import barrier, init_distributed, is_main_process, local_device, mean_across_ranks
 from latentprobe.engine import autocast, lr_at
-from latentprobe.features import run_splits
+from latentprobe.features import model_config_with_pool, run_splits
 from latentprobe.metrics import confusion_matrix, precision_recall
 from latentprobe.models import create_model
 from latentprobe.runs import CHECKPOINT, METRICS, append_jsonl, write_json, write_jsonl
@@ -78,16 +78,14 @@ class Classifier(nn.Module):
 
 def build_classifier(checkpoint: dict, num_classes: int, cfg: FinetuneConfig) -> Classifier:
     """The run's encoder with its pretrained weights, plus a fresh head."""
-    model_config = dict(checkpoint["model_config"])
+    model_config = model_config_with_pool(checkpoint, cfg.pool)  # refuses --pool for a conv encoder
     is_vit = "pool" in model_config
-    if not is_vit and cfg.pool is not None:
-        raise ValueError(f"--pool applies to ViT encoders; {checkpoint['model_name']} has one latent vector")
     if is_vit:
         model_config["drop_path_rate"] = cfg.drop_path  # DropPath has no weights: state dict unchanged
     encoder = create_model(checkpoint["model_name"], **model_config)
     # the weights the probes read too: the best validation epoch where the run recorded one
     encoder.load_state_dict(checkpoint.get("best_model", checkpoint["model"]))
-    pool = (cfg.pool or model_config["pool"]) if is_vit else None
+    pool = model_config["pool"] if is_vit else None
     return Classifier(encoder, num_classes, pool)
 
 

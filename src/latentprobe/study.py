@@ -72,11 +72,14 @@ def probe_record(result: ProbeResult, feature_dim: int, seconds: float) -> dict:
             "precision": precision.tolist(), "recall": recall.tolist()}
 
 
-def probe_and_save(features, probe_cfg: ProbeConfig, directory: Path, device) -> dict:
+def probe_and_save(features, probe_cfg: ProbeConfig, directory: Path, device, pool: str | None = None) -> dict:
+    """Train the detector, write ``probe.json``; ``pool`` records a ViT pooling chosen at probe time."""
     started = time.perf_counter()
     result = train_probe(features, probe_cfg, device)
     record = probe_record(result, features.dim, time.perf_counter() - started)
     record.update(class_names=features.class_names, probe_config=dataclasses.asdict(probe_cfg))
+    if pool is not None:
+        record["pool"] = pool  # mae-report shows it beside the run's own pooling
     write_json(directory / PROBE_FILE, record)
     return record
 
