@@ -2,15 +2,20 @@
 
     OMP_NUM_THREADS=2 python benchmarks/bench_mae.py [--models mae_vit_tiny_patch4 mae_vit_tiny_patch2]
         [--batch-size 128] [--steps 6] [--device auto] [--compile] [--threads N]
-        [--model-args "decoder_embed_dim=192 decoder_num_heads=3"]
+        [--model-args "decoder_embed_dim=192 decoder_num_heads=3"] [--profile] [--system-malloc]
 
 Each step is what `latentprobe train` does (`engine.train_one_epoch`): index a batch of uint8
 images already on the device, normalise it there, forward + backward of `model.loss` (bf16
 autocast on CUDA) and an AdamW step with the run's parameter groups. One epoch of warm-up steps
 is run first (and compiles, with --compile); the timed epoch is ``--steps`` batches long.
+Like the `latentprobe` command, it first lets glibc's malloc keep freed memory
+(`engine.keep_freed_memory`); --system-malloc measures the default allocator instead.
 It also prints images per CPU-second of the process (what counts when other jobs share the
-cores) and the MACs per image of one training forward (torch's flop counter). Numbers go to
-docs/RESULTS.md with the machine, thread count and date.
+cores) and the MACs per image of one training forward (torch's flop counter). With --profile, two
+more steps run under torch.profiler (CPU) and the step time is split into GEMMs, GELU, attention
+and the rest, with the rate the step would reach if the rest, or everything but the GEMMs, cost
+nothing: the ceiling that any implementation of the same arithmetic meets on this machine.
+Numbers go to docs/RESULTS.md with the machine, thread count and date.
 """
 
 import argparse
@@ -20,11 +25,12 @@ import platform
 import time
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 from latentprobe.config import _parse_mapping
 from latentprobe.data import Normalizer, load_split
 from latentprobe.distributed import local_device
-from latentprobe.engine import Objective, build_optimizer, train_one_epoch
+from latentprobe.engine import Objective, build_optimizer, keep_freed_memory, train_one_epoch
 from latentprobe.models import create_model
 from latentprobe.summary import count_macs
 
@@ -32,6 +38,22 @@ from latentprobe.summary import count_macs
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+# Profiler operator names (prefixes) of the step's kernel families on the CPU.
+FAMILIES = {"GEMM": ("aten::mm", "aten::addmm", "aten::bmm"), "GELU": ("aten::gelu",),
+            "attention": ("aten::_scaled_dot_product",)}
+
+
+def split_step_time(step, steps: int) -> dict:
+    """Seconds per step spent in each kernel family (self CPU time) and in total, over ``steps`` steps."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    events = prof.key_averages()
+    seconds = {family: sum(e.self_cpu_time_total for e in events if e.key.startswith(prefixes)) / 1e6 / steps
+               for family, prefixes in FAMILIES.items()}
+    seconds["total"] = sum(e.self_cpu_time_total for e in events) / 1e6 / steps
+    return seconds
 
 
 def bench(name: str, model_args: dict, images: torch.Tensor, args, device) -> dict:
@@ -52,11 +74,16 @@ def bench(name: str, model_args: dict, images: torch.Tensor, args, device) -> di
     train_one_epoch(objective, optimizer, timed, normalizer, generator=torch.Generator().manual_seed(1), **run)
     sync(device)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    split = None
+    if args.profile:
+        profiled = images[:args.batch_size * 2]
+        split = split_step_time(lambda: train_one_epoch(objective, optimizer, profiled, normalizer,
+                                                        generator=torch.Generator().manual_seed(2), **run), 2)
     # On a shared CPU the wall-clock rate depends on the neighbours; images per CPU-second of
     # this process (x threads) estimates what the same threads give on an idle machine.
     return {"model": name, "images_per_s": len(timed) / seconds,
             "images_per_cpu_s": len(timed) / cpu_seconds, "gmacs_per_image": macs / 1e9,
-            "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
+            "params_m": sum(p.numel() for p in model.parameters()) / 1e6, "split": split}
 
 
 def main() -> None:
@@ -69,14 +96,19 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: as set)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the training step")
+    parser.add_argument("--profile", action="store_true", help="split the step time by kernel family (CPU)")
+    parser.add_argument("--system-malloc", action="store_true",
+                        help="leave glibc's malloc as it is (the latentprobe command keeps freed memory)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    reused = not args.system_malloc and keep_freed_memory()
     device = local_device(args.device)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
     print(f"{datetime.datetime.now():%Y-%m-%d %H:%M}  device {device} {gpu}, torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cpus, batch {args.batch_size}, compile {args.compile}, bf16 {device.type == 'cuda'}")
+          f"{os.cpu_count()} cpus, batch {args.batch_size}, compile {args.compile}, bf16 {device.type == 'cuda'}, "
+          f"malloc keeps freed memory {reused}")
     count = args.batch_size * max(args.steps, args.warmup_steps)
     try:
         images = load_split("cifar10", "train", download=False).images[:count]
@@ -89,6 +121,12 @@ def main() -> None:
               f"(wall clock; {result['images_per_cpu_s']:.1f} per CPU-second of this process) "
               f"({result['params_m']:.2f} M parameters, {result['gmacs_per_image']:.3f} GMACs/image forward)",
               flush=True)
+        if split := result["split"]:
+            shares = ", ".join(f"{k} {v:.3f} s ({v / split['total']:.0%})" for k, v in split.items() if k != "total")
+            kernels = split["GEMM"] + split["GELU"] + split["attention"]
+            print(f"  per step {split['total']:.3f} s: {shares}; images/s if only GEMMs cost time: "
+                  f"{args.batch_size / split['GEMM']:.1f}, if only GEMM + GELU + attention: "
+                  f"{args.batch_size / kernels:.1f}", flush=True)
 
 
 if __name__ == "__main__":

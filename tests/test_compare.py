@@ -50,8 +50,12 @@ def test_fmt_shows_mean_std_and_count():
 
 def test_html_report_is_self_contained_and_has_every_figure_and_table(cifar10_runs, tmp_path):
     _, data, runs = cifar10_runs
+    stale = tmp_path / "report" / "figures" / "confusion_removed_row.png"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"an earlier comparison's figure")
     html_path = write_comparison(runs, CompareConfig(out=str(tmp_path / "report"), tsne_points=50, device="cpu",
                                                      data_dir=str(data)))
+    assert not stale.exists()
     markdown = (tmp_path / "report" / "report.md").read_text()
     html = html_path.read_text()
     figures = re.findall(r"!\[[^\]]*\]\((figures/[^)]+\.png)\)", markdown)

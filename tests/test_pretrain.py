@@ -52,6 +52,15 @@ def test_interrupted_run_resumes_to_the_same_result(cifar10_root, tmp_path):
            [r["train_loss"] for r in read_jsonl(resumed / "metrics.jsonl")]
 
 
+def test_stretching_a_cosine_schedule_on_resume_is_announced(cifar10_root, tmp_path, capsys):
+    train(_config(cifar10_root, tmp_path / "cosine", epochs=1, schedule="cosine"))
+    train(_config(cifar10_root, tmp_path / "cosine", epochs=2, schedule="cosine"))
+    assert "cosine schedule now spans 2 epochs instead of 1" in capsys.readouterr().out
+    train(_config(cifar10_root, tmp_path / "constant", epochs=1, schedule="constant"))
+    train(_config(cifar10_root, tmp_path / "constant", epochs=2, schedule="constant"))
+    assert "schedule now spans" not in capsys.readouterr().out
+
+
 def test_finished_run_is_not_redone(cifar10_root, tmp_path, capsys):
     run = train(_config(cifar10_root, tmp_path / "run", epochs=1))
     stamp = (run / "checkpoint.pt").stat().st_mtime_ns

@@ -23,7 +23,7 @@ from pathlib import Path
 from latentprobe import config as configuration
 from latentprobe.checkpoint import CheckpointError
 from latentprobe.data import DataError
-from latentprobe.engine import TrainingError
+from latentprobe.engine import TrainingError, keep_freed_memory
 
 # Errors that mean "the input is wrong": shown as one line, without a traceback.
 USER_ERRORS = (DataError, CheckpointError, TrainingError, FileNotFoundError, ValueError)
@@ -218,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if not os.environ.get("LATENTPROBE_SYSTEM_MALLOC"):
+        keep_freed_memory()  # CPU steps stop page-faulting large activations in anew (see engine)
     try:
         args.handler(args)
     except USER_ERRORS as err:

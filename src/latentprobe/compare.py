@@ -349,6 +349,10 @@ def write_comparison(runs: list[Path], cfg: CompareConfig) -> Path:
     blocks += [Heading(2, "Runs"), Bullets([f"{row.label}: " + ", ".join(
         f"`{e['run']}` (seed {e['train_config']['seed']}, {e['epochs_trained']} epochs)" for e in row.evals)
         for row in rows if row.kind == "encoder"])]
+    linked = {Path(block.path).name for block in blocks if isinstance(block, Figure)}
+    for png in figures.glob("*.png"):
+        if png.name not in linked:  # left by an earlier comparison of other rows
+            png.unlink()
     (out / "report.md").write_text(to_markdown(blocks))
     (out / "report.html").write_text(to_html(blocks, out, cfg.title))
     write_json(out / "summary.json", [{"label": r.label, "kind": r.kind, "dim": r.dim,

@@ -4,7 +4,9 @@ The model is wrapped in ``Objective`` so that DDP and ``torch.compile`` see the 
 module's ``forward``; checkpoints always store the plain inner model.
 """
 
+import ctypes
 import math
+import platform
 import time
 from contextlib import nullcontext
 
@@ -28,6 +30,24 @@ class Objective(nn.Module):
 
     def forward(self, images: torch.Tensor):
         return self.model.loss(images)
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc's malloc reuse freed memory instead of handing it back to the operating system.
+
+    By default glibc gives each large block (above 32 MiB at most) its own mmap and unmaps it on
+    free, so every CPU training step page-faults its largest activations in again; for the MAE at
+    patch 2 that is about a third of the step (docs/RESULTS.md). With mmap and heap trimming
+    off, the heap grows once to the peak of a step and is reused after that (for a somewhat higher
+    resident size: fragments are never returned). Process-wide, so the ``latentprobe`` command
+    calls it (unless LATENTPROBE_SYSTEM_MALLOC is set), not the library; returns False (and does
+    nothing) outside glibc.
+    """
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(None)  # the C library this process already runs on
+    m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
+    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
 
 
 def autocast(device: torch.device):

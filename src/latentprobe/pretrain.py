@@ -77,6 +77,10 @@ def _resume(run_dir: Path, cfg: TrainConfig, model, optimizer) -> tuple[int, lis
     if changed:
         raise CheckpointError(f"{run_dir} holds a run with other settings ({', '.join(changed)}); "
                               f"use a new --out, or the same settings to continue it")
+    if cfg.schedule == "cosine" and saved.get("epochs") != cfg.epochs and checkpoint["epoch"] < cfg.epochs:
+        print(f"note: the cosine schedule now spans {cfg.epochs} epochs instead of {saved.get('epochs')}; "
+              f"epochs 1-{checkpoint['epoch']} were trained on the old one, so the learning rate jumps here and "
+              f"the run differs from one planned for {cfg.epochs} epochs")
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     best = None  # checkpoints written before best-epoch tracking carry none
