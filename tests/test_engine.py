@@ -48,3 +48,18 @@ def test_kept_memory_is_reused_without_page_faults():
 def test_keep_freed_memory_does_nothing_outside_glibc(monkeypatch):
     monkeypatch.setattr(engine.platform, "libc_ver", lambda: ("", ""))
     assert engine.keep_freed_memory() is False
+
+
+@pytest.mark.parametrize("opt_out", [False, True])
+def test_the_command_keeps_freed_memory_unless_told_not_to(monkeypatch, capsys, opt_out):
+    from latentprobe import cli
+
+    calls = []
+    monkeypatch.setattr(cli, "keep_freed_memory", lambda: calls.append(True))
+    if opt_out:
+        monkeypatch.setenv("LATENTPROBE_SYSTEM_MALLOC", "1")
+    else:
+        monkeypatch.delenv("LATENTPROBE_SYSTEM_MALLOC", raising=False)
+    cli.main(["models"])
+    assert "conv_ae" in capsys.readouterr().out
+    assert calls == ([] if opt_out else [True])
