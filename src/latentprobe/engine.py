@@ -37,7 +37,7 @@ def keep_freed_memory() -> bool:
 
     By default glibc gives each large block (above 32 MiB at most) its own mmap and unmaps it on
     free, so every CPU training step page-faults its largest activations in again; for the MAE at
-    patch 2 that is about a third of the step (docs/RESULTS.md). With mmap and heap trimming
+    patch 2 that is about a quarter of the step (docs/RESULTS.md). With mmap and heap trimming
     off, the heap grows once to the peak of a step and is reused after that (for a somewhat higher
     resident size: fragments are never returned). Process-wide, so the ``latentprobe`` command
     calls it (unless LATENTPROBE_SYSTEM_MALLOC is set), not the library; returns False (and does
@@ -47,7 +47,7 @@ def keep_freed_memory() -> bool:
         return False
     libc = ctypes.CDLL(None)  # the C library this process already runs on
     m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
-    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, -1))  # -1: never trim
 
 
 def autocast(device: torch.device):
