@@ -61,6 +61,11 @@ def test_stretching_a_cosine_schedule_on_resume_is_announced(cifar10_root, tmp_p
     assert "schedule now spans" not in capsys.readouterr().out
 
 
+def test_base_lr_sets_the_learning_rate_from_the_batch(cifar10_root, tmp_path):
+    run = train(_config(cifar10_root, tmp_path / "run", epochs=1, base_lr=0.08))  # lr left at its default
+    assert read_jsonl(run / "metrics.jsonl")[0]["lr"] == pytest.approx(0.08 * 32 / 256)
+
+
 def test_finished_run_is_not_redone(cifar10_root, tmp_path, capsys):
     run = train(_config(cifar10_root, tmp_path / "run", epochs=1))
     stamp = (run / "checkpoint.pt").stat().st_mtime_ns

@@ -34,8 +34,8 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 128
     optimizer: str = field(default="adam", metadata={"help": "adam or adamw"})
-    lr: float | None = field(default=1e-3, metadata={"help": "learning rate (overrides base_lr)"})
-    base_lr: float | None = field(default=None, metadata={"help": "lr = base_lr * effective batch / 256"})
+    lr: float | None = field(default=1e-3, metadata={"help": "learning rate, when base_lr is not set"})
+    base_lr: float | None = field(default=None, metadata={"help": "if set, lr = base_lr * effective batch / 256"})
     weight_decay: float = 0.0
     schedule: str = field(default="constant", metadata={"help": "constant or cosine"})
     warmup_epochs: float = 0.0
@@ -117,7 +117,7 @@ def train(cfg: TrainConfig) -> Path:
     torch.manual_seed(cfg.seed)
     model = build_model(cfg).to(device)
     effective_batch = cfg.batch_size * cfg.accum_steps * world_size
-    peak_lr = cfg.lr if cfg.lr is not None else cfg.base_lr * effective_batch / 256
+    peak_lr = cfg.base_lr * effective_batch / 256 if cfg.base_lr is not None else cfg.lr
     optimizer = build_optimizer(model, cfg.optimizer, peak_lr, cfg.weight_decay)
     start_epoch, history, best = _resume(run_dir, cfg, model, optimizer)
     if start_epoch >= cfg.epochs:
