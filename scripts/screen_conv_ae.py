@@ -12,14 +12,14 @@ One JSON line per epoch goes to OUT/NAME.jsonl.
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from latentprobe.data import Normalizer, batch_indices, load_split, train_val_split
+from latentprobe.data import Normalizer, load_split, train_val_split
+from latentprobe.engine import Objective, train_one_epoch
 from latentprobe.features import extract
 from latentprobe.models import create_model
 
@@ -59,15 +59,9 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w") as log:
         for epoch in range(1, args.epochs + 1):
-            started, loss_sum = time.perf_counter(), 0.0
-            for index in batch_indices(len(train.images), args.batch_size, shuffle=True, generator=generator):
-                loss, _ = model.loss(normalizer(train.images[index]))
-                optimizer.zero_grad()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                loss_sum += loss.item() * len(index)
-            record = {"epoch": epoch, "loss": loss_sum / len(train.images), "sec": time.perf_counter() - started}
+            stats = train_one_epoch(Objective(model), optimizer, train.images, normalizer, batch_size=args.batch_size,
+                                    generator=generator, lr_fn=lambda step: 1e-3, first_step=0, clip_grad=1.0)
+            record = {"epoch": epoch, "loss": stats["train_loss"], "sec": stats["epoch_seconds"]}
             if epoch in PROBE_EPOCHS:
                 record["val_probe"] = val_probe_accuracy(model, train, val, normalizer)
             print(json.dumps(record), file=log, flush=True)

@@ -13,10 +13,10 @@ from latentprobe.plots import confusion_heatmap, grouped_bars, image_grid, line_
 from latentprobe.runs import read_jsonl
 
 
-
 def _denoising(cfg: dict) -> str:
     noise = cfg.get("noise")  # absent in studies made before the option existed
     return f" (denoising: input noise σ = {noise}, clean target)" if noise else ""
+
 
 def _latent_runs(study_dir: Path) -> list[tuple[int, Path]]:
     runs = [(int(p.name.split("_")[1]), p) for p in study_dir.glob("latent_*") if (p / "probe.json").exists()]
