@@ -5,6 +5,7 @@ import sys
 import textwrap
 
 import pytest
+import torch
 
 from latentprobe import engine
 
@@ -63,3 +64,13 @@ def test_the_command_keeps_freed_memory_unless_told_not_to(monkeypatch, capsys, 
     cli.main(["models"])
     assert "conv_ae" in capsys.readouterr().out
     assert calls == ([] if opt_out else [True])
+
+
+def test_compile_objective_rejects_an_unknown_mode():
+    with pytest.raises(ValueError, match="unknown compile mode 'fast'; use one of default, reduce-overhead"):
+        engine.compile_objective(torch.nn.Linear(2, 2), "fast")
+
+
+def test_optimizer_is_fused_on_cuda_only():
+    optimizer = engine.build_optimizer(torch.nn.Linear(2, 2), "adamw", 1e-3, 0.05)
+    assert not optimizer.defaults["fused"]  # CPU parameters: the default implementation

@@ -52,6 +52,33 @@ def test_interrupted_run_resumes_to_the_same_result(cifar10_root, tmp_path):
            [r["train_loss"] for r in read_jsonl(resumed / "metrics.jsonl")]
 
 
+def test_checkpoint_every_n_epochs_resumes_from_the_last_one_written(cifar10_root, tmp_path, monkeypatch):
+    """Epochs after the last checkpoint are trained again on resume, their metrics lines replaced,
+    and the result equals a run checkpointed every epoch."""
+    import latentprobe.pretrain as pretrain
+
+    original, calls = pretrain.evaluate_reconstruction, []
+
+    def killed_in_epoch_4(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    sparse = _config(cifar10_root, tmp_path / "sparse", epochs=5, checkpoint_every=2)
+    monkeypatch.setattr(pretrain, "evaluate_reconstruction", killed_in_epoch_4)
+    with pytest.raises(KeyboardInterrupt):
+        train(sparse)
+    assert load_checkpoint(tmp_path / "sparse" / "checkpoint.pt")["epoch"] == 2
+    assert [r["epoch"] for r in read_jsonl(tmp_path / "sparse" / "metrics.jsonl")] == [1, 2, 3]
+    monkeypatch.setattr(pretrain, "evaluate_reconstruction", original)
+    resumed = load_checkpoint(train(sparse) / "checkpoint.pt")
+    assert resumed["epoch"] == 5
+    assert [r["epoch"] for r in read_jsonl(tmp_path / "sparse" / "metrics.jsonl")] == [1, 2, 3, 4, 5]
+    straight = load_checkpoint(train(_config(cifar10_root, tmp_path / "straight", epochs=5)) / "checkpoint.pt")
+    assert all(torch.equal(straight["model"][k], resumed["model"][k]) for k in straight["model"])
+
+
 def test_stretching_a_cosine_schedule_on_resume_is_announced(cifar10_root, tmp_path, capsys):
     train(_config(cifar10_root, tmp_path / "cosine", epochs=1, schedule="cosine"))
     train(_config(cifar10_root, tmp_path / "cosine", epochs=2, schedule="cosine"))

@@ -24,7 +24,8 @@ from latentprobe.runs import read_json, write_json
 
 FINETUNE = "finetune.json"
 # Settings that do not change what a run is, only how or where it ran (or its seed).
-_NOT_IDENTITY = {"seed", "out", "device", "data_dir", "download", "compile", "grid_every"}
+_NOT_IDENTITY = {"seed", "out", "device", "data_dir", "download", "compile", "compile_mode", "grid_every",
+                 "checkpoint_every"}
 PROBE_NAMES = {"linear": "linear", "bn_linear": "linear+BN", "mlp": "MLP"}
 MANY_CLASSES = 20  # above this, Markdown lists the top confusions instead of the full matrix
 

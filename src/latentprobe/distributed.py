@@ -29,6 +29,8 @@ def local_device(requested: str) -> torch.device:
     if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     if device.type == "cuda":
+        if device.index is None:  # set_device needs an index (recent torch refuses a bare "cuda")
+            device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
     return device
 

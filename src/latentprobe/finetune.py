@@ -25,7 +25,7 @@ from latentprobe import config as configuration
 from latentprobe.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, unwrap
 from latentprobe.data import Normalizer, augment, batch_indices, take
 from latentprobe.distributed import barrier, init_distributed, is_main_process, local_device, mean_across_ranks
-from latentprobe.engine import autocast, lr_at
+from latentprobe.engine import autocast, compile_objective, lr_at
 from latentprobe.features import model_config_with_pool, run_splits
 from latentprobe.metrics import confusion_matrix, precision_recall
 from latentprobe.models import create_model
@@ -52,12 +52,14 @@ class FinetuneConfig:
     data_dir: str | None = None
     seed: int = 0
     device: str = "auto"
+    compile: bool = field(default=False, metadata={"help": "torch.compile the training step"})
+    compile_mode: str = field(default="default", metadata={"help": "torch.compile mode (reduce-overhead: CUDA graphs)"})
     out: str | None = field(default=None, metadata={"help": "output folder (default: RUN/finetune, "
                                                              "RUN/finetune_frozen when frozen)"})
 
 
 # Settings that may change when a fine-tuning run is continued.
-_RESUMABLE = {"epochs", "data_dir", "device", "out"}
+_RESUMABLE = {"epochs", "data_dir", "device", "out", "compile", "compile_mode"}
 
 
 class Classifier(nn.Module):
@@ -201,7 +203,8 @@ def finetune(run_dir: Path, cfg: FinetuneConfig) -> dict:
         classifier.encoder.requires_grad_(False)
     effective_batch = cfg.batch_size * world_size
     peak_lr = cfg.base_lr * effective_batch / 256
-    optimizer = torch.optim.AdamW(param_groups(classifier, cfg, peak_lr), lr=peak_lr, betas=(0.9, 0.999))
+    optimizer = torch.optim.AdamW(param_groups(classifier, cfg, peak_lr), lr=peak_lr, betas=(0.9, 0.999),
+                                  fused=device.type == "cuda")
     start_epoch, history, best = _resume(out, cfg, run_dir, classifier, optimizer)
     main = is_main_process()
     if main:
@@ -210,6 +213,8 @@ def finetune(run_dir: Path, cfg: FinetuneConfig) -> dict:
     model = classifier
     if world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(classifier)
+    if cfg.compile:
+        model = compile_objective(model, cfg.compile_mode)
     normalizer = Normalizer(source["train_config"]["dataset"], device)
     steps_per_epoch = -(-(len(splits["train"]) // world_size) // cfg.batch_size)
     total_steps, warmup_steps = cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)

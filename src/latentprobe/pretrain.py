@@ -15,7 +15,8 @@ from latentprobe import config as configuration
 from latentprobe.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, unwrap
 from latentprobe.data import Normalizer, load_split, take, train_val_split
 from latentprobe.distributed import barrier, init_distributed, is_main_process, local_device, mean_across_ranks
-from latentprobe.engine import Objective, build_optimizer, evaluate_reconstruction, lr_at, train_one_epoch
+from latentprobe.engine import (Objective, build_optimizer, compile_objective, evaluate_reconstruction, lr_at,
+                                train_one_epoch)
 from latentprobe.models import create_model
 from latentprobe.plots import image_grid, line_chart
 from latentprobe.runs import CHECKPOINT, METRICS, TensorBoard, append_jsonl, read_jsonl, write_jsonl
@@ -42,6 +43,9 @@ class TrainConfig:
     accum_steps: int = field(default=1, metadata={"help": "gradient accumulation steps"})
     clip_grad: float | None = field(default=None, metadata={"help": "clip the gradient norm to this"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the training step"})
+    compile_mode: str = field(default="default", metadata={"help": "torch.compile mode; reduce-overhead "
+                                                                    "replays CUDA graphs (fastest on a GPU)"})
+    checkpoint_every: int = field(default=1, metadata={"help": "write checkpoint.pt every N epochs (and the last)"})
     grid_every: int = field(default=1, metadata={"help": "save a reconstruction grid every N epochs"})
     seed: int = 0
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1 ..."})
@@ -49,7 +53,8 @@ class TrainConfig:
 
 
 # Settings that may change when a run is continued (the rest must match the checkpoint).
-_RESUMABLE = {"epochs", "data_dir", "download", "device", "out", "compile", "grid_every"}
+_RESUMABLE = {"epochs", "data_dir", "download", "device", "out", "compile", "compile_mode", "grid_every",
+              "checkpoint_every"}
 
 
 def build_model(cfg: TrainConfig):
@@ -135,7 +140,7 @@ def train(cfg: TrainConfig) -> Path:
     if world_size > 1:
         objective = torch.nn.parallel.DistributedDataParallel(objective)
     if cfg.compile:
-        objective = torch.compile(objective)
+        objective = compile_objective(objective, cfg.compile_mode)
     steps_per_epoch = -(-(len(train_split) // world_size) // (cfg.batch_size * cfg.accum_steps))
     total_steps, warmup_steps = cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)
 
@@ -163,12 +168,13 @@ def train(cfg: TrainConfig) -> Path:
         # spike (seen with Adam at lr 1e-3 on the wide conv autoencoders) cannot spoil the probe.
         if best is None or record["val_loss"] <= best[0]:
             best = (record["val_loss"], epoch, {k: v.detach().clone() for k, v in unwrap(model).state_dict().items()})
-        if main:
+        if main and (epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs):
             save_checkpoint(run_dir / CHECKPOINT, kind="autoencoder", model_name=cfg.model,
                             model_config=unwrap(model).config, train_config=configuration.to_dict(cfg),
                             model=unwrap(model).state_dict(), optimizer=optimizer.state_dict(),
                             epoch=epoch, history=history, best_epoch=best[1], best_model=best[2],
                             best_val_loss=best[0])
+        if main:  # lines of epochs after the last checkpoint are dropped again on resume
             append_jsonl(run_dir / METRICS, record)
             board.scalars(record, epoch)
             if epoch % cfg.grid_every == 0 or epoch == cfg.epochs:
