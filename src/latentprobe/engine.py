@@ -50,6 +50,14 @@ def keep_freed_memory() -> bool:
     return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, -1))  # -1: never trim
 
 
+def prepare_model(model: nn.Module, images: torch.Tensor, normalizer: Normalizer, seed: int) -> None:
+    """Fit what a model learns from data statistics before training (``model.prepare``; e.g. the
+    patch autoencoder's whitening) on ``images`` (uint8, the training split); seeded, so the
+    untrained baseline of a run gets the very same statistics."""
+    if hasattr(model, "prepare"):
+        model.prepare(normalizer(images), generator=torch.Generator().manual_seed(seed))
+
+
 def autocast(device: torch.device):
     """bf16 autocast on CUDA; full precision on the CPU."""
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()

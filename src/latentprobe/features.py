@@ -12,7 +12,7 @@ import torch
 
 from latentprobe.checkpoint import load_checkpoint
 from latentprobe.data import Normalizer, Split, load_split, take, train_val_split
-from latentprobe.engine import autocast
+from latentprobe.engine import autocast, prepare_model
 from latentprobe.models import create_model
 from latentprobe.runs import CHECKPOINT
 
@@ -139,6 +139,8 @@ def random_encoder_features(run_dir: Path, device: torch.device, data_dir: str |
     if feature_set is None:
         torch.manual_seed(train_config["seed"])
         model = create_model(checkpoint["model_name"], **model_config).to(device).eval()
+        train = run_splits(train_config, data_dir)["train"]  # statistics fitted before training, as train does
+        prepare_model(model, train.images.to(device), Normalizer(train_config["dataset"], device), train_config["seed"])
         feature_set = _encode_splits(model, train_config, device, data_dir, label_type)
         _save_cache(run_dir / RANDOM_FEATURES, key, feature_set)
     return feature_set

@@ -16,7 +16,7 @@ from latentprobe.checkpoint import CheckpointError, load_checkpoint, save_checkp
 from latentprobe.data import Normalizer, load_split, take, train_val_split
 from latentprobe.distributed import barrier, init_distributed, is_main_process, local_device, mean_across_ranks
 from latentprobe.engine import (Objective, build_optimizer, compile_objective, evaluate_reconstruction, lr_at,
-                                train_one_epoch)
+                                prepare_model, train_one_epoch)
 from latentprobe.models import create_model
 from latentprobe.plots import image_grid, line_chart
 from latentprobe.runs import CHECKPOINT, METRICS, TensorBoard, append_jsonl, read_jsonl, write_jsonl
@@ -134,6 +134,8 @@ def train(cfg: TrainConfig) -> Path:
         configuration.save_resolved(cfg, run_dir)
         write_jsonl(run_dir / METRICS, history)  # drop lines of epochs that never reached a checkpoint
     normalizer = Normalizer(cfg.dataset, device)
+    if start_epoch == 0:  # a resumed model has its fitted statistics from the checkpoint
+        prepare_model(model, train_split.images, normalizer, cfg.seed)
     grid_images = normalizer(val_split.images[:8])
 
     objective = Objective(model)

@@ -7,7 +7,9 @@ training, probing and reports never need to know which model they hold:
 - ``model.encode(images) -> (B, latent_dim)``: the latent the probes read;
 - ``model.loss(images) -> (loss, reconstruction)``: the pretraining objective;
 - ``model.reconstruct(images) -> dict`` of image batches to show in grids
-  (always ``"reconstruction"``, optionally e.g. ``"masked"``).
+  (always ``"reconstruction"``, optionally e.g. ``"masked"``);
+- optionally ``model.prepare(images, generator)``: statistics fitted once on the training split
+  before training (patch whitening), kept in buffers so checkpoints carry them.
 
 Images are float tensors ``(B, 3, H, W)`` already normalised by the data layer.
 """
@@ -40,3 +42,4 @@ def create_model(name: str, **kwargs) -> nn.Module:
 # Importing the model files fills the registry.
 from latentprobe.models import conv_ae  # noqa: E402,F401
 from latentprobe.models import mae  # noqa: E402,F401
+from latentprobe.models import patch_ae  # noqa: E402,F401

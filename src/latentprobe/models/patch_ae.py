@@ -1,0 +1,164 @@
+"""A single-layer autoencoder on whitened image patches, applied convolutionally.
+
+The pipeline of Coates, Lee & Ng (AISTATS 2011), with a trained autoencoder as its dictionary:
+
+1. every p×p patch is brightness/contrast normalised (its own mean subtracted, divided by its
+   own standard deviation) and ZCA-whitened with statistics fitted once on random patches of the
+   training split (``prepare``);
+2. the autoencoder reads one whitened patch x (D = 3·p·p values) and encodes it as
+   ``h = relu(W x - b)`` with K unit-norm filters W (K, D); the tied decoder gives back ``Wᵀ h``;
+   the loss is the squared error on the whitened patch plus ``sparsity · mean(h)``, which keeps
+   most units silent;
+3. the latent of an image is that encoder at every position (stride 1), sum-pooled over the four
+   quadrants of the map: K·4 values, ``latent_dim = 4K``.
+
+Whitening statistics are buffers, so they travel in the checkpoint with the filters and
+``encode`` gives the same latent wherever the checkpoint is loaded.
+"""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from latentprobe.models import register_model
+
+QUADRANTS = 4
+
+
+class PatchAutoencoder(nn.Module):
+    def __init__(self, *, latent_dim: int = 6400, patch_size: int = 6, img_size: int = 32, in_chans: int = 3,
+                 sparsity: float = 0.1, threshold: float = 0.25, contrast_eps: float = 0.0025,
+                 zca_eps: float = 0.1, whitening_patches: int = 400_000, patches_per_image: int = 32):
+        super().__init__()
+        if latent_dim < QUADRANTS or latent_dim % QUADRANTS:
+            raise ValueError(f"latent_dim is 4 × the number of filters (one sum per image quadrant); "
+                             f"got {latent_dim}, use a positive multiple of 4 such as 6400 (1,600 filters)")
+        if not 1 <= patch_size <= img_size // 2:
+            raise ValueError(f"patch_size {patch_size} does not fit a {img_size}x{img_size} image split in "
+                             f"quadrants; use 1 … {img_size // 2} (6 is the reference)")
+        self.config = dict(latent_dim=latent_dim, patch_size=patch_size, img_size=img_size, in_chans=in_chans,
+                           sparsity=sparsity, threshold=threshold, contrast_eps=contrast_eps, zca_eps=zca_eps,
+                           whitening_patches=whitening_patches, patches_per_image=patches_per_image)
+        self.latent_dim, self.num_filters = latent_dim, latent_dim // QUADRANTS
+        self.patch_size, self.img_size, self.in_chans = patch_size, img_size, in_chans
+        self.sparsity, self.contrast_eps, self.zca_eps = sparsity, contrast_eps, zca_eps
+        self.whitening_patches, self.patches_per_image = whitening_patches, patches_per_image
+        patch_dim = in_chans * patch_size * patch_size
+        self.weight = nn.Parameter(torch.randn(self.num_filters, patch_dim) / patch_dim**0.5)  # (K, D)
+        self.bias = nn.Parameter(torch.full((self.num_filters,), float(threshold)))
+        # ZCA: whitened = (patch - zca_mean) @ zca_matrix; identity until ``prepare`` fits them.
+        self.register_buffer("zca_mean", torch.zeros(patch_dim))
+        self.register_buffer("zca_matrix", torch.eye(patch_dim))
+
+    # ---- patches
+
+    def _normalised_patches(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, C, H, W) → patches at every position, each minus its mean and over its contrast,
+        (B, L, D) with L = (S-p+1)²; and those means and contrasts, (B, L, 1) each."""
+        if images.shape[1:] != (self.in_chans, self.img_size, self.img_size):
+            raise ValueError(f"expected images of shape ({self.in_chans}, {self.img_size}, {self.img_size}), "
+                             f"got {tuple(images.shape[1:])}")
+        patches = F.unfold(images.float(), self.patch_size).transpose(1, 2)
+        mean = patches.mean(dim=-1, keepdim=True)
+        scale = ((patches - mean).pow(2).mean(dim=-1, keepdim=True) + self.contrast_eps).sqrt()
+        return (patches - mean) / scale, mean, scale
+
+    def _patches(self, images: torch.Tensor) -> torch.Tensor:
+        return self._normalised_patches(images)[0]
+
+    def _whiten(self, patches: torch.Tensor) -> torch.Tensor:
+        return (patches - self.zca_mean) @ self.zca_matrix
+
+    def _filters(self) -> torch.Tensor:
+        return F.normalize(self.weight, dim=1)  # (K, D), unit norm: the threshold has one scale
+
+    @torch.no_grad()
+    def prepare(self, images: torch.Tensor, generator: torch.Generator | None = None) -> None:
+        """Fit the ZCA whitening on ``whitening_patches`` random patches of ``images`` (the
+        training split, normalised): eigenvectors U and eigenvalues S of their covariance give
+        ``U diag(1/sqrt(S + zca_eps)) Uᵀ``."""
+        patch_dim = self.zca_matrix.shape[0]
+        per_image = max(1, -(-self.whitening_patches // len(images)))
+        samples = torch.cat([self._sample(images[i:i + 500], per_image, generator)
+                             for i in range(0, len(images), 500)])[:self.whitening_patches].double()
+        if len(samples) < 2 * patch_dim:
+            raise ValueError(f"whitening {patch_dim}-value patches needs at least {2 * patch_dim} patches, "
+                             f"got {len(samples)}; use more training images or a larger whitening_patches")
+        mean = samples.mean(dim=0)
+        covariance = (samples - mean).T @ (samples - mean) / (len(samples) - 1)
+        values, vectors = torch.linalg.eigh(covariance)
+        matrix = vectors @ torch.diag((values.clamp(min=0) + self.zca_eps).rsqrt()) @ vectors.T
+        self.zca_mean.copy_(mean.float())
+        self.zca_matrix.copy_(matrix.float())
+
+    def _sample(self, images: torch.Tensor, count: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``count`` random patches of each image, contrast-normalised, (B·count, D)."""
+        patches = self._patches(images)  # (B, L, D)
+        index = torch.randint(0, patches.shape[1], (len(images), count), generator=generator)
+        index = index.to(images.device)
+        return patches.gather(1, index.unsqueeze(-1).expand(-1, -1, patches.shape[-1])).flatten(0, 1)
+
+    # ---- the autoencoder on one patch
+
+    def encode_patches(self, whitened: torch.Tensor) -> torch.Tensor:
+        """(N, D) whitened patches → (N, K) sparse codes."""
+        return F.relu(whitened @ self._filters().T - self.bias)
+
+    def decode_patches(self, codes: torch.Tensor) -> torch.Tensor:
+        return codes @ self._filters()  # tied weights: (N, K) → (N, D)
+
+    def _patch_loss(self, whitened: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        codes = self.encode_patches(whitened)
+        decoded = self.decode_patches(codes)
+        return (decoded - whitened).pow(2).sum(dim=-1).mean() + self.sparsity * codes.mean(), decoded
+
+    def loss(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Squared error on whitened patches + sparsity · mean code. Training reads
+        ``patches_per_image`` random positions per image (and returns the input as its
+        "reconstruction"); evaluation reads every position and puts the image back together."""
+        if self.training:
+            return self._patch_loss(self._whiten(self._sample(images, self.patches_per_image)))[0], images
+        patches, mean, scale = self._normalised_patches(images)
+        loss, decoded = self._patch_loss(self._whiten(patches))
+        return loss, self._image(decoded, mean, scale)
+
+    def _image(self, decoded: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """Decoded whitened patches (B, L, D) un-whitened, given back their own mean and contrast,
+        and the overlapping patches averaged into images (B, C, S, S)."""
+        patches = (decoded @ torch.linalg.pinv(self.zca_matrix) + self.zca_mean) * scale + mean
+        size = (self.img_size, self.img_size)
+        summed = F.fold(patches.transpose(1, 2), size, self.patch_size)
+        counts = F.fold(torch.ones_like(patches).transpose(1, 2), size, self.patch_size)
+        return summed / counts
+
+    @torch.no_grad()
+    def reconstruct(self, images: torch.Tensor) -> dict:
+        patches, mean, scale = self._normalised_patches(images)
+        return {"reconstruction": self._image(self._patch_loss(self._whiten(patches))[1], mean, scale)}
+
+    # ---- the latent of an image
+
+    def feature_map(self, images: torch.Tensor) -> torch.Tensor:
+        """Codes at every position: (B, K, S-p+1, S-p+1)."""
+        side = self.img_size - self.patch_size + 1
+        codes = self.encode_patches(self._whiten(self._patches(images)))  # (B, L, K)
+        return codes.transpose(1, 2).reshape(len(images), self.num_filters, side, side)
+
+    def encode(self, images: torch.Tensor, chunk: int = 50) -> torch.Tensor:
+        """(B, 4K): each filter's codes summed over the four quadrants of the map; ``chunk``
+        images at a time, since the map holds K × 27 × 27 values per image."""
+        pooled = []
+        for part in images.split(chunk):
+            maps = self.feature_map(part)  # (b, K, M, M)
+            half = (maps.shape[-1] + 1) // 2  # the middle row / column goes to the first half
+            quadrants = [maps[..., rows, cols].sum(dim=(-2, -1))
+                         for rows in (slice(0, half), slice(half, None))
+                         for cols in (slice(0, half), slice(half, None))]
+            pooled.append(torch.stack(quadrants, dim=-1).flatten(1))  # (b, K·4), filter-major
+        return torch.cat(pooled)
+
+
+@register_model
+def patch_ae(**kwargs) -> PatchAutoencoder:
+    """Sparse autoencoder on whitened 6×6 patches, applied at every position and sum-pooled per quadrant (latent 4K)."""
+    return PatchAutoencoder(**kwargs)

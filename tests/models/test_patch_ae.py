@@ -1,0 +1,100 @@
+"""The patch autoencoder: whitening, dense encoding against a loop reference, pooling, checkpoints."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from latentprobe.features import load_run_model
+from latentprobe.models.patch_ae import PatchAutoencoder
+from latentprobe.pretrain import TrainConfig, train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def tiny(**overrides) -> PatchAutoencoder:
+    return PatchAutoencoder(**{**dict(latent_dim=16, patch_size=3, img_size=8, whitening_patches=2000), **overrides})
+
+
+def correlated_images(count: int, side: int = 8, seed: int = 0) -> torch.Tensor:
+    """Smooth random images: neighbouring pixels and the channels are strongly correlated."""
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.randn(count, 1, side // 2, side // 2, generator=generator)
+    images = F.interpolate(coarse, size=(side, side), mode="bilinear", align_corners=False).repeat(1, 3, 1, 1)
+    return images + 0.3 * torch.randn(count, 3, side, side, generator=generator)
+
+
+def test_zca_whitening_makes_the_patch_covariance_the_identity():
+    """... on the 26 directions a contrast-normalised 27-value patch can vary in (its mean is 0)."""
+    model = tiny(zca_eps=1e-6, whitening_patches=100_000)
+    images = correlated_images(400)
+    raw = model._patches(images).flatten(0, 1)
+    identity = torch.eye(27) - torch.full((27, 27), 1 / 27)  # the identity on the zero-mean subspace
+    assert (torch.cov(raw.T) - identity).abs().max() > 0.5  # correlated before
+    model.prepare(images, generator=torch.Generator().manual_seed(0))
+    whitened = model._whiten(model._patches(images).flatten(0, 1))
+    torch.testing.assert_close(torch.cov(whitened.T), identity, atol=0.05, rtol=0)
+
+
+def test_dense_encoding_equals_the_patch_encoder_at_every_position():
+    torch.manual_seed(0)
+    model = tiny()
+    model.prepare(correlated_images(300), generator=torch.Generator().manual_seed(0))
+    image = correlated_images(1, seed=1)
+    maps = model.feature_map(image)  # (1, K, 6, 6)
+    for row in range(6):
+        for col in range(6):
+            patch = image[0, :, row:row + 3, col:col + 3].reshape(-1)
+            patch = (patch - patch.mean()) / ((patch - patch.mean()).pow(2).mean() + model.contrast_eps).sqrt()
+            codes = F.relu(model._whiten(patch) @ F.normalize(model.weight, dim=1).T - model.bias)
+            torch.testing.assert_close(maps[0, :, row, col], codes, atol=1e-5, rtol=1e-5)
+    # sum-pooled per quadrant (rows/columns 0-2 and 3-5 of the 6×6 map), filter-major
+    latent = model.encode(image)
+    assert latent.shape == (1, 16)
+    torch.testing.assert_close(latent[0, 1::4].view(4), maps[0, :, :3, 3:].sum(dim=(-2, -1)))
+
+
+def test_training_lowers_the_loss_and_evaluation_rebuilds_the_image():
+    torch.manual_seed(0)
+    model = tiny(latent_dim=64)
+    images = correlated_images(64)
+    model.prepare(images, generator=torch.Generator().manual_seed(0))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    torch.manual_seed(1)  # the same random patch positions for the first and the last loss
+    first = model.loss(images)[0].item()
+    for _ in range(60):
+        optimizer.zero_grad()
+        model.loss(images)[0].backward()
+        optimizer.step()
+    torch.manual_seed(1)
+    assert model.loss(images)[0].item() < 0.8 * first
+    model.eval()
+    loss, reconstruction = model.loss(images)
+    assert reconstruction.shape == images.shape and torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(latent_dim=18), "latent_dim is 4 × the number of filters"),
+    (dict(latent_dim=0), "latent_dim is 4 × the number of filters"),
+    (dict(patch_size=5), "patch_size 5 does not fit a 8x8 image"),
+])
+def test_bad_sizes_are_clear_errors(options, message):
+    with pytest.raises(ValueError, match=message):
+        tiny(**options)
+
+
+def test_whitening_on_too_few_patches_is_a_clear_error():
+    with pytest.raises(ValueError, match="whitening 27-value patches needs at least 54 patches, got 20"):
+        tiny(whitening_patches=20).prepare(correlated_images(4))
+
+
+def test_checkpoint_carries_the_whitening_and_reproduces_latents_bit_for_bit(cifar10_root, tmp_path):
+    run = train(TrainConfig(model="patch_ae", latent_dim=64, model_args={"whitening_patches": 5000},
+                            data_dir=str(cifar10_root), download=False, val_size=40, epochs=1, batch_size=32,
+                            device="cpu", out=str(tmp_path / "run")))
+    model, checkpoint = load_run_model(run, torch.device("cpu"))
+    assert not torch.equal(checkpoint["best_model"]["zca_matrix"], torch.eye(108))  # fitted, and saved
+    images = torch.randn(5, 3, 32, 32)
+    again, _ = load_run_model(run, torch.device("cpu"))
+    assert torch.equal(model.encode(images), again.encode(images))
+    assert model.encode(images).shape == (5, 64)
