@@ -143,3 +143,39 @@ def test_train_seeds_repeats_pretraining_one_run_per_seed(cifar10_root, tmp_path
     assert (a["train_config"]["seed"], b["train_config"]["seed"]) == (3, 4)
     assert a["train_config"]["out"] == str(out / "seed_3")
     assert not torch.equal(a["model"]["encoder.0.weight"], b["model"]["encoder.0.weight"])
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--latent-dim", "0"], "--latent-dim must be at least 1, got 0"),
+    (["--latent-dim", "-5"], "--latent-dim must be at least 1, got -5"),
+    (["--epochs", "-1"], "--epochs must be at least 1, got -1"),
+    (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+    (["--batch-size", "-3"], "--batch-size must be at least 1, got -3"),
+    (["--accum-steps", "0"], "--accum-steps must be at least 1, got 0"),
+    (["--subset", "0"], "--subset must be at least 1, got 0"),
+    (["--subset", "-5"], "--subset must be at least 1, got -5"),
+    (["--grid-every", "0"], "--grid-every must be at least 1, got 0"),
+    (["--checkpoint-every", "0"], "--checkpoint-every must be at least 1, got 0"),
+    (["--schedule", "linear"], "unknown --schedule 'linear'; use one of constant, cosine"),
+    (["--device", "tpu"], "unknown --device 'tpu'"),
+    (["--model-args", "bogus=1"], "conv_ae: "),
+    (["--model", "mae_vit_micro_patch4", "--model-args", "patch_size=0"], "patch_size"),
+])
+def test_bad_options_are_one_line_before_any_directory(cifar10_root, tmp_path, capsys, flags, message):
+    from latentprobe.cli import main
+
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--data-dir", str(cifar10_root), "--no-download", "--val-size", "40", "--out", str(out),
+              *flags])
+    assert str(stop.value.code).startswith("error: ") and message in str(stop.value.code)
+    assert "\n" not in str(stop.value.code) and not out.exists()
+
+
+def test_a_yaml_value_of_the_wrong_type_is_one_line(tmp_path):
+    from latentprobe.cli import main
+
+    (tmp_path / "c.yaml").write_text("latent_dim: abc\n")
+    with pytest.raises(SystemExit, match="error: option latent_dim must be int or null, got 'abc'"):
+        main(["train", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run")])
+    assert not (tmp_path / "run").exists()

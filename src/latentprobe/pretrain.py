@@ -14,9 +14,10 @@ import torch
 from latentprobe import config as configuration
 from latentprobe.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, unwrap
 from latentprobe.data import Normalizer, load_split, take, train_val_split
-from latentprobe.distributed import barrier, init_distributed, is_main_process, local_device, mean_across_ranks
-from latentprobe.engine import (Objective, build_optimizer, compile_objective, evaluate_reconstruction, lr_at,
-                                prepare_model, train_one_epoch)
+from latentprobe.distributed import (barrier, check_device, init_distributed, is_main_process, local_device,
+                                     mean_across_ranks)
+from latentprobe.engine import (COMPILE_MODES, OPTIMIZERS, SCHEDULES, Objective, build_optimizer, compile_objective,
+                                evaluate_reconstruction, lr_at, prepare_model, train_one_epoch)
 from latentprobe.models import create_model
 from latentprobe.plots import image_grid, line_chart
 from latentprobe.runs import CHECKPOINT, METRICS, TensorBoard, append_jsonl, read_jsonl, write_jsonl
@@ -50,6 +51,29 @@ class TrainConfig:
     seed: int = 0
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1 ..."})
     out: str = field(default="runs/conv_ae", metadata={"help": "run directory"})
+
+    def __post_init__(self):
+        """Every option is checked here, where it is parsed, before a run directory exists."""
+        at_least_one = {"epochs": self.epochs, "batch_size": self.batch_size, "accum_steps": self.accum_steps,
+                        "grid_every": self.grid_every, "checkpoint_every": self.checkpoint_every,
+                        "latent_dim": self.latent_dim, "subset": self.subset}
+        for name, value in at_least_one.items():
+            if value is not None and value < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        for name, value in {"val_size": self.val_size, "weight_decay": self.weight_decay,
+                            "warmup_epochs": self.warmup_epochs}.items():
+            if value < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must not be negative, got {value}")
+        for name, value in {"lr": self.lr, "base_lr": self.base_lr, "clip_grad": self.clip_grad}.items():
+            if value is not None and value <= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if self.lr is None and self.base_lr is None:
+            raise ValueError("give a learning rate: --lr, or --base-lr (scaled by the batch size)")
+        for name, value, choices in (("optimizer", self.optimizer, OPTIMIZERS), ("schedule", self.schedule, SCHEDULES),
+                                     ("compile_mode", self.compile_mode, COMPILE_MODES)):
+            if value not in choices:
+                raise ValueError(f"unknown --{name.replace('_', '-')} {value!r}; use one of {', '.join(choices)}")
+        check_device(self.device)
 
 
 # Settings that may change when a run is continued (the rest must match the checkpoint).

@@ -34,7 +34,11 @@ def list_models() -> list[str]:
 def create_model(name: str, **kwargs) -> nn.Module:
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
-    model = _REGISTRY[name](**kwargs)
+    try:
+        model = _REGISTRY[name](**kwargs)
+    except TypeError as err:  # an option the model does not take
+        raise ValueError(f"{name}: {err}; its options are the keyword arguments of its class "
+                         f"(`latentprobe models` lists the models)") from None
     model.model_name = name
     return model
 

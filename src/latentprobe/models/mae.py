@@ -90,7 +90,7 @@ class MaskedAutoencoderViT(nn.Module):
         pool: str = "cls",
     ):
         super().__init__()
-        if img_size % patch_size:
+        if patch_size < 1 or img_size % patch_size:
             divisors = ", ".join(str(d) for d in range(2, img_size) if img_size % d == 0)
             raise ValueError(
                 f"img_size {img_size} is not divisible by patch_size {patch_size}; "

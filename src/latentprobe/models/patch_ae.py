@@ -144,6 +144,10 @@ class PatchAutoencoder(nn.Module):
         codes = self.encode_patches(self._whiten(self._patches(images)))  # (B, L, K)
         return codes.transpose(1, 2).reshape(len(images), self.num_filters, side, side)
 
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """The dense encoding, (B, K, S-p+1, S-p+1): what ``encode`` pools."""
+        return self.feature_map(images)
+
     def encode(self, images: torch.Tensor, chunk: int = 50) -> torch.Tensor:
         """(B, 4K): each filter's codes summed over the four quadrants of the map; ``chunk``
         images at a time, since the map holds K × 27 × 27 values per image."""
