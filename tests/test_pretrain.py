@@ -179,3 +179,53 @@ def test_a_yaml_value_of_the_wrong_type_is_one_line(tmp_path):
     with pytest.raises(SystemExit, match="error: option latent_dim must be int or null, got 'abc'"):
         main(["train", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run")])
     assert not (tmp_path / "run").exists()
+
+
+def test_a_second_writer_is_refused_with_the_holders_pid(cifar10_root, tmp_path):
+    """While one process holds the run directory, another `train` gets one line and writes nothing."""
+    import os
+    import subprocess
+    import sys
+
+    from latentprobe.runs import exclusive
+
+    run = tmp_path / "run"
+    with exclusive(run):
+        second = subprocess.run([sys.executable, "-m", "latentprobe", "train", "--data-dir", str(cifar10_root),
+                                 "--no-download", "--val-size", "40", "--latent-dim", "8", "--epochs", "1",
+                                 "--device", "cpu", "--out", str(run)], capture_output=True, text=True)
+    assert second.returncode != 0
+    assert f"is being written by another latentprobe process (pid {os.getpid()})" in second.stderr
+    assert sorted(p.name for p in run.iterdir()) == [".lock"]
+    train(_config(cifar10_root, run, epochs=1))  # released: the next writer goes ahead
+
+
+def test_a_lock_dies_with_its_process(tmp_path):
+    """kill -9 leaves no stale lock: the operating system drops it with the process."""
+    import signal
+    import subprocess
+    import sys
+
+    from latentprobe.runs import exclusive
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from latentprobe.runs import exclusive\n"
+                               f"with exclusive({str(tmp_path / 'run')!r}):\n    print('held', flush=True); "
+                               "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    with exclusive(tmp_path / "run"):
+        pass
+
+
+def test_a_kill_after_the_final_checkpoint_is_repaired_on_the_next_run(cifar10_root, tmp_path, capsys):
+    """The checkpoint of the last epoch was renamed but its metrics line never written."""
+    from latentprobe.runs import write_jsonl
+
+    run = train(_config(cifar10_root, tmp_path / "run", epochs=2))
+    lines = read_jsonl(run / "metrics.jsonl")
+    write_jsonl(run / "metrics.jsonl", lines[:1])
+    (run / "loss.png").unlink()
+    train(_config(cifar10_root, run, epochs=2))
+    assert read_jsonl(run / "metrics.jsonl") == lines and (run / "loss.png").is_file()
+    assert "repaired from the checkpoint" in capsys.readouterr().out

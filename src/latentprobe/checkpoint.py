@@ -34,7 +34,7 @@ def save_checkpoint(path: Path, **entries) -> None:
     leaves the previous checkpoint intact."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # unique: two writers never share one
     torch.save({"format": FORMAT, **entries}, tmp)
     os.replace(tmp, path)
 

@@ -24,9 +24,10 @@ from latentprobe import config as configuration
 from latentprobe.checkpoint import CheckpointError
 from latentprobe.data import DataError
 from latentprobe.engine import TrainingError, keep_freed_memory
+from latentprobe.runs import RunInUse
 
 # Errors that mean "the input is wrong": shown as one line, without a traceback.
-USER_ERRORS = (DataError, CheckpointError, TrainingError, FileNotFoundError, ValueError)
+USER_ERRORS = (DataError, CheckpointError, TrainingError, RunInUse, FileNotFoundError, ValueError)
 
 
 def cmd_train(args) -> None:

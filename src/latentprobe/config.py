@@ -158,6 +158,6 @@ def save_resolved(config, directory: Path, name: str = "config.yaml") -> None:
     text = yaml.safe_dump(record, sort_keys=False, width=1000)
     print(text.rstrip())
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / (name + ".tmp")
+    tmp = directory / f"{name}.{os.getpid()}.tmp"
     tmp.write_text(text)
     os.replace(tmp, directory / name)

@@ -34,7 +34,7 @@ from latentprobe.features import FeatureSet, load_run_model, pixel_features, rep
 from latentprobe.knn import knn_predict
 from latentprobe.metrics import confusion_matrix
 from latentprobe.probe import HEADS, fit_head, predict
-from latentprobe.runs import METRICS, read_json, read_jsonl, write_json
+from latentprobe.runs import METRICS, exclusive, read_json, read_jsonl, write_json
 
 CLASSIFIER_KIND = "classifier"
 
@@ -215,7 +215,7 @@ def cpu_threads(count: int | None):
 
 def evaluate_run(run_dir: Path, cfg: EvalConfig) -> dict:
     """Evaluate (or continue evaluating) one run; returns the eval.json record."""
-    with cpu_threads(cfg.threads):
+    with cpu_threads(cfg.threads), exclusive(run_dir):
         return _evaluate_run(Path(run_dir), cfg)
 
 

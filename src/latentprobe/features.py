@@ -5,6 +5,7 @@ the run's own train/validation split and the test split, and caches the features
 ``features.pt`` inside the run directory, keyed by the checkpoint epoch.
 """
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,7 +93,7 @@ def _load_cache(path: Path, key: dict) -> FeatureSet | None:
 
 
 def _save_cache(path: Path, key: dict, feature_set: FeatureSet) -> None:
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     torch.save({"key": key, "features": feature_set.features, "labels": feature_set.labels,
                 "class_names": feature_set.class_names}, tmp)
     tmp.replace(path)

@@ -13,7 +13,9 @@ RUN/finetune_frozen.json for a frozen encoder).
 Runs unchanged under torchrun (DDP), like ``latentprobe train``.
 """
 
+import os
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +31,7 @@ from latentprobe.engine import autocast, compile_objective, lr_at
 from latentprobe.features import model_config_with_pool, run_splits
 from latentprobe.metrics import confusion_matrix, precision_recall
 from latentprobe.models import create_model
-from latentprobe.runs import CHECKPOINT, METRICS, append_jsonl, write_json, write_jsonl
+from latentprobe.runs import CHECKPOINT, METRICS, append_jsonl, exclusive, write_json, write_jsonl
 
 FINETUNE_FILE = "finetune.json"
 FROZEN_FILE = "finetune_frozen.json"  # the online linear probe (freeze_encoder=true)
@@ -188,6 +190,11 @@ def _resume(out: Path, cfg: FinetuneConfig, run_dir: Path, classifier, optimizer
 def finetune(run_dir: Path, cfg: FinetuneConfig) -> dict:
     """Fine-tune (or continue fine-tuning) a classifier on RUN's encoder; returns the summary."""
     run_dir = Path(run_dir)
+    with exclusive(run_dir) if os.environ.get("RANK", "0") == "0" else nullcontext():  # rank 0 writes
+        return _finetune(run_dir, cfg)
+
+
+def _finetune(run_dir: Path, cfg: FinetuneConfig) -> dict:
     device = local_device(cfg.device)
     rank, world_size = init_distributed(device)
     out = Path(cfg.out) if cfg.out else run_dir / ("finetune_frozen" if cfg.freeze_encoder else "finetune")

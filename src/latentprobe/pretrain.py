@@ -6,6 +6,7 @@ Running the same command again continues from the checkpoint; a finished run is 
 """
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from latentprobe.engine import (COMPILE_MODES, OPTIMIZERS, SCHEDULES, Objective,
                                 evaluate_reconstruction, lr_at, prepare_model, train_one_epoch)
 from latentprobe.models import create_model
 from latentprobe.plots import image_grid, line_chart
-from latentprobe.runs import CHECKPOINT, METRICS, TensorBoard, append_jsonl, read_jsonl, write_jsonl
+from latentprobe.runs import CHECKPOINT, METRICS, TensorBoard, append_jsonl, exclusive, read_jsonl, write_jsonl
 
 
 @dataclass
@@ -148,16 +149,27 @@ def train(cfg: TrainConfig) -> Path:
     effective_batch = cfg.batch_size * cfg.accum_steps * world_size
     peak_lr = cfg.base_lr * effective_batch / 256 if cfg.base_lr is not None else cfg.lr
     optimizer = build_optimizer(model, cfg.optimizer, peak_lr, cfg.weight_decay)
+    train_split, val_split = load_data(cfg, device)  # before writing anything: bad data leaves no run
+    with exclusive(run_dir) if is_main_process() else nullcontext():  # one writer; resume state read under it
+        return _train(cfg, run_dir, model, optimizer, peak_lr, train_split, val_split, rank, world_size)
+
+
+def _train(cfg: TrainConfig, run_dir: Path, model, optimizer, peak_lr: float, train_split, val_split,
+           rank: int, world_size: int) -> Path:
+    device = train_split.images.device
+    main = is_main_process()
+    normalizer = Normalizer(cfg.dataset, device)
     start_epoch, history, best = _resume(run_dir, cfg, model, optimizer)
     if start_epoch >= cfg.epochs:
+        if main and read_jsonl(run_dir / METRICS) != history:  # killed between the checkpoint and its line
+            write_jsonl(run_dir / METRICS, history)
+            save_pictures(run_dir, model, normalizer(val_split.images[:8]), normalizer, start_epoch, history)
+            print(f"{run_dir}: finished; metrics.jsonl and the last pictures repaired from the checkpoint")
         print(f"{run_dir}: finished ({start_epoch}/{cfg.epochs} epochs), nothing to do")
         return run_dir
-    train_split, val_split = load_data(cfg, device)  # before writing anything: bad data leaves no run
-    main = is_main_process()
     if main:
         configuration.save_resolved(cfg, run_dir)
         write_jsonl(run_dir / METRICS, history)  # drop lines of epochs that never reached a checkpoint
-    normalizer = Normalizer(cfg.dataset, device)
     if start_epoch == 0:  # a resumed model has its fitted statistics from the checkpoint
         prepare_model(model, train_split.images, normalizer, cfg.seed)
     grid_images = normalizer(val_split.images[:8])

@@ -4,12 +4,44 @@ Metrics are one JSON object per epoch; plots and reports are made from these fil
 so a report can be rebuilt without retraining.
 """
 
+import fcntl
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
+LOCK = ".lock"
+
+
+class RunInUse(Exception):
+    """Another process is writing into the run directory."""
+
+
+@contextmanager
+def exclusive(run_dir: Path):
+    """One writer per run directory: an advisory lock (``flock``) on RUN/.lock, held while the
+    block runs. The operating system drops it when the process ends, by kill -9 too, so no stale
+    lock is ever left; the file keeps the holder's pid for the message a second writer gets."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / LOCK, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise RunInUse(f"{run_dir} is being written by another latentprobe process (pid {holder}); "
+                           f"wait for it to finish, or use another --out") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -21,7 +53,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def write_jsonl(path: Path, records: list[dict]) -> None:
     """Rewrite a whole JSON-lines file atomically (used when a run resumes)."""
-    tmp = Path(str(path) + ".tmp")
+    tmp = Path(f"{path}.{os.getpid()}.tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
     os.replace(tmp, path)
 
@@ -32,7 +64,7 @@ def append_jsonl(path: Path, record: dict) -> None:
 
 
 def write_json(path: Path, record) -> None:
-    tmp = Path(str(path) + ".tmp")
+    tmp = Path(f"{path}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(record, indent=2) + "\n")
     os.replace(tmp, path)
 
