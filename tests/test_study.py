@@ -17,3 +17,18 @@ def test_denoising_study_passes_its_options_to_each_run_and_says_so(cifar10_root
     assert run["model_args"] == {"c1": 4, "c2": 8, "noise": 0.5} and run["clip_grad"] == 1.0
     report = (out / "report.md").read_text()
     assert "denoising: input noise σ = 0.5" in report and "gradient norm clipped to 1.0" in report
+
+
+def test_study_of_another_model_draws_its_latent_size_curve(cifar10_root, tmp_path):
+    out = tmp_path / "study"
+    main(["study", "--preset", "quick", "--model", "patch_ae", "--model-args", "whitening_patches=5000",
+          "--latent-sizes", "16,32", "--subset", "200", "--val-size", "40", "--epochs", "1", "--probe-epochs", "2",
+          "--data-dir", str(cifar10_root), "--no-download", "--device", "cpu", "--out", str(out)])
+    for latent in (16, 32):
+        run = yaml.safe_load((out / f"latent_{latent}" / "config.yaml").read_text())["config"]
+        assert run["model"] == "patch_ae" and run["latent_dim"] == latent
+        assert run["model_args"] == {"whitening_patches": 5000}
+    report = (out / "report.md").read_text()
+    assert report.startswith("# patch_ae: what the latent knows") and "`patch_ae` (whitening_patches=5000)" in report
+    summary = report.split("## Summary")[1].split("##")[0]
+    assert "| 16 |" in summary and "| 32 |" in summary  # one row per latent size

@@ -18,6 +18,16 @@ def _denoising(cfg: dict) -> str:
     return f" (denoising: input noise σ = {noise}, clean target)" if noise else ""
 
 
+def _architecture(cfg: dict) -> str:
+    """The studied autoencoder in words: the write-up's conv AE drawn out, any other by name."""
+    model = cfg.get("model", "conv_ae")  # absent in studies made before the option existed
+    if model != "conv_ae":
+        options = " ".join(f"{k}={v}" for k, v in cfg.get("model_args", {}).items())
+        return f"`{model}`{' (' + options + ')' if options else ''}, trained on its own loss"
+    return (f"Conv(3→{cfg['c1']}) → ReLU → MaxPool → ReLU → Conv({cfg['c1']}→{cfg['c2']}) → Linear; "
+            f"MSE{_denoising(cfg)}")
+
+
 def _latent_runs(study_dir: Path) -> list[tuple[int, Path]]:
     runs = [(int(p.name.split("_")[1]), p) for p in study_dir.glob("latent_*") if (p / "probe.json").exists()]
     return sorted(runs)
@@ -82,7 +92,8 @@ def write_study_report(study_dir: Path, device: str | None = None) -> Path:
                              f"{pixels['probe_seconds']:.1f}"])
 
     lines = [
-        "# Convolutional autoencoder: what the latent knows",
+        f"# {'Convolutional autoencoder' if cfg.get('model', 'conv_ae') == 'conv_ae' else cfg['model']}: "
+        f"what the latent knows",
         "",
         f"- Date: {datetime.date.today().isoformat()}; device: {device or 'see config'}; "
         f"host: {platform.node()} ({platform.processor() or platform.machine()})",
@@ -90,8 +101,7 @@ def write_study_report(study_dir: Path, device: str | None = None) -> Path:
         f"- Data: {cfg['dataset']}; a {cfg['val_size']}-image validation split carved from the training set "
         f"(seed {cfg['seed']}) chooses the detector's epoch; {cfg['subset'] or 'all remaining'} training images; "
         f"the test set is used only for the reported numbers.",
-        f"- Autoencoder: Conv(3→{cfg['c1']}) → ReLU → MaxPool → ReLU → Conv({cfg['c1']}→{cfg['c2']}) → Linear; "
-        f"MSE{_denoising(cfg)}, Adam lr {cfg['lr']}"
+        f"- Autoencoder: {_architecture(cfg)}, Adam lr {cfg['lr']}"
         f"{', gradient norm clipped to ' + str(cfg['clip_grad']) if cfg.get('clip_grad') else ''}, "
         f"batch {cfg['batch_size']}, {cfg['epochs']} epochs, 1 seed ({cfg['seed']}).",
         f"- Detector: one Linear layer + log-softmax, NLL loss, Adam lr {cfg['probe_lr']}, "

@@ -33,6 +33,8 @@ PRESETS = {
 @dataclass
 class StudyConfig:
     preset: str = field(default="standard", metadata={"help": "quick, standard or full"})
+    model: str = field(default="conv_ae", metadata={"help": "any registered model that takes latent_dim"})
+    model_args: dict = field(default_factory=dict, metadata={"help": "options of other models, 'key=value ...'"})
     latent_sizes: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256, 512])
     c1: int = field(default=16, metadata={"help": "channels of the first convolution"})
     c2: int = field(default=32, metadata={"help": "channels of the second convolution"})
@@ -61,8 +63,11 @@ class StudyConfig:
 
 
 def _model_args(cfg: StudyConfig) -> dict:
-    """The autoencoder's options; ``noise`` only when set, so plain runs keep their old config."""
-    return {"c1": cfg.c1, "c2": cfg.c2, **({"noise": cfg.noise} if cfg.noise else {})}
+    """The autoencoder's options: the write-up's conv AE takes --c1/--c2 (and ``noise`` only when
+    set, so plain runs keep their old config); other models take --model-args."""
+    if cfg.model != "conv_ae":
+        return dict(cfg.model_args)
+    return {"c1": cfg.c1, "c2": cfg.c2, **({"noise": cfg.noise} if cfg.noise else {}), **cfg.model_args}
 
 
 def probe_record(result: ProbeResult, feature_dim: int, seconds: float) -> dict:
@@ -94,7 +99,7 @@ def run_study(cfg: StudyConfig) -> Path:
     train_cfg = None
     for latent in cfg.latent_sizes:
         print(f"\n=== latent {latent} ===", flush=True)
-        train_cfg = TrainConfig(model="conv_ae", latent_dim=latent, model_args=_model_args(cfg),
+        train_cfg = TrainConfig(model=cfg.model, latent_dim=latent, model_args=_model_args(cfg),
                                 dataset=cfg.dataset, data_dir=cfg.data_dir, download=cfg.download,
                                 val_size=cfg.val_size, subset=cfg.subset, epochs=cfg.epochs,
                                 batch_size=cfg.batch_size, lr=cfg.lr, clip_grad=cfg.clip_grad,
