@@ -128,3 +128,31 @@ def test_run_info_reports_the_reconstruction_of_the_epoch_the_probes_read(tmp_pa
                                         {"epoch": 2, "val_mse": 0.5, "val_psnr": 3.0}])
     info = _run_info(run, torch.device("cpu"))
     assert (info["epochs_trained"], info["probed_epoch"], info["val_mse"], info["val_psnr"]) == (2, 1, 0.01, 20.0)
+
+
+def test_retraining_in_the_same_folder_refreshes_every_cache(tmp_path, capsys):
+    """Delete the checkpoint, retrain with another latent size (the tool's own advice): features,
+    eval.json, the classifier and predict all follow the new weights, and match a fresh run."""
+    from latentprobe.checkpoint import CheckpointError
+    from latentprobe.export import predict_files
+    from latentprobe.features import run_features
+
+    data = write_cifar10(tmp_path / "data", per_batch=40, test=60)
+    run = train_tiny_run(data, tmp_path / "run", latent_dim=8)
+    cfg = fast_config(data_dir=str(data), probes=["linear"], baselines=[], seeds=1)
+    evaluate_run(run, cfg)
+    assert run_features(run, torch.device("cpu")).dim == 8
+    (run / "checkpoint.pt").unlink()
+    train_tiny_run(data, run, latent_dim=16)
+    assert run_features(run, torch.device("cpu")).dim == 16  # not the cached 8-d latents
+    image = tmp_path / "x.png"
+    from PIL import Image
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(image)
+    with pytest.raises(CheckpointError, match="was trained on other encoder weights"):
+        predict_files(run, [image], device="cpu")  # the 8-d classifier is refused, not crashed into
+    again = evaluate_run(run, cfg)
+    assert "already evaluated" not in capsys.readouterr().out
+    fresh = evaluate_run(train_tiny_run(data, tmp_path / "fresh", latent_dim=16), cfg)
+    assert again["latent_dim"] == again["representations"]["encoder"]["dim"] == 16
+    assert again["representations"]["encoder"]["probes"] == fresh["representations"]["encoder"]["probes"]
+    assert predict_files(run, [image], device="cpu") == 0

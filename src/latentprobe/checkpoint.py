@@ -4,6 +4,7 @@ Only plain containers, numbers, strings and tensors go in, so ``torch.load(weigh
 reads them back and no pickled code from a user path ever runs.
 """
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -27,6 +28,18 @@ def unwrap(model: nn.Module) -> nn.Module:
             model = model._orig_mod
         else:
             return model
+
+
+def weights_digest(model: nn.Module) -> str:
+    """A short fingerprint of a model's weights and buffers: every cached artefact made from
+    them (features, probe results, classifiers) carries it and is refused or redone when the
+    weights change (a run retrained in the same folder, a longer run with a new best epoch)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{flat.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def save_checkpoint(path: Path, **entries) -> None:

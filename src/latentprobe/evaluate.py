@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from latentprobe import config as configuration
-from latentprobe.checkpoint import save_checkpoint
+from latentprobe.checkpoint import save_checkpoint, weights_digest
 from latentprobe.features import FeatureSet, load_run_model, pixel_features, representation_features, run_splits
 from latentprobe.knn import knn_predict
 from latentprobe.metrics import confusion_matrix
@@ -176,13 +176,13 @@ def _run_info(run_dir: Path, device, pool: str | None = None) -> dict:
     return {"run": str(run_dir), "model_name": checkpoint["model_name"], "latent_dim": model.latent_dim,
             "params": sum(p.numel() for p in model.parameters()), "encoder_params": _encoder_params(model),
             "train_config": checkpoint["train_config"], "model_config": checkpoint["model_config"],
-            "pool": getattr(model, "pool", None), "epochs_trained": checkpoint["epoch"],
+            "pool": getattr(model, "pool", None), "weights": weights_digest(model), "epochs_trained": checkpoint["epoch"],
             "probed_epoch": probed_epoch, "val_mse": probed.get("val_mse"), "val_psnr": probed.get("val_psnr"),
             "train_seconds": sum(h.get("epoch_seconds", 0.0) for h in history)}
 
 
 def _save_classifier(run_dir: Path, heads: dict, record: dict, class_names: list[str], cfg: EvalConfig,
-                     pool: str | None) -> None:
+                     pool: str | None, weights: str) -> None:
     """The better (by validation accuracy) of the two seed-0 linear heads on the encoder."""
     linear = [kind for kind in ("bn_linear", "linear") if kind in heads]
     if not linear:
@@ -192,7 +192,7 @@ def _save_classifier(run_dir: Path, heads: dict, record: dict, class_names: list
     save_checkpoint(run_dir / classifier_file(cfg.label_type), kind=CLASSIFIER_KIND, head=kind,
                     in_dim=record["dim"], num_classes=len(class_names), hidden=cfg.mlp_hidden,
                     state_dict=head.state_dict(), class_names=class_names, label_type=cfg.label_type, pool=pool,
-                    lr=chosen["lr"], weight_decay=chosen["weight_decay"],
+                    lr=chosen["lr"], weight_decay=chosen["weight_decay"], weights=weights,
                     val_acc=record["probes"][kind]["seeds"][0]["val_acc"],
                     test_acc=record["probes"][kind]["seeds"][0]["test_acc"])
     record["classifier"] = kind
@@ -230,7 +230,10 @@ def _evaluate_run(run_dir: Path, cfg: EvalConfig) -> dict:
         raise ValueError(f"{run_dir} was trained with val_size 0; the probes need a validation split "
                          f"to choose their settings (train with --val-size > 0)")
     previous = read_json(path) if path.exists() else {}
-    done = previous.get("representations", {}) if previous.get("protocol") == cfg.protocol() else {}
+    # results are reused only for the same protocol on the same weights and images
+    same = all(previous.get(k) == v for k, v in (("protocol", cfg.protocol()), ("weights", info["weights"]),
+                                                  ("train_config", info["train_config"])))
+    done = previous.get("representations", {}) if same else {}
     record = {**info, "label_type": cfg.label_type, "protocol": cfg.protocol(), "device": str(device),
               "host": f"{platform.node()} ({platform.machine()}, torch threads: {torch.get_num_threads()})",
               "date": datetime.datetime.now().isoformat(timespec="seconds"), "command": command_line(),
@@ -252,7 +255,7 @@ def _evaluate_run(run_dir: Path, cfg: EvalConfig) -> dict:
         result["date"] = datetime.datetime.now().isoformat(timespec="seconds")  # when these probes ran
         record["class_names"] = data.class_names
         if name == "encoder":
-            _save_classifier(run_dir, heads, result, data.class_names, cfg, info["pool"])
+            _save_classifier(run_dir, heads, result, data.class_names, cfg, info["pool"], info["weights"])
         record["representations"][name] = result
         write_json(path, record)
         print(f"{run_dir}: {name} ({result['dim']}-d, {result['seconds']:.0f} s): " + ", ".join(

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from latentprobe.checkpoint import load_checkpoint
+from latentprobe.checkpoint import CheckpointError, load_checkpoint, weights_digest
 from latentprobe.data import Normalizer
 from latentprobe.evaluate import CLASSIFIER_KIND, classifier_file
 from latentprobe.features import REPRESENTATIONS, SPLITS, load_run_model, representation_features
@@ -95,6 +95,9 @@ def predict_files(run_dir: Path, paths: list[Path], top_k: int = 3, label_type: 
     head, saved = load_classifier(run_dir, label_type)  # first: no classifier, no model load
     class_names = saved["class_names"]
     model, checkpoint = load_run_model(run_dir, device, saved.get("pool"))
+    if saved.get("weights", weights_digest(model)) != weights_digest(model):  # older files carry no digest
+        raise CheckpointError(f"{run_dir}: {classifier_file(label_type)} was trained on other encoder weights "
+                              f"(the run was retrained or continued since); run `latentprobe evaluate {run_dir}` again")
     normalizer = Normalizer(checkpoint["train_config"]["dataset"], device)
     head = head.to(device)
     images, names, failed = [], [], 0

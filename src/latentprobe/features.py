@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from latentprobe.checkpoint import load_checkpoint
+from latentprobe.checkpoint import load_checkpoint, weights_digest
 from latentprobe.data import Normalizer, Split, load_split, take, train_val_split
 from latentprobe.engine import autocast, prepare_model
 from latentprobe.models import create_model
@@ -58,6 +58,11 @@ def run_splits(train_config: dict, data_dir: str | None = None, label_type: str 
     train = take(train, train_config.get("subset"), seed=train_config["seed"])
     return {name: split.with_label_type(label_type) for name, split in
             zip(SPLITS, (train, val, test))}
+
+
+def data_identity(train_config: dict) -> dict:
+    """The settings that decide which images a run's splits hold."""
+    return {k: train_config.get(k) for k in ("dataset", "val_size", "subset", "seed")}
 
 
 def load_run_model(run_dir: Path, device: torch.device, pool: str | None = None):
@@ -115,7 +120,8 @@ def run_features(run_dir: Path, device: torch.device, data_dir: str | None = Non
     run_dir = Path(run_dir)
     model, checkpoint = load_run_model(run_dir, device, pool)
     key = {"epoch": checkpoint.get("best_epoch", checkpoint["epoch"]), "label_type": label_type,
-           "pool": getattr(model, "pool", None)}
+           "pool": getattr(model, "pool", None), "weights": weights_digest(model),
+           "data": data_identity(checkpoint["train_config"])}
     feature_set = _load_cache(run_dir / FEATURES, key)
     if feature_set is None:
         feature_set = _encode_splits(model, checkpoint["train_config"], device, data_dir, label_type)
@@ -135,7 +141,7 @@ def random_encoder_features(run_dir: Path, device: torch.device, data_dir: str |
     checkpoint = load_checkpoint(run_dir / CHECKPOINT, kind="autoencoder")
     train_config, model_config = checkpoint["train_config"], model_config_with_pool(checkpoint, pool)
     key = {"init_seed": train_config["seed"], "model_name": checkpoint["model_name"],
-           "model_config": model_config, "label_type": label_type}
+           "model_config": model_config, "label_type": label_type, "data": data_identity(train_config)}
     feature_set = _load_cache(run_dir / RANDOM_FEATURES, key)
     if feature_set is None:
         torch.manual_seed(train_config["seed"])
