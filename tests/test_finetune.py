@@ -149,3 +149,19 @@ def test_evaluate_with_mean_pooling_saves_it_and_predict_reads_the_same_tokens(m
     printed = dict(part.rsplit(" ", 1) for part in capsys.readouterr().out.strip().split(": ", 1)[1].split(", "))
     expected = {name: mean_p[i].item() for i, name in enumerate(saved["class_names"])}
     assert {name: float(p) for name, p in printed.items()} == pytest.approx(expected, abs=1e-3)
+
+
+def test_the_test_set_is_read_once_by_the_epoch_chosen_on_validation(mae_run, monkeypatch):
+    import latentprobe.finetune as finetune_module
+
+    original, read = finetune_module.predict, []
+
+    def counting(classifier, images, normalizer, **kwargs):
+        read.append(len(images))
+        return original(classifier, images, normalizer, **kwargs)
+
+    monkeypatch.setattr(finetune_module, "predict", counting)
+    summary = _finetune(mae_run, epochs=3)
+    assert read == [40, 40, 40, 50]  # validation after each epoch; the 50 test images once, at the end
+    assert summary["best_epoch"] == max(summary["history"], key=lambda h: h["val_acc"])["epoch"]
+    assert all("test_acc" not in h for h in summary["history"])

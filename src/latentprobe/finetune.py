@@ -6,7 +6,8 @@ pooled latent. Unfrozen (the default) the whole encoder trains with AdamW, layer
 drop-path, and random crop + flip done on the device per batch. ``freeze_encoder=true`` trains
 the head alone on the frozen encoder, in eval mode (an online linear probe).
 
-The epoch is chosen on the run's validation split; test accuracy is the one of that epoch.
+The epoch is chosen on the run's validation split; that epoch's weights then read the test set,
+once, after training.
 Outputs: OUT/config.yaml, OUT/checkpoint.pt (kind "classifier", atomic, resumable),
 OUT/metrics.jsonl, and RUN/finetune.json (read by the comparison report and mae-report;
 RUN/finetune_frozen.json for a frozen encoder).
@@ -182,6 +183,9 @@ def _resume(out: Path, cfg: FinetuneConfig, run_dir: Path, classifier, optimizer
     if changed:
         raise CheckpointError(f"{out} holds a fine-tuning run with other settings ({', '.join(changed)}); "
                               f"use another --out, or the same settings to continue it")
+    if "model" not in checkpoint["best"]:
+        raise CheckpointError(f"{out} was written before fine-tuning kept its chosen epoch's weights (to read the "
+                              f"test set once, after training); delete it or use another --out to fine-tune again")
     classifier.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     return checkpoint["epoch"], checkpoint["history"], checkpoint["best"]
@@ -236,14 +240,12 @@ def _finetune(run_dir: Path, cfg: FinetuneConfig) -> dict:
                                 lr_fn=lambda s: lr_at(s, total_steps, warmup_steps, peak_lr, "cosine"),
                                 first_step=(epoch - 1) * steps_per_epoch, rank=rank, world_size=world_size)
         stats = mean_across_ranks(stats, device)
-        predictions = {n: predict(classifier, splits[n].images, normalizer) for n in ("val", "test")}
-        record = {"epoch": epoch, **stats, **{f"{n}_acc": (p == splits[n].labels).float().mean().item()
-                                               for n, p in predictions.items()}}
+        val_predictions = predict(classifier, splits["val"].images, normalizer)
+        record = {"epoch": epoch, **stats, "val_acc": (val_predictions == splits["val"].labels).float().mean().item()}
         history.append(record)
-        if best is None or record["val_acc"] > best["val_acc"]:
-            matrix = confusion_matrix(splits["test"].labels, predictions["test"], len(class_names))
-            best = {"epoch": epoch, "val_acc": record["val_acc"], "test_acc": record["test_acc"],
-                    "confusion": matrix.tolist()}
+        if best is None or record["val_acc"] > best["val_acc"]:  # the test set waits for the choice
+            best = {"epoch": epoch, "val_acc": record["val_acc"],
+                    "model": {k: v.detach().clone() for k, v in classifier.state_dict().items()}}
         if main:
             save_checkpoint(out / CHECKPOINT, kind="classifier", model_name=source["model_name"],
                             model_config=source["model_config"], finetune_config=configuration.to_dict(cfg),
@@ -251,21 +253,23 @@ def _finetune(run_dir: Path, cfg: FinetuneConfig) -> dict:
                             optimizer=optimizer.state_dict(), epoch=epoch, history=history, best=best)
             append_jsonl(out / METRICS, record)
             print(f"epoch {epoch}/{cfg.epochs}  loss {record['train_loss']:.4f}  train {record['train_acc']:.4f}  "
-                  f"val {record['val_acc']:.4f}  test {record['test_acc']:.4f}  "
-                  f"{record['images_per_s']:.0f} img/s", flush=True)
+                  f"val {record['val_acc']:.4f}  {record['images_per_s']:.0f} img/s", flush=True)
         barrier()
 
-    import numpy as np
-    precision, recall = precision_recall(np.array(best["confusion"]))
-    summary = {"val_acc": best["val_acc"], "test_acc": best["test_acc"], "best_epoch": best["epoch"],
+    classifier.load_state_dict(best["model"])  # the epoch chosen on validation reads the test set, once
+    test_predictions = predict(classifier, splits["test"].images, normalizer)
+    test_acc = (test_predictions == splits["test"].labels).float().mean().item()
+    confusion = confusion_matrix(splits["test"].labels, test_predictions, len(class_names))
+    precision, recall = precision_recall(confusion)
+    summary = {"val_acc": best["val_acc"], "test_acc": test_acc, "best_epoch": best["epoch"],
                "mode": "frozen" if cfg.freeze_encoder else "fine-tuned", "pool": classifier.pool,
                "latent_dim": classifier.encoder.latent_dim, "model_name": source["model_name"],
                "pretrain_epoch": source.get("best_epoch", source["epoch"]),
-               "history": history, "confusion": best["confusion"], "precision": precision.tolist(),
+               "history": history, "confusion": confusion.tolist(), "precision": precision.tolist(),
                "recall": recall.tolist(), "class_names": class_names,
                "finetune_config": configuration.to_dict(cfg), "device": str(device), "world_size": world_size}
     if main:
         write_json(run_dir / (FROZEN_FILE if cfg.freeze_encoder else FINETUNE_FILE), summary)
         print(f"{run_dir}: {summary['mode']} classifier, validation accuracy {best['val_acc']:.4f}, "
-              f"test accuracy {best['test_acc']:.4f} (epoch {best['epoch']})")
+              f"test accuracy {test_acc:.4f} (epoch {best['epoch']})")
     return summary

@@ -66,7 +66,6 @@ def write_mae_report(run_dir: Path) -> Path:
     for label, record in results.items():
         epochs = [h["epoch"] for h in record["history"]]
         curves[f"{label}: val"] = (epochs, [h["val_acc"] for h in record["history"]])
-        curves[f"{label}: test"] = (epochs, [h["test_acc"] for h in record["history"]])
     line_chart(curves, figures / "accuracy.png", title=f"{run_dir.name}: frozen vs fine-tuned", ylabel="accuracy")
     grouped_bars({label: r["precision"] for label, r in results.items()}, class_names,
                  figures / "precision.png", title="per-class precision (test, best validation epoch)",
