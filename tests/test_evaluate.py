@@ -156,3 +156,19 @@ def test_retraining_in_the_same_folder_refreshes_every_cache(tmp_path, capsys):
     assert again["latent_dim"] == again["representations"]["encoder"]["dim"] == 16
     assert again["representations"]["encoder"]["probes"] == fresh["representations"]["encoder"]["probes"]
     assert predict_files(run, [image], device="cpu") == 0
+
+
+@pytest.mark.parametrize("command, flags, message", [
+    ("evaluate", ["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+    ("evaluate", ["--knn-k", "0,20"], "--knn-k must be at least 1, got [0, 20]"),
+    ("probe", ["--epochs", "0"], "--epochs must be at least 1, got 0"),
+    ("probe", ["--head", "svm"], "unknown probe head 'svm'"),
+    ("finetune", ["--epochs", "0"], "--epochs must be at least 1, got 0"),
+])
+def test_bad_probe_options_are_one_line(tmp_path, command, flags, message):
+    from latentprobe.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main([command, str(tmp_path / "run"), *flags])
+    assert str(stop.value.code).startswith("error: ") and message in str(stop.value.code)
+    assert not (tmp_path / "run").exists()

@@ -118,6 +118,14 @@ def _check_type(name: str, value, annotation) -> None:
         raise ValueError(f"option {name} must be {wanted}, got {value!r}")
 
 
+def require_at_least_one(config, *names: str) -> None:
+    """One clear line for a count or size option below 1 (lists: every item); None is allowed."""
+    for name in names:
+        value = getattr(config, name)
+        if any(v is not None and v < 1 for v in (value if isinstance(value, list) else [value])):
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+
+
 def load_yaml(path: Path, names: set[str]) -> dict[str, Any]:
     try:
         loaded = yaml.safe_load(Path(path).read_text()) or {}

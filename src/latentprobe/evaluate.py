@@ -67,8 +67,8 @@ class EvalConfig:
         if unknown:
             raise ValueError(f"unknown probe(s) or baseline(s) {unknown}; probes: {', '.join(HEADS)}, knn; "
                              f"baselines: random, pca, pixels")
-        if self.seeds < 1 or self.epochs < 1:
-            raise ValueError("--seeds and --epochs must be at least 1")
+        configuration.require_at_least_one(self, "seeds", "epochs", "patience", "batch_size", "mlp_hidden", "knn_k",
+                                           "threads")
 
     def protocol(self) -> dict:
         """The settings that decide the numbers (a saved result is reused only if they match)."""
@@ -176,7 +176,8 @@ def _run_info(run_dir: Path, device, pool: str | None = None) -> dict:
     return {"run": str(run_dir), "model_name": checkpoint["model_name"], "latent_dim": model.latent_dim,
             "params": sum(p.numel() for p in model.parameters()), "encoder_params": _encoder_params(model),
             "train_config": checkpoint["train_config"], "model_config": checkpoint["model_config"],
-            "pool": getattr(model, "pool", None), "weights": weights_digest(model), "epochs_trained": checkpoint["epoch"],
+            "pool": getattr(model, "pool", None), "weights": weights_digest(model),
+            "epochs_trained": checkpoint["epoch"],
             "probed_epoch": probed_epoch, "val_mse": probed.get("val_mse"), "val_psnr": probed.get("val_psnr"),
             "train_seconds": sum(h.get("epoch_seconds", 0.0) for h in history)}
 

@@ -27,8 +27,9 @@ import torch.nn.functional as F
 from latentprobe import config as configuration
 from latentprobe.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, unwrap
 from latentprobe.data import Normalizer, augment, batch_indices, take
-from latentprobe.distributed import barrier, init_distributed, is_main_process, local_device, mean_across_ranks
-from latentprobe.engine import autocast, compile_objective, lr_at
+from latentprobe.distributed import (barrier, check_device, init_distributed, is_main_process, local_device,
+                                     mean_across_ranks)
+from latentprobe.engine import COMPILE_MODES, autocast, compile_objective, lr_at
 from latentprobe.features import model_config_with_pool, run_splits
 from latentprobe.metrics import confusion_matrix, precision_recall
 from latentprobe.models import create_model
@@ -59,6 +60,12 @@ class FinetuneConfig:
     compile_mode: str = field(default="default", metadata={"help": "torch.compile mode (reduce-overhead: CUDA graphs)"})
     out: str | None = field(default=None, metadata={"help": "output folder (default: RUN/finetune, "
                                                              "RUN/finetune_frozen when frozen)"})
+
+    def __post_init__(self):
+        configuration.require_at_least_one(self, "epochs", "batch_size", "subset")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"unknown --compile-mode {self.compile_mode!r}; use one of {', '.join(COMPILE_MODES)}")
+        check_device(self.device)
 
 
 # Settings that may change when a fine-tuning run is continued.

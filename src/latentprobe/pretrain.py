@@ -55,12 +55,8 @@ class TrainConfig:
 
     def __post_init__(self):
         """Every option is checked here, where it is parsed, before a run directory exists."""
-        at_least_one = {"epochs": self.epochs, "batch_size": self.batch_size, "accum_steps": self.accum_steps,
-                        "grid_every": self.grid_every, "checkpoint_every": self.checkpoint_every,
-                        "latent_dim": self.latent_dim, "subset": self.subset}
-        for name, value in at_least_one.items():
-            if value is not None and value < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        configuration.require_at_least_one(self, "epochs", "batch_size", "accum_steps", "grid_every",
+                                           "checkpoint_every", "latent_dim", "subset")
         for name, value in {"val_size": self.val_size, "weight_decay": self.weight_decay,
                             "warmup_epochs": self.warmup_epochs}.items():
             if value < 0:

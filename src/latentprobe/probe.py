@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from latentprobe.config import require_at_least_one
 from latentprobe.data import batch_indices
 from latentprobe.features import FeatureSet
 from latentprobe.metrics import confusion_matrix
@@ -65,6 +66,11 @@ class ProbeConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     seed: int = 0
+
+    def __post_init__(self):
+        if self.head not in HEADS:
+            raise ValueError(f"unknown probe head {self.head!r}; use one of {', '.join(HEADS)}")
+        require_at_least_one(self, "epochs", "batch_size")
 
 
 @dataclass

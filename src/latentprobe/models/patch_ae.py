@@ -164,5 +164,5 @@ class PatchAutoencoder(nn.Module):
 
 @register_model
 def patch_ae(**kwargs) -> PatchAutoencoder:
-    """Sparse autoencoder on whitened 6×6 patches, applied at every position and sum-pooled per quadrant (latent 4K)."""
+    """Sparse autoencoder on whitened 6×6 patches, at every position, sum-pooled per quadrant (latent 4K)."""
     return PatchAutoencoder(**kwargs)
