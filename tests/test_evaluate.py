@@ -7,7 +7,8 @@ from eval_helpers import fast_config, train_tiny_run
 from latentprobe.checkpoint import load_checkpoint
 from latentprobe.data import Normalizer
 from latentprobe.evaluate import evaluate_run, load_eval
-from latentprobe.features import FeatureSet, extract, pca_features, random_encoder_features, run_splits
+from latentprobe.features import FeatureSet, extract, pca_features, random_encoder_features
+from latentprobe.runs import run_splits
 from latentprobe.pretrain import TrainConfig, build_model
 from latentprobe.probe import MLPHead, fit_head
 
@@ -33,7 +34,7 @@ def test_fit_head_keeps_the_best_validation_epoch_and_never_sees_test():
     assert isinstance(fit.head, MLPHead) and not fit.head.training
     assert fit.val_acc == max(h["val_acc"] for h in fit.history) > 0.9
     assert fit.history[fit.best_epoch - 1]["val_acc"] == fit.val_acc
-    assert all(set(h) == {"epoch", "train_loss", "val_acc"} for h in fit.history)
+    assert all(set(h) == {"epoch", "train_loss", "train_acc", "val_acc"} for h in fit.history)  # no test numbers
     with pytest.raises(ValueError, match="unknown probe head"):
         fit_head("svm", (x, labels), (x, labels), 3, lr=1e-3, weight_decay=0, epochs=1)
 
@@ -42,7 +43,7 @@ def test_eval_json_holds_every_representation_probe_and_seed(evaluated):
     run, _, record = evaluated
     assert record == load_eval(run)
     assert list(record["representations"]) == ["encoder", "random", "pca", "pixels"]
-    dims = {name: rep["dim"] for name, rep in record["representations"].items()}
+    dims = {name: rep["latent_dim"] for name, rep in record["representations"].items()}
     assert dims == {"encoder": 16, "random": 16, "pca": 16, "pixels": 3072}
     for rep in record["representations"].values():
         assert rep["sizes"] == {"train": 140, "val": 60, "test": 60}
@@ -118,7 +119,8 @@ def test_unknown_probe_or_baseline_is_a_clear_error():
 
 def test_run_info_reports_the_reconstruction_of_the_epoch_the_probes_read(tmp_path):
     from latentprobe.checkpoint import save_checkpoint
-    from latentprobe.evaluate import _run_info
+    from latentprobe.evaluate import run_info
+    from latentprobe.runs import Run
     from latentprobe.runs import write_jsonl
 
     run = train_tiny_run(write_cifar10(tmp_path / "data", per_batch=40, test=60), tmp_path / "run")
@@ -126,7 +128,7 @@ def test_run_info_reports_the_reconstruction_of_the_epoch_the_probes_read(tmp_pa
     save_checkpoint(run / "checkpoint.pt", **{**checkpoint, "epoch": 2, "best_epoch": 1})  # epoch 2 spiked
     write_jsonl(run / "metrics.jsonl", [{"epoch": 1, "val_mse": 0.01, "val_psnr": 20.0},
                                         {"epoch": 2, "val_mse": 0.5, "val_psnr": 3.0}])
-    info = _run_info(run, torch.device("cpu"))
+    info = run_info(Run(run), torch.device("cpu"))
     assert (info["epochs_trained"], info["probed_epoch"], info["val_mse"], info["val_psnr"]) == (2, 1, 0.01, 20.0)
 
 
@@ -153,7 +155,7 @@ def test_retraining_in_the_same_folder_refreshes_every_cache(tmp_path, capsys):
     again = evaluate_run(run, cfg)
     assert "already evaluated" not in capsys.readouterr().out
     fresh = evaluate_run(train_tiny_run(data, tmp_path / "fresh", latent_dim=16), cfg)
-    assert again["latent_dim"] == again["representations"]["encoder"]["dim"] == 16
+    assert again["latent_dim"] == again["representations"]["encoder"]["latent_dim"] == 16
     assert again["representations"]["encoder"]["probes"] == fresh["representations"]["encoder"]["probes"]
     assert predict_files(run, [image], device="cpu") == 0
 

@@ -105,13 +105,13 @@ def test_probe_time_pooling_reads_other_tokens_and_keys_the_cache(mae_run, cifar
     import json
 
     from latentprobe.data import Normalizer, load_split
-    from latentprobe.features import FEATURES, load_run_model
+    from latentprobe.runs import Run
 
     cls = run_features(mae_run, torch.device("cpu"))  # the run's own pooling: cls
     mean = run_features(mae_run, torch.device("cpu"), pool="mean")
-    assert torch.load(mae_run / FEATURES, weights_only=True)["key"]["pool"] == "mean"  # cache rewritten
+    assert torch.load(Run(mae_run).features_file(), weights_only=True)["key"]["pool"] == "mean"  # cache rewritten
     assert not torch.allclose(cls.features["test"], mean.features["test"])
-    model, _ = load_run_model(mae_run, torch.device("cpu"))
+    model = Run(mae_run).model("cpu")
     images = load_split("cifar10", "test", cifar10_root, download=False).images[:8]
     with torch.no_grad():
         expected = model.encode(Normalizer("cifar10")(images), pool="mean")
@@ -130,7 +130,7 @@ def test_evaluate_with_mean_pooling_saves_it_and_predict_reads_the_same_tokens(m
     from latentprobe.data import Normalizer
     from latentprobe.evaluate import evaluate_run
     from latentprobe.export import load_classifier, load_image, predict_files
-    from latentprobe.features import load_run_model
+    from latentprobe.runs import Run
 
     record = evaluate_run(mae_run, fast_config(data_dir=str(cifar10_root), probes=["linear"], seeds=1,
                                                baselines=[], pool="mean"))
@@ -141,7 +141,7 @@ def test_evaluate_with_mean_pooling_saves_it_and_predict_reads_the_same_tokens(m
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(path)
     capsys.readouterr()  # drop evaluate's log
     assert predict_files(mae_run, [path], top_k=10, device="cpu") == 0
-    model, _ = load_run_model(mae_run, torch.device("cpu"))  # the run's own pooling: cls
+    model = Run(mae_run).model("cpu")  # the run's own pooling: cls
     with torch.no_grad():
         x = Normalizer("cifar10")(load_image(path)[None])
         mean_p, cls_p = (head(model.encode(x, pool=pool)).exp()[0] for pool in ("mean", "cls"))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from latentprobe.checkpoint import load_checkpoint
-from latentprobe.features import load_run_model
+from latentprobe.runs import Run
 from latentprobe.runs import read_jsonl
 
 from test_finetune import TINY_MAE, _pretrain, interrupt_after_first_epoch
@@ -49,7 +49,7 @@ def test_two_cpu_ranks_under_torchrun(cifar10_root, tmp_path):
     assert "2 ranks" in done.stdout and done.stdout.count("fine-tuned classifier") == 1  # rank 0 reports
     records = read_jsonl(run / "metrics.jsonl")
     assert [r["epoch"] for r in records] == [1, 2]  # rank 0 alone writes
-    model, checkpoint = load_run_model(run, torch.device("cpu"))  # N-rank checkpoint, one process
+    model, checkpoint = Run(run).model("cpu"), Run(run).checkpoint  # N-rank checkpoint, one process
     assert checkpoint["epoch"] == 2 and not any(k.startswith(("module.", "_orig_mod.")) for k in checkpoint["model"])
     assert model.encode(torch.zeros(2, 3, 32, 32)).shape == (2, 32)
 

@@ -15,7 +15,7 @@ def test_tiny_study_on_real_cifar10_writes_the_report(real_data_root, tmp_path):
     report = (out / "report.md").read_text()
     linked = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
     expected = {"ae_loss.png", "reconstructions.png", "detector_loss.png", "detector_train_acc.png",
-                "detector_test_acc.png", "test_precision.png", "confusion_latent_16.png",
+                "detector_val_acc.png", "test_precision.png", "confusion_latent_16.png",
                 "confusion_latent_64.png"}
     assert {link.split("/")[-1] for link in linked} == expected
     for link in linked:

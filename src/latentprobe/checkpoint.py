@@ -12,6 +12,9 @@ import torch
 import torch.nn as nn
 
 FORMAT = "latentprobe-checkpoint-1"
+# what a checkpoint holds (its "kind"): a pretrained model, or a classifier (a probe head, or a
+# fine-tuned encoder with its head)
+AUTOENCODER, CLASSIFIER = "autoencoder", "classifier"
 
 
 class CheckpointError(Exception):

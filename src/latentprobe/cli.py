@@ -44,29 +44,13 @@ def cmd_train(args) -> None:
 
 def cmd_probe(args) -> None:
     from latentprobe.distributed import local_device
-    from latentprobe.features import run_features
-    from latentprobe.metrics import confusion_markdown
-    from latentprobe.plots import confusion_heatmap, line_chart
-    from latentprobe.probe import ProbeConfig
-    from latentprobe.study import probe_and_save
+    from latentprobe.probe import ProbeConfig, probe_run
+    from latentprobe.report import write_probe_figures
 
     cfg = configuration.resolve(ProbeConfig, args)
-    device = local_device(args.device)
-    run_dir = Path(args.run)
-    features = run_features(run_dir, device, data_dir=args.data_dir, pool=args.pool)
-    record = probe_and_save(features, cfg, run_dir, device, pool=args.pool)
-    from latentprobe.runs import write_json
-    write_json(run_dir / f"probe_{cfg.head}.json", record)  # one file per head, for mae-report
-    history = record["history"]
-    epochs = [h["epoch"] for h in history]
-    line_chart({split: (epochs, [h[f"{split}_acc"] for h in history]) for split in ("train", "val", "test")},
-               run_dir / "probe_accuracy.png", title=f"{run_dir.name}: detector accuracy", ylabel="accuracy")
-    import numpy as np
-    matrix = np.array(record["confusion"])
-    confusion_heatmap(matrix, features.class_names, run_dir / "confusion.png",
-                      title=f"{run_dir.name}: test confusion (rows: true)")
-    (run_dir / "confusion.md").write_text(confusion_markdown(matrix, features.class_names) + "\n")
-    print(f"{run_dir}: {cfg.head} detector on {features.dim}-d latents: validation accuracy "
+    record = probe_run(args.run, cfg, local_device(args.device), data_dir=args.data_dir, pool=args.pool)
+    write_probe_figures(Path(args.run), record)
+    print(f"{args.run}: {cfg.head} detector on {record['latent_dim']}-d latents: validation accuracy "
           f"{record['val_acc']:.4f}, test accuracy {record['test_acc']:.4f} (epoch {record['best_epoch']})")
 
 

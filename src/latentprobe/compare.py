@@ -20,9 +20,8 @@ from latentprobe.document import Bullets, Figure, Heading, Paragraph, Table, to_
 from latentprobe.evaluate import command_line, load_eval
 from latentprobe.metrics import most_confused, precision_recall
 from latentprobe.plots import confusion_heatmap, grouped_bars, scatter_maps
-from latentprobe.runs import read_json, write_json
+from latentprobe.runs import Run, read_json, write_json
 
-FINETUNE = "finetune.json"
 # Settings that do not change what a run is, only how or where it ran (or its seed).
 _NOT_IDENTITY = {"seed", "out", "device", "data_dir", "download", "compile", "compile_mode", "grid_every",
                  "checkpoint_every"}
@@ -62,7 +61,7 @@ def _data_key(record: dict) -> dict:
 
 
 def _finetune_accuracies(run: str) -> list[float]:
-    path = Path(run) / FINETUNE
+    path = Run(run).finetune_file()
     if not path.is_file():
         return []
     value = read_json(path).get("test_acc")
@@ -101,7 +100,7 @@ def collect_rows(evals: list[dict]) -> list[Row]:
                     _pool(row, rep)
                     continue
                 label = {"random": f"random-weight {row.label}",  # same architecture as its row
-                         "pca": f"PCA of pixels {rep['dim']}-d", "pixels": f"raw pixels {rep['dim']}-d"}[kind]
+                         "pca": f"PCA of pixels {rep['latent_dim']}-d", "pixels": f"raw pixels {rep['latent_dim']}-d"}[kind]
                 data = _data_key(record)
                 key = json.dumps([label, data], sort_keys=True)
                 if key in counted:  # the same baseline on the same data, from another run
@@ -109,7 +108,7 @@ def collect_rows(evals: list[dict]) -> list[Row]:
                 counted.add(key)
                 # split seeds are repeats of one baseline; another data set or subset is another baseline
                 group = json.dumps([label, {k: v for k, v in data.items() if k != "seed"}], sort_keys=True)
-                baseline = baselines.setdefault(group, Row(label, kind, rep["dim"], [record]))
+                baseline = baselines.setdefault(group, Row(label, kind, rep["latent_dim"], [record]))
                 _pool(baseline, rep)
         row.finetune = [acc for record in row.evals for acc in _finetune_accuracies(record["run"])]
     labels = [row.label for row in baselines.values()]
@@ -356,7 +355,7 @@ def write_comparison(runs: list[Path], cfg: CompareConfig) -> Path:
             png.unlink()
     (out / "report.md").write_text(to_markdown(blocks))
     (out / "report.html").write_text(to_html(blocks, out, cfg.title))
-    write_json(out / "summary.json", [{"label": r.label, "kind": r.kind, "dim": r.dim,
+    write_json(out / "summary.json", [{"label": r.label, "kind": r.kind, "latent_dim": r.dim,
                                        "runs": [e["run"] for e in r.evals],
                                        "test_acc": {p: dict(zip(("mean", "std", "n"), _stats(v)))
                                                     for p, v in r.accuracies.items()},

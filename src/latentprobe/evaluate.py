@@ -29,15 +29,13 @@ import numpy as np
 import torch
 
 from latentprobe import config as configuration
-from latentprobe.checkpoint import save_checkpoint, weights_digest
-from latentprobe.features import FeatureSet, load_run_model, pixel_features, representation_features, run_splits
+from latentprobe.checkpoint import CLASSIFIER, save_checkpoint, weights_digest
+from latentprobe.distributed import local_device
+from latentprobe.features import FeatureSet, pixel_features, representation_features
 from latentprobe.knn import knn_predict
 from latentprobe.metrics import confusion_matrix
 from latentprobe.probe import HEADS, fit_head, predict
-from latentprobe.runs import METRICS, exclusive, read_json, read_jsonl, write_json
-
-CLASSIFIER_KIND = "classifier"
-
+from latentprobe.runs import Run, write_json
 
 @dataclass
 class EvalConfig:
@@ -81,14 +79,6 @@ def command_line() -> str:
     program = Path(sys.argv[0]).name
     program = "latentprobe" if program in ("latentprobe", "__main__.py", "-m") else sys.argv[0]
     return " ".join([program, *sys.argv[1:]])
-
-
-def eval_file(label_type: str = "fine") -> str:
-    return "eval.json" if label_type == "fine" else f"eval_{label_type}.json"
-
-
-def classifier_file(label_type: str = "fine") -> str:
-    return "classifier.pt" if label_type == "fine" else f"classifier_{label_type}.pt"
 
 
 def _summary(values: list[float]) -> dict:
@@ -154,7 +144,7 @@ def evaluate_features(data: FeatureSet, cfg: EvalConfig, device: torch.device) -
     if "knn" in cfg.probes:
         probes.update(knn_probes(train, val, test, num_classes, cfg))
     sizes = {split: len(labels) for split, labels in data.labels.items()}
-    return {"dim": data.dim, "sizes": sizes, "probes": probes}, heads
+    return {"latent_dim": data.dim, "sizes": sizes, "probes": probes}, heads
 
 
 def _encoder_params(model) -> int:
@@ -168,21 +158,22 @@ def _encoder_params(model) -> int:
     return used
 
 
-def _run_info(run_dir: Path, device, pool: str | None = None) -> dict:
-    model, checkpoint = load_run_model(run_dir, device, pool)
-    history = read_jsonl(run_dir / METRICS) or checkpoint.get("history", [])
-    probed_epoch = checkpoint.get("best_epoch", checkpoint["epoch"])  # the weights the probes read
-    probed = next((h for h in history if h.get("epoch") == probed_epoch), history[-1] if history else {})
-    return {"run": str(run_dir), "model_name": checkpoint["model_name"], "latent_dim": model.latent_dim,
+def run_info(run: Run, device, pool: str | None = None) -> dict:
+    """What a result needs to say about the run it came from: model, sizes, the probed epoch and
+    its reconstruction, the weights' digest, training time."""
+    model = run.model(device, pool)
+    history = run.metrics()
+    probed = next((h for h in history if h.get("epoch") == run.probed_epoch), history[-1] if history else {})
+    return {"run": str(run.path), "model_name": run.model_name, "latent_dim": model.latent_dim,
             "params": sum(p.numel() for p in model.parameters()), "encoder_params": _encoder_params(model),
-            "train_config": checkpoint["train_config"], "model_config": checkpoint["model_config"],
+            "train_config": run.train_config, "model_config": run.checkpoint["model_config"],
             "pool": getattr(model, "pool", None), "weights": weights_digest(model),
-            "epochs_trained": checkpoint["epoch"],
-            "probed_epoch": probed_epoch, "val_mse": probed.get("val_mse"), "val_psnr": probed.get("val_psnr"),
+            "epochs_trained": run.checkpoint["epoch"], "probed_epoch": run.probed_epoch,
+            "val_mse": probed.get("val_mse"), "val_psnr": probed.get("val_psnr"),
             "train_seconds": sum(h.get("epoch_seconds", 0.0) for h in history)}
 
 
-def _save_classifier(run_dir: Path, heads: dict, record: dict, class_names: list[str], cfg: EvalConfig,
+def _save_classifier(run: Run, heads: dict, record: dict, class_names: list[str], cfg: EvalConfig,
                      pool: str | None, weights: str) -> None:
     """The better (by validation accuracy) of the two seed-0 linear heads on the encoder."""
     linear = [kind for kind in ("bn_linear", "linear") if kind in heads]
@@ -190,8 +181,8 @@ def _save_classifier(run_dir: Path, heads: dict, record: dict, class_names: list
         return
     kind = max(linear, key=lambda k: record["probes"][k]["seeds"][0]["val_acc"])
     head, chosen = heads[kind]
-    save_checkpoint(run_dir / classifier_file(cfg.label_type), kind=CLASSIFIER_KIND, head=kind,
-                    in_dim=record["dim"], num_classes=len(class_names), hidden=cfg.mlp_hidden,
+    save_checkpoint(run.classifier_file(cfg.label_type), kind=CLASSIFIER, head=kind,
+                    in_dim=record["latent_dim"], num_classes=len(class_names), hidden=cfg.mlp_hidden,
                     state_dict=head.state_dict(), class_names=class_names, label_type=cfg.label_type, pool=pool,
                     lr=chosen["lr"], weight_decay=chosen["weight_decay"], weights=weights,
                     val_acc=record["probes"][kind]["seeds"][0]["val_acc"],
@@ -214,23 +205,23 @@ def cpu_threads(count: int | None):
         torch.set_num_threads(before)
 
 
-def evaluate_run(run_dir: Path, cfg: EvalConfig) -> dict:
+def evaluate_run(run: Run | Path | str, cfg: EvalConfig) -> dict:
     """Evaluate (or continue evaluating) one run; returns the eval.json record."""
-    with cpu_threads(cfg.threads), exclusive(run_dir):
-        return _evaluate_run(Path(run_dir), cfg)
+    run = Run.of(run)
+    with cpu_threads(cfg.threads), run.exclusive():
+        return _evaluate_run(run, cfg)
 
 
-def _evaluate_run(run_dir: Path, cfg: EvalConfig) -> dict:
-    from latentprobe.distributed import local_device
-
+def _evaluate_run(run: Run, cfg: EvalConfig) -> dict:
     device = local_device(cfg.device)
+    run_dir = run.path
     print(f"{run_dir}: evaluating with {cfg.protocol()} on {device}", flush=True)
-    path = run_dir / eval_file(cfg.label_type)
-    info = _run_info(run_dir, device, cfg.pool)
+    path = run.eval_file(cfg.label_type)
+    info = run_info(run, device, cfg.pool)
     if not info["train_config"].get("val_size"):
         raise ValueError(f"{run_dir} was trained with val_size 0; the probes need a validation split "
                          f"to choose their settings (train with --val-size > 0)")
-    previous = read_json(path) if path.exists() else {}
+    previous = run.read_result(path) if path.exists() else {}
     # results are reused only for the same protocol on the same weights and images
     same = all(previous.get(k) == v for k, v in (("protocol", cfg.protocol()), ("weights", info["weights"]),
                                                   ("train_config", info["train_config"])))
@@ -247,8 +238,8 @@ def _evaluate_run(run_dir: Path, cfg: EvalConfig) -> dict:
             continue
         started, cpu_started = time.perf_counter(), time.process_time()
         if name in ("pca", "pixels") and pixels is None:  # one pixel FeatureSet serves both
-            pixels = pixel_features(run_splits(info["train_config"], cfg.data_dir, cfg.label_type), device)
-        data = representation_features(run_dir, name, device, cfg.data_dir, cfg.label_type, pixels=pixels,
+            pixels = pixel_features(run.splits(cfg.data_dir, cfg.label_type), device)
+        data = representation_features(run, name, device, cfg.data_dir, cfg.label_type, pixels=pixels,
                                        pool=cfg.pool)
         result, heads = evaluate_features(data, cfg, device)
         # wall and CPU (all threads) seconds: on a shared machine the two tell different stories
@@ -256,19 +247,20 @@ def _evaluate_run(run_dir: Path, cfg: EvalConfig) -> dict:
         result["date"] = datetime.datetime.now().isoformat(timespec="seconds")  # when these probes ran
         record["class_names"] = data.class_names
         if name == "encoder":
-            _save_classifier(run_dir, heads, result, data.class_names, cfg, info["pool"], info["weights"])
+            _save_classifier(run, heads, result, data.class_names, cfg, info["pool"], info["weights"])
         record["representations"][name] = result
         write_json(path, record)
-        print(f"{run_dir}: {name} ({result['dim']}-d, {result['seconds']:.0f} s): " + ", ".join(
+        print(f"{run_dir}: {name} ({result['latent_dim']}-d, {result['seconds']:.0f} s): " + ", ".join(
             f"{probe} {100 * r['test']['mean']:.2f}±{100 * r['test']['std']:.2f}"
             for probe, r in result["probes"].items()), flush=True)
     write_json(path, record)
     return record
 
 
-def load_eval(run_dir: Path, label_type: str = "fine") -> dict:
-    path = Path(run_dir) / eval_file(label_type)
+def load_eval(run: Run | Path | str, label_type: str = "fine") -> dict:
+    run = Run.of(run)
+    path = run.eval_file(label_type)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; run `latentprobe evaluate {run_dir}"
+        raise FileNotFoundError(f"{path} not found; run `latentprobe evaluate {run.path}"
                                 f"{'' if label_type == 'fine' else ' --label-type ' + label_type}` first")
-    return read_json(path)
+    return run.read_result(path)

@@ -15,27 +15,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from latentprobe.checkpoint import CheckpointError, load_checkpoint, weights_digest
+from latentprobe.checkpoint import CLASSIFIER, CheckpointError, load_checkpoint, weights_digest
 from latentprobe.data import Normalizer
-from latentprobe.evaluate import CLASSIFIER_KIND, classifier_file
-from latentprobe.features import REPRESENTATIONS, SPLITS, load_run_model, representation_features
+from latentprobe.distributed import local_device
+from latentprobe.features import REPRESENTATIONS, representation_features
 from latentprobe.probe import build_head
+from latentprobe.runs import SPLITS, Run
 
 IMAGE_SIZE = 32
 
 
-def export_features(run_dir: Path, split: str = "test", source: str = "encoder", out: Path | None = None,
+def export_features(run: Run | Path | str, split: str = "test", source: str = "encoder", out: Path | None = None,
                     label_type: str = "fine", device: str = "auto", data_dir: str | None = None,
                     pool: str | None = None) -> Path:
     """Write ``split`` of ``source`` (encoder, random, pca, pixels) of a run to an .npz; returns its path."""
-    from latentprobe.distributed import local_device
-
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
     if source not in REPRESENTATIONS:
         raise ValueError(f"unknown source {source!r}; use one of {', '.join(REPRESENTATIONS)}")
-    run_dir = Path(run_dir)
-    data = representation_features(run_dir, source, local_device(device), data_dir, label_type, pool=pool)
+    run = Run.of(run)
+    run_dir = run.path
+    data = representation_features(run, source, local_device(device), data_dir, label_type, pool=pool)
     suffix = "" if source == "encoder" else f"_{source}"
     suffix += "" if label_type == "fine" else f"_{label_type}"
     out = Path(out) if out else run_dir / f"features_{split}{suffix}.npz"
@@ -71,34 +71,34 @@ def load_image(path: Path) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)  # (3, 32, 32)
 
 
-def load_classifier(run_dir: Path, label_type: str = "fine") -> tuple[torch.nn.Module, dict]:
+def load_classifier(run: Run | Path | str, label_type: str = "fine") -> tuple[torch.nn.Module, dict]:
     """The head that ``latentprobe evaluate`` saved, in eval mode, and the saved record
     (class names, and the token pooling its features were read with)."""
-    path = Path(run_dir) / classifier_file(label_type)
+    run = Run.of(run)
+    path = run.classifier_file(label_type)
     if not path.is_file():
         flag = "" if label_type == "fine" else f" --label-type {label_type}"
-        raise FileNotFoundError(f"{path} not found; run `latentprobe evaluate {run_dir}{flag}` first "
+        raise FileNotFoundError(f"{path} not found; run `latentprobe evaluate {run.path}{flag}` first "
                                 f"to train the classifier that predict uses")
-    saved = load_checkpoint(path, kind=CLASSIFIER_KIND)
+    saved = load_checkpoint(path, kind=CLASSIFIER)
     head = build_head(saved["head"], saved["in_dim"], saved["num_classes"], hidden=saved["hidden"])
     head.load_state_dict(saved["state_dict"])
     return head.eval(), saved
 
 
 @torch.no_grad()
-def predict_files(run_dir: Path, paths: list[Path], top_k: int = 3, label_type: str = "fine",
+def predict_files(run: Run | Path | str, paths: list[Path], top_k: int = 3, label_type: str = "fine",
                   device: str = "auto") -> int:
     """Print the top-k classes of every readable file; returns how many files failed."""
-    from latentprobe.distributed import local_device
-
     device = local_device(device)
-    head, saved = load_classifier(run_dir, label_type)  # first: no classifier, no model load
+    run = Run.of(run)
+    head, saved = load_classifier(run, label_type)  # first: no classifier, no model load
     class_names = saved["class_names"]
-    model, checkpoint = load_run_model(run_dir, device, saved.get("pool"))
+    model = run.model(device, saved.get("pool"))
     if saved.get("weights", weights_digest(model)) != weights_digest(model):  # older files carry no digest
-        raise CheckpointError(f"{run_dir}: {classifier_file(label_type)} was trained on other encoder weights "
-                              f"(the run was retrained or continued since); run `latentprobe evaluate {run_dir}` again")
-    normalizer = Normalizer(checkpoint["train_config"]["dataset"], device)
+        raise CheckpointError(f"{run.classifier_file(label_type)} was trained on other encoder weights (the run "
+                              f"was retrained or continued since); run `latentprobe evaluate {run.path}` again")
+    normalizer = Normalizer(run.train_config["dataset"], device)
     head = head.to(device)
     images, names, failed = [], [], 0
     for path in paths:

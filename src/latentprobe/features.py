@@ -1,8 +1,8 @@
 """Latents are extracted once (eval mode, no grad, in batches on the device) and cached.
 
-``run_features`` reads a pretraining run, rebuilds its model from the checkpoint, recreates
-the run's own train/validation split and the test split, and caches the features in
-``features.pt`` inside the run directory, keyed by the checkpoint epoch.
+``run_features`` reads a pretraining run (``Run``): its model at the probed epoch, its own
+train/validation split and the test split; it caches the features in the run directory, keyed by
+what made them (weights, images, labels, pooling).
 """
 
 import os
@@ -11,15 +11,10 @@ from pathlib import Path
 
 import torch
 
-from latentprobe.checkpoint import load_checkpoint, weights_digest
-from latentprobe.data import Normalizer, Split, load_split, take, train_val_split
+from latentprobe.checkpoint import weights_digest
+from latentprobe.data import Normalizer, Split
 from latentprobe.engine import autocast, prepare_model
-from latentprobe.models import create_model
-from latentprobe.runs import CHECKPOINT
-
-FEATURES = "features.pt"
-RANDOM_FEATURES = "features_random.pt"
-SPLITS = ("train", "val", "test")
+from latentprobe.runs import Run
 
 
 @dataclass
@@ -48,42 +43,6 @@ def extract(encode, images: torch.Tensor, normalizer: Normalizer, batch_size: in
     return torch.cat(outputs)
 
 
-def run_splits(train_config: dict, data_dir: str | None = None, label_type: str = "fine") -> dict[str, Split]:
-    """The train (same subset), validation and test splits a pretraining run used."""
-    dataset = train_config["dataset"]
-    download = train_config.get("download", True)
-    train = load_split(dataset, "train", data_dir or train_config.get("data_dir"), download=download)
-    test = load_split(dataset, "test", data_dir or train_config.get("data_dir"), download=download)
-    train, val = train_val_split(train, train_config["val_size"], seed=train_config["seed"])
-    train = take(train, train_config.get("subset"), seed=train_config["seed"])
-    return {name: split.with_label_type(label_type) for name, split in
-            zip(SPLITS, (train, val, test))}
-
-
-def data_identity(train_config: dict) -> dict:
-    """The settings that decide which images a run's splits hold."""
-    return {k: train_config.get(k) for k in ("dataset", "val_size", "subset", "seed")}
-
-
-def load_run_model(run_dir: Path, device: torch.device, pool: str | None = None):
-    """The trained model of a run (eval mode) at its best validation epoch, and its checkpoint.
-    ``pool`` (ViT encoders: ``cls`` or ``mean``) overrides the pooling the run was trained with."""
-    checkpoint = load_checkpoint(Path(run_dir) / CHECKPOINT, kind="autoencoder")
-    model = create_model(checkpoint["model_name"], **model_config_with_pool(checkpoint, pool))
-    model.load_state_dict(checkpoint.get("best_model", checkpoint["model"]))
-    return model.to(device).eval(), checkpoint
-
-
-def model_config_with_pool(checkpoint: dict, pool: str | None) -> dict:
-    """The run's model config, its token pooling replaced by ``pool`` when one is given."""
-    config = dict(checkpoint["model_config"])
-    if pool is not None:
-        if "pool" not in config:
-            raise ValueError(f"--pool applies to ViT encoders; {checkpoint['model_name']} has one latent vector")
-        config["pool"] = pool
-    return config
-
-
 def _load_cache(path: Path, key: dict) -> FeatureSet | None:
     """The cached FeatureSet at ``path`` if it was made under ``key``; None otherwise (or unreadable)."""
     if not path.exists():
@@ -104,32 +63,31 @@ def _save_cache(path: Path, key: dict, feature_set: FeatureSet) -> None:
     tmp.replace(path)
 
 
-def _encode_splits(model, train_config: dict, device, data_dir, label_type) -> FeatureSet:
-    splits = run_splits(train_config, data_dir, label_type)
-    normalizer = Normalizer(train_config["dataset"], device)
+def _encode_splits(model, run: Run, device, data_dir, label_type) -> FeatureSet:
+    splits = run.splits(data_dir, label_type)
+    normalizer = Normalizer(run.train_config["dataset"], device)
     features = {name: extract(model.encode, split.images.to(device), normalizer).cpu()
                 for name, split in splits.items()}
     labels = {name: split.labels for name, split in splits.items()}
     return FeatureSet(features, labels, splits["train"].class_names)
 
 
-def run_features(run_dir: Path, device: torch.device, data_dir: str | None = None,
+def run_features(run: Run, device: torch.device, data_dir: str | None = None,
                  label_type: str = "fine", pool: str | None = None) -> FeatureSet:
     """Cached features of a run's encoder, extracted on the first call (and again whenever
-    the epoch, labels or pooling asked for differ from the cached ones)."""
-    run_dir = Path(run_dir)
-    model, checkpoint = load_run_model(run_dir, device, pool)
-    key = {"epoch": checkpoint.get("best_epoch", checkpoint["epoch"]), "label_type": label_type,
-           "pool": getattr(model, "pool", None), "weights": weights_digest(model),
-           "data": data_identity(checkpoint["train_config"])}
-    feature_set = _load_cache(run_dir / FEATURES, key)
+    the weights, data, labels or pooling asked for differ from the cached ones)."""
+    run = Run.of(run)
+    model = run.model(device, pool)
+    key = {"epoch": run.probed_epoch, "label_type": label_type, "pool": getattr(model, "pool", None),
+           "weights": weights_digest(model), "data": run.data_identity()}
+    feature_set = _load_cache(run.features_file("encoder"), key)
     if feature_set is None:
-        feature_set = _encode_splits(model, checkpoint["train_config"], device, data_dir, label_type)
-        _save_cache(run_dir / FEATURES, key, feature_set)
+        feature_set = _encode_splits(model, run, device, data_dir, label_type)
+        _save_cache(run.features_file("encoder"), key, feature_set)
     return feature_set
 
 
-def random_encoder_features(run_dir: Path, device: torch.device, data_dir: str | None = None,
+def random_encoder_features(run: Run, device: torch.device, data_dir: str | None = None,
                             label_type: str = "fine", pool: str | None = None) -> FeatureSet:
     """Baseline: the run's encoder with untrained weights, cached in ``features_random.pt``.
 
@@ -137,19 +95,18 @@ def random_encoder_features(run_dir: Path, device: torch.device, data_dir: str |
     run's own seed, as ``latentprobe train`` does, so these are the very weights pretraining
     started from; the trained weights are not loaded.
     """
-    run_dir = Path(run_dir)
-    checkpoint = load_checkpoint(run_dir / CHECKPOINT, kind="autoencoder")
-    train_config, model_config = checkpoint["train_config"], model_config_with_pool(checkpoint, pool)
-    key = {"init_seed": train_config["seed"], "model_name": checkpoint["model_name"],
-           "model_config": model_config, "label_type": label_type, "data": data_identity(train_config)}
-    feature_set = _load_cache(run_dir / RANDOM_FEATURES, key)
+    run = Run.of(run)
+    seed = run.train_config["seed"]
+    key = {"init_seed": seed, "model_name": run.model_name, "model_config": run.model_config(pool),
+           "label_type": label_type, "data": run.data_identity()}
+    feature_set = _load_cache(run.features_file("random"), key)
     if feature_set is None:
-        torch.manual_seed(train_config["seed"])
-        model = create_model(checkpoint["model_name"], **model_config).to(device).eval()
-        train = run_splits(train_config, data_dir)["train"]  # statistics fitted before training, as train does
-        prepare_model(model, train.images.to(device), Normalizer(train_config["dataset"], device), train_config["seed"])
-        feature_set = _encode_splits(model, train_config, device, data_dir, label_type)
-        _save_cache(run_dir / RANDOM_FEATURES, key, feature_set)
+        torch.manual_seed(seed)
+        model = run.untrained_model(pool).to(device).eval()
+        train = run.splits(data_dir)["train"]  # statistics fitted before training, as train does
+        prepare_model(model, train.images.to(device), Normalizer(run.train_config["dataset"], device), seed)
+        feature_set = _encode_splits(model, run, device, data_dir, label_type)
+        _save_cache(run.features_file("random"), key, feature_set)
     return feature_set
 
 
@@ -182,23 +139,22 @@ def pca_features(pixels: FeatureSet, dim: int) -> FeatureSet:
 REPRESENTATIONS = ("encoder", "random", "pca", "pixels")
 
 
-def representation_features(run_dir: Path, name: str, device: torch.device, data_dir: str | None = None,
+def representation_features(run: Run, name: str, device: torch.device, data_dir: str | None = None,
                             label_type: str = "fine", pixels: FeatureSet | None = None,
                             pool: str | None = None) -> FeatureSet:
     """Features of a run under one representation: its trained ``encoder``, the ``random``
     (untrained) encoder, ``pca`` of the pixels to the run's latent size, or raw ``pixels``.
     ``pixels`` may be passed in when the caller already has them; ``pool`` is the ViT token
     pooling of the two encoders (None: the run's own)."""
+    run = Run.of(run)
     if name == "encoder":
-        return run_features(run_dir, device, data_dir, label_type, pool)
+        return run_features(run, device, data_dir, label_type, pool)
     if name == "random":
-        return random_encoder_features(run_dir, device, data_dir, label_type, pool)
+        return random_encoder_features(run, device, data_dir, label_type, pool)
     if name not in REPRESENTATIONS:
         raise ValueError(f"unknown representation {name!r}; use one of {', '.join(REPRESENTATIONS)}")
-    checkpoint = load_checkpoint(Path(run_dir) / CHECKPOINT, kind="autoencoder")
     if pixels is None:
-        pixels = pixel_features(run_splits(checkpoint["train_config"], data_dir, label_type), device)
+        pixels = pixel_features(run.splits(data_dir, label_type), device)
     if name == "pixels":
         return pixels
-    latent_dim = create_model(checkpoint["model_name"], **checkpoint["model_config"]).latent_dim
-    return pca_features(pixels, latent_dim)
+    return pca_features(pixels, run.untrained_model().latent_dim)

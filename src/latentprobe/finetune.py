@@ -25,18 +25,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from latentprobe import config as configuration
-from latentprobe.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, unwrap
+from latentprobe.checkpoint import CLASSIFIER, CheckpointError, load_checkpoint, save_checkpoint, unwrap
 from latentprobe.data import Normalizer, augment, batch_indices, take
 from latentprobe.distributed import (barrier, check_device, init_distributed, is_main_process, local_device,
                                      mean_across_ranks)
 from latentprobe.engine import COMPILE_MODES, autocast, compile_objective, lr_at
-from latentprobe.features import model_config_with_pool, run_splits
 from latentprobe.metrics import confusion_matrix, precision_recall
 from latentprobe.models import create_model
-from latentprobe.runs import CHECKPOINT, METRICS, append_jsonl, exclusive, write_json, write_jsonl
-
-FINETUNE_FILE = "finetune.json"
-FROZEN_FILE = "finetune_frozen.json"  # the online linear probe (freeze_encoder=true)
+from latentprobe.runs import CHECKPOINT, METRICS, Run, append_jsonl, write_json, write_jsonl
 
 
 @dataclass
@@ -88,15 +84,15 @@ class Classifier(nn.Module):
         return self.head(latent.float())
 
 
-def build_classifier(checkpoint: dict, num_classes: int, cfg: FinetuneConfig) -> Classifier:
+def build_classifier(run: Run, num_classes: int, cfg: FinetuneConfig) -> Classifier:
     """The run's encoder with its pretrained weights, plus a fresh head."""
-    model_config = model_config_with_pool(checkpoint, cfg.pool)  # refuses --pool for a conv encoder
+    model_config = run.model_config(cfg.pool)  # refuses --pool for a conv encoder
     is_vit = "pool" in model_config
     if is_vit:
         model_config["drop_path_rate"] = cfg.drop_path  # DropPath has no weights: state dict unchanged
-    encoder = create_model(checkpoint["model_name"], **model_config)
+    encoder = create_model(run.model_name, **model_config)
     # the weights the probes read too: the best validation epoch where the run recorded one
-    encoder.load_state_dict(checkpoint.get("best_model", checkpoint["model"]))
+    encoder.load_state_dict(run.checkpoint.get("best_model", run.checkpoint["model"]))
     pool = model_config["pool"] if is_vit else None
     return Classifier(encoder, num_classes, pool)
 
@@ -178,14 +174,14 @@ def train_one_epoch(model, optimizer, split, normalizer, cfg: FinetuneConfig, *,
             "images_per_s": seen * world_size / seconds, "lr": lr_fn(step - 1)}
 
 
-def _resume(out: Path, cfg: FinetuneConfig, run_dir: Path, classifier, optimizer):
+def _resume(out: Path, cfg: FinetuneConfig, run: Run, classifier, optimizer):
     path = out / CHECKPOINT
     if not path.exists():
         return 0, [], None
-    checkpoint = load_checkpoint(path, kind="classifier")
+    checkpoint = load_checkpoint(path, kind=CLASSIFIER)
     saved = checkpoint["finetune_config"]
     changed = sorted(k for k, v in configuration.to_dict(cfg).items() if k not in _RESUMABLE and saved.get(k) != v)
-    if checkpoint.get("source_run") != str(run_dir.resolve()):
+    if checkpoint.get("source_run") != str(run.path.resolve()):
         changed.append("source run")
     if changed:
         raise CheckpointError(f"{out} holds a fine-tuning run with other settings ({', '.join(changed)}); "
@@ -198,24 +194,24 @@ def _resume(out: Path, cfg: FinetuneConfig, run_dir: Path, classifier, optimizer
     return checkpoint["epoch"], checkpoint["history"], checkpoint["best"]
 
 
-def finetune(run_dir: Path, cfg: FinetuneConfig) -> dict:
+def finetune(run: Run | Path | str, cfg: FinetuneConfig) -> dict:
     """Fine-tune (or continue fine-tuning) a classifier on RUN's encoder; returns the summary."""
-    run_dir = Path(run_dir)
-    with exclusive(run_dir) if os.environ.get("RANK", "0") == "0" else nullcontext():  # rank 0 writes
-        return _finetune(run_dir, cfg)
+    run = Run.of(run)
+    with run.exclusive() if os.environ.get("RANK", "0") == "0" else nullcontext():  # rank 0 writes
+        return _finetune(run, cfg)
 
 
-def _finetune(run_dir: Path, cfg: FinetuneConfig) -> dict:
+def _finetune(run: Run, cfg: FinetuneConfig) -> dict:
     device = local_device(cfg.device)
     rank, world_size = init_distributed(device)
-    out = Path(cfg.out) if cfg.out else run_dir / ("finetune_frozen" if cfg.freeze_encoder else "finetune")
-    source = load_checkpoint(run_dir / CHECKPOINT, kind="autoencoder")
-    splits = run_splits(source["train_config"], cfg.data_dir)
+    out = Path(cfg.out) if cfg.out else run.finetune_dir(cfg.freeze_encoder)
+    source = run.checkpoint
+    splits = run.splits(cfg.data_dir)
     splits["train"] = take(splits["train"], cfg.subset, seed=cfg.seed)
     splits = {name: split.to(device) for name, split in splits.items()}
     class_names = splits["train"].class_names
     torch.manual_seed(cfg.seed)
-    classifier = build_classifier(source, len(class_names), cfg).to(device)
+    classifier = build_classifier(run, len(class_names), cfg).to(device)
     encoder_names = freeze_unused(classifier, tuple(splits["train"].images.shape[1:]))
     if cfg.freeze_encoder:
         classifier.encoder.requires_grad_(False)
@@ -223,7 +219,7 @@ def _finetune(run_dir: Path, cfg: FinetuneConfig) -> dict:
     peak_lr = cfg.base_lr * effective_batch / 256
     optimizer = torch.optim.AdamW(param_groups(classifier, cfg, peak_lr), lr=peak_lr, betas=(0.9, 0.999),
                                   fused=device.type == "cuda")
-    start_epoch, history, best = _resume(out, cfg, run_dir, classifier, optimizer)
+    start_epoch, history, best = _resume(out, cfg, run, classifier, optimizer)
     main = is_main_process()
     if main:
         configuration.save_resolved(cfg, out)
@@ -254,9 +250,9 @@ def _finetune(run_dir: Path, cfg: FinetuneConfig) -> dict:
             best = {"epoch": epoch, "val_acc": record["val_acc"],
                     "model": {k: v.detach().clone() for k, v in classifier.state_dict().items()}}
         if main:
-            save_checkpoint(out / CHECKPOINT, kind="classifier", model_name=source["model_name"],
+            save_checkpoint(out / CHECKPOINT, kind=CLASSIFIER, model_name=source["model_name"],
                             model_config=source["model_config"], finetune_config=configuration.to_dict(cfg),
-                            source_run=str(run_dir.resolve()), model=classifier.state_dict(),
+                            source_run=str(run.path.resolve()), model=classifier.state_dict(),
                             optimizer=optimizer.state_dict(), epoch=epoch, history=history, best=best)
             append_jsonl(out / METRICS, record)
             print(f"epoch {epoch}/{cfg.epochs}  loss {record['train_loss']:.4f}  train {record['train_acc']:.4f}  "
@@ -271,12 +267,12 @@ def _finetune(run_dir: Path, cfg: FinetuneConfig) -> dict:
     summary = {"val_acc": best["val_acc"], "test_acc": test_acc, "best_epoch": best["epoch"],
                "mode": "frozen" if cfg.freeze_encoder else "fine-tuned", "pool": classifier.pool,
                "latent_dim": classifier.encoder.latent_dim, "model_name": source["model_name"],
-               "pretrain_epoch": source.get("best_epoch", source["epoch"]),
+               "pretrain_epoch": run.probed_epoch,
                "history": history, "confusion": confusion.tolist(), "precision": precision.tolist(),
                "recall": recall.tolist(), "class_names": class_names,
                "finetune_config": configuration.to_dict(cfg), "device": str(device), "world_size": world_size}
     if main:
-        write_json(run_dir / (FROZEN_FILE if cfg.freeze_encoder else FINETUNE_FILE), summary)
-        print(f"{run_dir}: {summary['mode']} classifier, validation accuracy {best['val_acc']:.4f}, "
+        write_json(run.finetune_file(cfg.freeze_encoder), summary)
+        print(f"{run.path}: {summary['mode']} classifier, validation accuracy {best['val_acc']:.4f}, "
               f"test accuracy {test_acc:.4f} (epoch {best['epoch']})")
     return summary

@@ -10,40 +10,40 @@ RUN/mae_report.md with accuracy curves, per-class precision and the confusion ma
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from latentprobe.plots import confusion_heatmap, grouped_bars, line_chart
-from latentprobe.runs import read_json
+from latentprobe.runs import Run
 
-# (file in RUN, label in the report, how the number was made)
+# (label in the report, how the number was made, the result file in RUN)
 SOURCES = (
-    ("probe_linear.json", "frozen, linear", "the study's head: Linear + log-softmax over cached latents, Adam"),
-    ("probe_bn_linear.json", "frozen, BN + linear", "MAE linear-probe protocol: BatchNorm1d(affine=False) → Linear"),
-    ("finetune_frozen.json", "frozen, online head", "`finetune --freeze-encoder`: head on the frozen encoder, "
-                                                    "augmented batches"),
-    ("finetune.json", "fine-tuned", "`finetune`: encoder + head end to end, AdamW, layer decay, "
-                                    "label smoothing, drop-path, crop + flip"),
+    ("frozen, linear", "the study's head: Linear + log-softmax over cached latents, Adam",
+     lambda run: run.probe_file("linear")),
+    ("frozen, BN + linear", "MAE linear-probe protocol: BatchNorm1d(affine=False) → Linear",
+     lambda run: run.probe_file("bn_linear")),
+    ("frozen, online head", "`finetune --freeze-encoder`: head on the frozen encoder, augmented batches",
+     lambda run: run.finetune_file(frozen=True)),
+    ("fine-tuned", "`finetune`: encoder + head end to end, AdamW, layer decay, label smoothing, drop-path, "
+                   "crop + flip", lambda run: run.finetune_file()),
 )
 
 
-def load_results(run_dir: Path) -> dict[str, dict]:
-    results = {label: read_json(run_dir / name) for name, label, _ in SOURCES if (run_dir / name).is_file()}
+def load_results(run: Run) -> dict[str, dict]:
+    results = {label: run.read_result(file(run)) for label, _, file in SOURCES if file(run).is_file()}
     if not results:
-        names = ", ".join(name for name, _, _ in SOURCES)
-        raise FileNotFoundError(f"{run_dir} has none of {names}; run `latentprobe probe RUN --head linear` "
+        names = ", ".join(file(run).name for _, _, file in SOURCES)
+        raise FileNotFoundError(f"{run.path} has none of {names}; run `latentprobe probe RUN --head linear` "
                                 f"(and bn_linear) and `latentprobe finetune RUN` first")
     return results
 
 
 def _latent_dim(results: dict[str, dict]) -> str:
-    return next((str(r.get("latent_dim") or r.get("feature_dim")) for r in results.values()
-                 if r.get("latent_dim") or r.get("feature_dim")), "?")
+    return next((str(r["latent_dim"]) for r in results.values() if r.get("latent_dim")), "?")
 
 
-def _run_pooling(run_dir: Path) -> str:
+def _run_pooling(run: Run) -> str:
     """The pooling the run was pretrained with, from its config.yaml."""
-    import yaml
-    config_file = run_dir / "config.yaml"
-    config = yaml.safe_load(config_file.read_text())["config"] if config_file.is_file() else {}
+    config = yaml.safe_load(run.config_file.read_text())["config"] if run.config_file.is_file() else {}
     default = "cls" if str(config.get("model", "")).startswith("mae") else "the latent vector"
     return str(config.get("model_args", {}).get("pool", default))
 
@@ -55,12 +55,13 @@ def _pooling(record: dict, run_pooling: str) -> str:
     return run_pooling
 
 
-def write_mae_report(run_dir: Path) -> Path:
-    run_dir = Path(run_dir)
-    results = load_results(run_dir)
+def write_mae_report(run: Run | Path | str) -> Path:
+    run = Run.of(run)
+    run_dir = run.path
+    results = load_results(run)
     figures = run_dir / "mae_report"
     class_names = next(r["class_names"] for r in results.values() if "class_names" in r)
-    latent_dim, run_pooling = _latent_dim(results), _run_pooling(run_dir)
+    latent_dim, run_pooling = _latent_dim(results), _run_pooling(run)
 
     curves = {}
     for label, record in results.items():
@@ -80,12 +81,12 @@ def write_mae_report(run_dir: Path) -> Path:
              f"the training set with the run's seed; one seed).", "",
              "| classifier | encoder | pooling | best epoch | val acc | test acc | how |",
              "|---|---|---|---|---|---|---|"]
-    for name, label, how in SOURCES:
+    for label, how, file in SOURCES:
         if label in results:
             r = results[label]
             lines.append(f"| {label} | {'trained' if label == 'fine-tuned' else 'frozen'} "
                          f"| {_pooling(r, run_pooling)} | {r['best_epoch']} "
-                         f"| {r['val_acc']:.4f} | {r['test_acc']:.4f} | {how} (`{name}`) |")
+                         f"| {r['val_acc']:.4f} | {r['test_acc']:.4f} | {how} (`{file(run).name}`) |")
     lines += ["", "![accuracy](mae_report/accuracy.png)", "", "![precision](mae_report/precision.png)", "",
               "| class | " + " | ".join(results) + " |", "|---|" + "---|" * len(results)]
     for c, class_name in enumerate(class_names):

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from latentprobe import config as configuration
-from latentprobe.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, unwrap
+from latentprobe.checkpoint import AUTOENCODER, CheckpointError, load_checkpoint, save_checkpoint, unwrap
 from latentprobe.data import Normalizer, load_split, take, train_val_split
 from latentprobe.distributed import (barrier, check_device, init_distributed, is_main_process, local_device,
                                      mean_across_ranks)
@@ -96,7 +96,7 @@ def _resume(run_dir: Path, cfg: TrainConfig, model, optimizer) -> tuple[int, lis
     path = run_dir / CHECKPOINT
     if not path.exists():
         return 0, [], None
-    checkpoint = load_checkpoint(path, model_name=cfg.model, kind="autoencoder")
+    checkpoint = load_checkpoint(path, model_name=cfg.model, kind=AUTOENCODER)
     saved = checkpoint["train_config"]
     changed = sorted(k for k, v in configuration.to_dict(cfg).items()
                      if k not in _RESUMABLE and saved.get(k) != v)
@@ -203,7 +203,7 @@ def _train(cfg: TrainConfig, run_dir: Path, model, optimizer, peak_lr: float, tr
         if best is None or record["val_loss"] <= best[0]:
             best = (record["val_loss"], epoch, {k: v.detach().clone() for k, v in unwrap(model).state_dict().items()})
         if main and (epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs):
-            save_checkpoint(run_dir / CHECKPOINT, kind="autoencoder", model_name=cfg.model,
+            save_checkpoint(run_dir / CHECKPOINT, kind=AUTOENCODER, model_name=cfg.model,
                             model_config=unwrap(model).config, train_config=configuration.to_dict(cfg),
                             model=unwrap(model).state_dict(), optimizer=optimizer.state_dict(),
                             epoch=epoch, history=history, best_epoch=best[1], best_model=best[2],

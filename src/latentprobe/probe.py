@@ -3,15 +3,18 @@
 ``head="linear"`` is the study's classifier (Linear → log-softmax, NLL loss, Adam lr 1e-3);
 ``head="bn_linear"`` is the linear-probe protocol of MAE: BatchNorm1d without affine
 parameters before the Linear, so the features' scale does not decide the result.
-The epoch reported is the one with the best *validation* accuracy; test accuracy is recorded
-per epoch only for the curves.
+``mlp`` adds one hidden layer.
 
-``fit_head`` is the evaluation suite's trainer (see evaluate.py): it never sees the test set,
-stops once validation accuracy has not improved for ``patience`` epochs, and returns the head
-of the best validation epoch, so that the test set is read once, by the caller.
+One trainer, ``fit_head``, serves every probe: it never sees the test set and returns the head
+of the epoch with the best *validation* accuracy. ``train_probe`` (the study, ``latentprobe
+probe``) and the evaluation suite (evaluate.py, with its grid and seeds) then read the test set
+once with that head.
 """
 
+import dataclasses
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -19,8 +22,9 @@ import torch.nn.functional as F
 
 from latentprobe.config import require_at_least_one
 from latentprobe.data import batch_indices
-from latentprobe.features import FeatureSet
-from latentprobe.metrics import confusion_matrix
+from latentprobe.features import FeatureSet, run_features
+from latentprobe.metrics import confusion_matrix, precision_recall
+from latentprobe.runs import Run, write_json
 
 
 class LinearHead(nn.Module):
@@ -75,7 +79,7 @@ class ProbeConfig:
 
 @dataclass
 class ProbeResult:
-    history: list[dict]  # per epoch: train_loss, train_acc, val_acc, test_acc
+    history: list[dict]  # per epoch: train_loss, train_acc, val_acc (no test numbers)
     best_epoch: int
     val_acc: float
     test_acc: float
@@ -97,78 +101,47 @@ def accuracy(head: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> f
     return (predict(head, features) == labels).float().mean().item()
 
 
-def train_probe(data: FeatureSet, cfg: ProbeConfig, device: torch.device | str = "cpu") -> ProbeResult:
-    """Train the head on ``data.features['train']``; choose the epoch on ``val``."""
-    if cfg.head not in ("linear", "bn_linear"):
-        raise ValueError(f"unknown probe head {cfg.head!r}; use 'linear' or 'bn_linear'")
-    data = data.to(device)
-    torch.manual_seed(cfg.seed)
-    num_classes = len(data.class_names)
-    head = LinearHead(data.dim, num_classes, batch_norm=cfg.head == "bn_linear").to(device)
-    optimizer = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    x_train, y_train = data.features["train"], data.labels["train"]
-    history, best = [], None
-    for epoch in range(1, cfg.epochs + 1):
-        head.train()
-        loss_sum = torch.zeros((), device=device)
-        for index in batch_indices(len(x_train), cfg.batch_size, shuffle=True, generator=generator,
-                                   device=device):
-            loss = F.nll_loss(head(x_train[index]), y_train[index])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach() * len(index)
-        record = {"epoch": epoch, "train_loss": (loss_sum / len(x_train)).item(),
-                  **{f"{split}_acc": accuracy(head, data.features[split], data.labels[split])
-                     for split in ("train", "val", "test")}}
-        history.append(record)
-        if best is None or record["val_acc"] > best[0]["val_acc"]:
-            best = (record, {k: v.detach().clone() for k, v in head.state_dict().items()})
-    record, state = best
-    head.load_state_dict(state)
-    predictions = predict(head, data.features["test"]).cpu()
-    return ProbeResult(history=history, best_epoch=record["epoch"], val_acc=record["val_acc"],
-                       test_acc=record["test_acc"], test_predictions=predictions,
-                       confusion=confusion_matrix(data.labels["test"].cpu(), predictions, num_classes),
-                       head=head.cpu())
-
-
 @dataclass
 class FitResult:
     head: nn.Module  # weights of the best validation epoch, eval mode
     best_epoch: int
     val_acc: float
-    history: list[dict]  # per epoch: train_loss, val_acc (no test numbers)
+    history: list[dict]  # per epoch: train_loss, train_acc, val_acc (no test numbers)
 
 
 def fit_head(kind: str, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
              num_classes: int, *, lr: float, weight_decay: float, epochs: int, batch_size: int = 256,
              seed: int = 0, patience: int | None = 5, hidden: int = 512) -> FitResult:
-    """Train a head on ``train`` = (features (N, D), labels (N,)), already on the device; keep
-    the epoch with the best accuracy on ``val``. The seed sets the head's init and the order
-    of the batches."""
+    """The one probe trainer. Train a head on ``train`` = (features (N, D), labels (N,)), already
+    on the device; keep the epoch with the best accuracy on ``val`` (``patience``: stop after that
+    many epochs without a gain; None trains every epoch). The seed sets the head's init and the
+    order of the batches. The test set is never read here."""
     x_train, y_train = train
     device = x_train.device
     torch.manual_seed(seed)
     head = build_head(kind, x_train.shape[1], num_classes, hidden=hidden).to(device)
     optimizer = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
     generator = torch.Generator().manual_seed(seed)
+    # a BatchNorm head cannot train on a batch of one: its last, short batch is dropped
+    drop_last = kind != "linear" and len(x_train) > batch_size
     history, best_acc, best_epoch, best_state = [], -1.0, 0, None
     for epoch in range(1, epochs + 1):
         head.train()
-        loss_sum, seen = torch.zeros((), device=device), 0
-        # drop_last: a BatchNorm head cannot train on a batch of one
+        loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
         for index in batch_indices(len(x_train), batch_size, shuffle=True, generator=generator,
-                                   drop_last=len(x_train) > batch_size, device=device):
-            loss = F.nll_loss(head(x_train[index]), y_train[index])
+                                   drop_last=drop_last, device=device):
+            output = head(x_train[index])
+            loss = F.nll_loss(output, y_train[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             loss_sum += loss.detach() * len(index)
+            correct += (output.detach().argmax(1) == y_train[index]).sum()
             seen += len(index)
         val_acc = accuracy(head, *val)
-        history.append({"epoch": epoch, "train_loss": (loss_sum / seen).item(), "val_acc": val_acc})
+        # train_acc: of the batches as they were trained (free; the weights move during the epoch)
+        history.append({"epoch": epoch, "train_loss": (loss_sum / seen).item(),
+                        "train_acc": (correct / seen).item(), "val_acc": val_acc})
         if val_acc > best_acc:
             best_acc, best_epoch = val_acc, epoch
             best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
@@ -176,3 +149,43 @@ def fit_head(kind: str, train: tuple[torch.Tensor, torch.Tensor], val: tuple[tor
             break
     head.load_state_dict(best_state)
     return FitResult(head=head.eval(), best_epoch=best_epoch, val_acc=best_acc, history=history)
+
+
+def train_probe(data: FeatureSet, cfg: ProbeConfig, device: torch.device | str = "cpu") -> ProbeResult:
+    """The one-head, one-seed probe of the study and of ``latentprobe probe``: ``fit_head`` over
+    every epoch of ``cfg``, then the chosen head reads the test set once."""
+    data = data.to(device)
+    num_classes = len(data.class_names)
+    fit = fit_head(cfg.head, (data.features["train"], data.labels["train"]),
+                   (data.features["val"], data.labels["val"]), num_classes, lr=cfg.lr,
+                   weight_decay=cfg.weight_decay, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,
+                   patience=None)
+    predictions = predict(fit.head, data.features["test"]).cpu()
+    labels = data.labels["test"].cpu()
+    return ProbeResult(history=fit.history, best_epoch=fit.best_epoch, val_acc=fit.val_acc,
+                       test_acc=(predictions == labels).float().mean().item(), test_predictions=predictions,
+                       confusion=confusion_matrix(labels, predictions, num_classes), head=fit.head.cpu())
+
+
+def probe_and_save(features: FeatureSet, cfg: ProbeConfig, directory: Path, device,
+                   pool: str | None = None) -> dict:
+    """Train the head of ``cfg`` on ``features``, write DIRECTORY/probe_<head>.json (one file per
+    head) and return that record; ``pool`` records a ViT pooling chosen at probe time."""
+    started = time.perf_counter()
+    result = train_probe(features, cfg, device)
+    precision, recall = precision_recall(result.confusion)
+    record = {**result.summary(), "latent_dim": features.dim, "probe_seconds": time.perf_counter() - started,
+              "history": result.history, "confusion": result.confusion.tolist(),
+              "precision": precision.tolist(), "recall": recall.tolist(), "class_names": features.class_names,
+              "probe_config": dataclasses.asdict(cfg)}
+    if pool is not None:
+        record["pool"] = pool  # mae-report shows it beside the run's own pooling
+    write_json(Run(directory).probe_file(cfg.head), record)
+    return record
+
+
+def probe_run(run: Run | Path | str, cfg: ProbeConfig, device, data_dir: str | None = None,
+              pool: str | None = None) -> dict:
+    """``latentprobe probe``: the run's cached latents (extracted on the first call), one head, one seed."""
+    run = Run.of(run)
+    return probe_and_save(run_features(run, device, data_dir, pool=pool), cfg, run.path, device, pool=pool)

@@ -10,7 +10,7 @@ import yaml
 
 from latentprobe.metrics import confusion_markdown, most_confused
 from latentprobe.plots import confusion_heatmap, grouped_bars, image_grid, line_chart
-from latentprobe.runs import read_jsonl
+from latentprobe.runs import Run, read_jsonl
 
 
 def _denoising(cfg: dict) -> str:
@@ -28,9 +28,9 @@ def _architecture(cfg: dict) -> str:
             f"MSE{_denoising(cfg)}")
 
 
-def _latent_runs(study_dir: Path) -> list[tuple[int, Path]]:
-    runs = [(int(p.name.split("_")[1]), p) for p in study_dir.glob("latent_*") if (p / "probe.json").exists()]
-    return sorted(runs)
+def _latent_runs(study_dir: Path) -> list[tuple[int, Run]]:
+    runs = [(int(p.name.split("_")[1]), Run(p)) for p in study_dir.glob("latent_*")]
+    return sorted(((size, run) for size, run in runs if run.probe_result("linear")), key=lambda item: item[0])
 
 
 def _table(header: list[str], rows: list[list]) -> str:
@@ -40,8 +40,6 @@ def _table(header: list[str], rows: list[list]) -> str:
 
 
 def write_study_report(study_dir: Path, device: str | None = None) -> Path:
-    from latentprobe.study import load_probe
-
     study_dir = Path(study_dir)
     saved = yaml.safe_load((study_dir / "config.yaml").read_text())
     cfg = saved["config"]
@@ -49,9 +47,9 @@ def write_study_report(study_dir: Path, device: str | None = None) -> Path:
     if not runs:
         raise FileNotFoundError(f"{study_dir} holds no finished latent_* runs; run `latentprobe study` first")
     figures = study_dir / "figures"
-    metrics = {size: read_jsonl(path / "metrics.jsonl") for size, path in runs}
-    probes = {f"latent {size}": load_probe(path) for size, path in runs}
-    pixels = load_probe(study_dir / "pixels") if (study_dir / "pixels" / "probe.json").exists() else None
+    metrics = {size: read_jsonl(run.metrics_file) for size, run in runs}
+    probes = {f"latent {size}": run.probe_result("linear") for size, run in runs}
+    pixels = Run(study_dir / "pixels").probe_result("linear")
     detectors = dict(probes, **({"raw pixels": pixels} if pixels else {}))
     class_names = next(iter(probes.values()))["class_names"]
 
@@ -66,12 +64,13 @@ def write_study_report(study_dir: Path, device: str | None = None) -> Path:
                title="Detector training loss (NLL)", ylabel="NLL")
     line_chart(curves(detectors, "train_acc"), figures / "detector_train_acc.png",
                title="Detector accuracy, training set", ylabel="accuracy")
-    line_chart(curves(detectors, "test_acc"), figures / "detector_test_acc.png",
-               title="Detector accuracy, test set", ylabel="accuracy")
+    line_chart(curves(detectors, "val_acc"), figures / "detector_val_acc.png",
+               title="Detector accuracy, validation set (it chooses the epoch; test is read once)",
+               ylabel="accuracy")
     grouped_bars({label: r["precision"] for label, r in detectors.items()}, class_names,
                  figures / "test_precision.png", title="Per-class test precision", ylabel="precision")
-    samples = {size: torch.load(path / "reconstructions.pt", weights_only=True) for size, path in runs
-               if (path / "reconstructions.pt").exists()}
+    samples = {size: torch.load(run.path / "reconstructions.pt", weights_only=True) for size, run in runs
+               if (run.path / "reconstructions.pt").exists()}
     if samples:
         rows = {"original": next(iter(samples.values()))["original"].float() / 255}
         rows.update({f"latent {s}": v["reconstruction"].float() / 255 for s, v in samples.items()})
@@ -79,7 +78,7 @@ def write_study_report(study_dir: Path, device: str | None = None) -> Path:
 
     best = sorted(probes, key=lambda label: probes[label]["val_acc"], reverse=True)[:2]
     summary_rows = []
-    for size, path in runs:
+    for size, _ in runs:
         # the epoch whose latents were probed: the lowest validation loss
         last, probe = min(metrics[size], key=lambda m: m["val_loss"]), probes[f"latent {size}"]
         summary_rows.append([size, f"{last['val_mse']:.5f}", f"{last['val_psnr']:.2f}",
@@ -125,7 +124,7 @@ def write_study_report(study_dir: Path, device: str | None = None) -> Path:
         "",
         "![train accuracy](figures/detector_train_acc.png)",
         "",
-        "![test accuracy](figures/detector_test_acc.png)",
+        "![validation accuracy](figures/detector_val_acc.png)",
         "",
         "![precision](figures/test_precision.png)",
         "",
@@ -146,3 +145,17 @@ def write_study_report(study_dir: Path, device: str | None = None) -> Path:
     report = study_dir / "report.md"
     report.write_text("\n".join(lines))
     return report
+
+
+def write_probe_figures(run_dir: Path, record: dict) -> None:
+    """The figures of one ``latentprobe probe``: accuracy per epoch (train, validation), the test
+    confusion matrix as a heat map and as Markdown."""
+    history, head = record["history"], record["probe_config"]["head"]
+    epochs = [h["epoch"] for h in history]
+    line_chart({split: (epochs, [h[f"{split}_acc"] for h in history]) for split in ("train", "val")},
+               run_dir / f"probe_{head}_accuracy.png", title=f"{run_dir.name}: {head} detector accuracy",
+               ylabel="accuracy")
+    matrix = np.array(record["confusion"])
+    confusion_heatmap(matrix, record["class_names"], run_dir / f"probe_{head}_confusion.png",
+                      title=f"{run_dir.name}: {head} detector, test confusion (rows: true)")
+    (run_dir / f"probe_{head}_confusion.md").write_text(confusion_markdown(matrix, record["class_names"]) + "\n")

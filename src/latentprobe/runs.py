@@ -1,4 +1,5 @@
-"""A run is a directory: config.yaml, checkpoint.pt, metrics.jsonl, TensorBoard events, PNGs.
+"""A run is a directory: config.yaml, checkpoint.pt, metrics.jsonl, TensorBoard events, PNGs,
+and what the probes wrote. ``Run`` is the one place that knows its file names.
 
 Metrics are one JSON object per epoch; plots and reports are made from these files later,
 so a report can be rebuilt without retraining.
@@ -8,11 +9,164 @@ import fcntl
 import json
 import os
 from contextlib import contextmanager
+from functools import cached_property
 from pathlib import Path
 
+import torch
+
+from latentprobe.checkpoint import AUTOENCODER, load_checkpoint
+from latentprobe.data import Split, load_split, take, train_val_split
+from latentprobe.models import create_model
+
+CONFIG = "config.yaml"
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 LOCK = ".lock"
+SPLITS = ("train", "val", "test")
+# what a result file calls the size of the latent: ``latent_dim`` now; ``feature_dim`` (study
+# probe.json) and ``dim`` (eval.json) in runs made before one schema
+_OLD_SIZE_NAMES = ("feature_dim", "dim")
+
+
+class Run:
+    """One pretraining run directory: its files, its checkpoint (read once), its model at the
+    probed epoch, the data splits it was trained on, and its result files."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+
+    @classmethod
+    def of(cls, run: "Run | Path | str") -> "Run":
+        """``run`` itself if it is a Run, else the Run of that directory."""
+        return run if isinstance(run, Run) else cls(run)
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    # ---- file names
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / CONFIG
+
+    @property
+    def checkpoint_file(self) -> Path:
+        return self.path / CHECKPOINT
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / METRICS
+
+    def features_file(self, representation: str = "encoder") -> Path:
+        """The cache of the trained encoder's latents, or of the ``random`` (untrained) one's."""
+        return self.path / ("features.pt" if representation == "encoder" else f"features_{representation}.pt")
+
+    def eval_file(self, label_type: str = "fine") -> Path:
+        return self.path / ("eval.json" if label_type == "fine" else f"eval_{label_type}.json")
+
+    def classifier_file(self, label_type: str = "fine") -> Path:
+        return self.path / ("classifier.pt" if label_type == "fine" else f"classifier_{label_type}.pt")
+
+    def probe_file(self, head: str) -> Path:
+        """One file per probe head (``latentprobe probe``, the study): a head never overwrites another's."""
+        return self.path / f"probe_{head}.json"
+
+    def finetune_file(self, frozen: bool = False) -> Path:
+        return self.path / ("finetune_frozen.json" if frozen else "finetune.json")
+
+    def finetune_dir(self, frozen: bool = False) -> Path:
+        return self.path / ("finetune_frozen" if frozen else "finetune")
+
+    # ---- what the run holds
+
+    @cached_property
+    def checkpoint(self) -> dict:
+        return load_checkpoint(self.checkpoint_file, kind=AUTOENCODER)
+
+    @property
+    def train_config(self) -> dict:
+        return self.checkpoint["train_config"]
+
+    @property
+    def model_name(self) -> str:
+        return self.checkpoint["model_name"]
+
+    @property
+    def probed_epoch(self) -> int:
+        """The epoch whose weights the probes read: the best validation epoch when recorded."""
+        return self.checkpoint.get("best_epoch", self.checkpoint["epoch"])
+
+    def model_config(self, pool: str | None = None) -> dict:
+        """The model's options; ``pool`` (ViT encoders: cls or mean) replaces the run's pooling."""
+        config = dict(self.checkpoint["model_config"])
+        if pool is not None:
+            if "pool" not in config:
+                raise ValueError(f"--pool applies to ViT encoders; {self.model_name} has one latent vector")
+            config["pool"] = pool
+        return config
+
+    def untrained_model(self, pool: str | None = None) -> torch.nn.Module:
+        return create_model(self.model_name, **self.model_config(pool))
+
+    def model(self, device: torch.device | str = "cpu", pool: str | None = None) -> torch.nn.Module:
+        """The trained model at the probed epoch, on ``device``, in eval mode."""
+        model = self.untrained_model(pool)
+        model.load_state_dict(self.checkpoint.get("best_model", self.checkpoint["model"]))
+        return model.to(device).eval()
+
+    def splits(self, data_dir: str | None = None, label_type: str = "fine") -> dict[str, Split]:
+        """The train (same subset), validation and test splits the run used."""
+        return run_splits(self.train_config, data_dir, label_type)
+
+    def data_identity(self) -> dict:
+        """The settings that decide which images the run's splits hold."""
+        return {k: self.train_config.get(k) for k in ("dataset", "val_size", "subset", "seed")}
+
+    def metrics(self) -> list[dict]:
+        """One record per trained epoch (from metrics.jsonl, else from the checkpoint)."""
+        return read_jsonl(self.metrics_file) or self.checkpoint.get("history", [])
+
+    # ---- results
+
+    def read_result(self, path: Path) -> dict:
+        """A result file of this run, its latent size named ``latent_dim`` whatever its age."""
+        return with_latent_dim(read_json(path))
+
+    def probe_result(self, head: str = "linear") -> dict | None:
+        """What ``latentprobe probe`` / the study wrote for ``head``, or None. Runs made before one
+        file per head kept the last head's record in probe.json: it is read when it is that head's."""
+        path = self.probe_file(head)
+        if not path.is_file():
+            path = self.path / "probe.json"
+            if not path.is_file() or read_json(path).get("probe_config", {}).get("head", "linear") != head:
+                return None
+        return self.read_result(path)
+
+    def exclusive(self):
+        return exclusive(self.path)
+
+
+def run_splits(train_config: dict, data_dir: str | None = None, label_type: str = "fine") -> dict[str, Split]:
+    """The train (same subset), validation and test splits of a run's training config."""
+    dataset = train_config["dataset"]
+    download = train_config.get("download", True)
+    train = load_split(dataset, "train", data_dir or train_config.get("data_dir"), download=download)
+    test = load_split(dataset, "test", data_dir or train_config.get("data_dir"), download=download)
+    train, val = train_val_split(train, train_config["val_size"], seed=train_config["seed"])
+    train = take(train, train_config.get("subset"), seed=train_config["seed"])
+    return {name: split.with_label_type(label_type) for name, split in zip(SPLITS, (train, val, test))}
+
+
+def with_latent_dim(record):
+    """One name for the latent's size in every result: ``latent_dim`` (older files said
+    ``feature_dim`` or ``dim``), in the record and in each of its representations."""
+    if isinstance(record, dict):
+        for old in _OLD_SIZE_NAMES:
+            if old in record and "latent_dim" not in record:
+                record["latent_dim"] = record.pop(old)
+        for value in record.get("representations", {}).values():
+            with_latent_dim(value)
+    return record
 
 
 class RunInUse(Exception):

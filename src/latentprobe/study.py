@@ -6,20 +6,16 @@ reference line. Every step leaves files in the study directory, and ``report.md`
 from those files (``latentprobe report DIR`` rebuilds it without retraining).
 """
 
-import dataclasses
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from latentprobe import config as configuration
 from latentprobe.distributed import local_device
-from latentprobe.features import pixel_features, run_features, run_splits
-from latentprobe.metrics import precision_recall
+from latentprobe.features import pixel_features, run_features
 from latentprobe.pretrain import TrainConfig, train
-from latentprobe.probe import ProbeConfig, ProbeResult, train_probe
-from latentprobe.runs import read_json, write_json
+from latentprobe.probe import ProbeConfig, probe_and_save
+from latentprobe.runs import run_splits
 
-PROBE_FILE = "probe.json"
 PRESETS = {
     # a first look: a 4,000-image subset, few epochs (< 5 min on a 2-core CPU)
     "quick": dict(subset=4000, epochs=3, probe_epochs=15),
@@ -70,25 +66,6 @@ def _model_args(cfg: StudyConfig) -> dict:
     return {"c1": cfg.c1, "c2": cfg.c2, **({"noise": cfg.noise} if cfg.noise else {}), **cfg.model_args}
 
 
-def probe_record(result: ProbeResult, feature_dim: int, seconds: float) -> dict:
-    precision, recall = precision_recall(result.confusion)
-    return {**result.summary(), "feature_dim": feature_dim, "probe_seconds": seconds,
-            "history": result.history, "confusion": result.confusion.tolist(),
-            "precision": precision.tolist(), "recall": recall.tolist()}
-
-
-def probe_and_save(features, probe_cfg: ProbeConfig, directory: Path, device, pool: str | None = None) -> dict:
-    """Train the detector, write ``probe.json``; ``pool`` records a ViT pooling chosen at probe time."""
-    started = time.perf_counter()
-    result = train_probe(features, probe_cfg, device)
-    record = probe_record(result, features.dim, time.perf_counter() - started)
-    record.update(class_names=features.class_names, probe_config=dataclasses.asdict(probe_cfg))
-    if pool is not None:
-        record["pool"] = pool  # mae-report shows it beside the run's own pooling
-    write_json(directory / PROBE_FILE, record)
-    return record
-
-
 def run_study(cfg: StudyConfig) -> Path:
     from latentprobe.report import write_study_report
 
@@ -120,6 +97,3 @@ def run_study(cfg: StudyConfig) -> Path:
     print(f"\nreport: {report}")
     return report
 
-
-def load_probe(directory: Path) -> dict:
-    return read_json(Path(directory) / PROBE_FILE)

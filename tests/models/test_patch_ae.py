@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from latentprobe.features import load_run_model
+from latentprobe.runs import Run
 from latentprobe.models.patch_ae import PatchAutoencoder
 from latentprobe.pretrain import TrainConfig, train
 
@@ -92,9 +92,9 @@ def test_checkpoint_carries_the_whitening_and_reproduces_latents_bit_for_bit(cif
     run = train(TrainConfig(model="patch_ae", latent_dim=64, model_args={"whitening_patches": 5000},
                             data_dir=str(cifar10_root), download=False, val_size=40, epochs=1, batch_size=32,
                             device="cpu", out=str(tmp_path / "run")))
-    model, checkpoint = load_run_model(run, torch.device("cpu"))
-    assert not torch.equal(checkpoint["best_model"]["zca_matrix"], torch.eye(108))  # fitted, and saved
+    model = Run(run).model("cpu")
+    assert not torch.equal(Run(run).checkpoint["best_model"]["zca_matrix"], torch.eye(108))  # fitted, and saved
     images = torch.randn(5, 3, 32, 32)
-    again, _ = load_run_model(run, torch.device("cpu"))
+    again = Run(run).model("cpu")
     assert torch.equal(model.encode(images), again.encode(images))
     assert model.encode(images).shape == (5, 64)

@@ -15,7 +15,6 @@ from functools import partial
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 
 from latentprobe.models import register_model
