@@ -98,3 +98,36 @@ def test_checkpoint_carries_the_whitening_and_reproduces_latents_bit_for_bit(cif
     again = Run(run).model("cpu")
     assert torch.equal(model.encode(images), again.encode(images))
     assert model.encode(images).shape == (5, 64)
+
+
+def test_winner_take_all_keeps_the_strongest_responses_and_soft_threshold_splits_polarity():
+    torch.manual_seed(0)
+    model = tiny(latent_dim=64, activation="winner_take_all", winners=2, encoding="soft_threshold")  # 8 filters
+    assert model.num_filters == 8
+    model.prepare(correlated_images(300), generator=torch.Generator().manual_seed(0))
+    whitened = model._whiten(model._patches(correlated_images(2, seed=1)).flatten(0, 1))  # (72, 27)
+    responses = whitened @ F.normalize(model.weight, dim=1).T
+    codes = model.encode_patches(whitened)
+    assert ((codes != 0).sum(dim=1) == 2).all()  # two winners per patch, with their sign
+    strongest = responses.abs().topk(2, dim=1).indices
+    torch.testing.assert_close(codes.gather(1, strongest), responses.gather(1, strongest))
+    latent_codes = model.latent_codes(whitened)  # both polarities past the threshold: (72, 16)
+    torch.testing.assert_close(latent_codes, torch.cat([F.relu(responses - 0.25), F.relu(-responses - 0.25)], 1))
+    assert model.encode(correlated_images(3)).shape == (3, 64)
+    before = model._patch_loss(whitened)[0]
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(30):
+        optimizer.zero_grad()
+        model._patch_loss(whitened)[0].backward()
+        optimizer.step()
+    assert model._patch_loss(whitened)[0] < 0.95 * before  # training fits the patches better
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(encoding="soft_threshold", latent_dim=20), "multiple of 8"),
+    (dict(activation="winner_take_all", winners=5), "winners 5"),
+    (dict(activation="top1"), "unknown activation"),
+])
+def test_bad_winner_take_all_options_get_one_line(options, message):
+    with pytest.raises(ValueError, match=message):
+        tiny(**options)

@@ -5,12 +5,19 @@ The pipeline of Coates, Lee & Ng (AISTATS 2011), with a trained autoencoder as i
 1. every p×p patch is brightness/contrast normalised (its own mean subtracted, divided by its
    own standard deviation) and ZCA-whitened with statistics fitted once on random patches of the
    training split (``prepare``);
-2. the autoencoder reads one whitened patch x (D = 3·p·p values) and encodes it as
-   ``h = relu(W x - b)`` with K unit-norm filters W (K, D); the tied decoder gives back ``Wᵀ h``;
-   the loss is the squared error on the whitened patch plus ``sparsity · mean(h)``, which keeps
-   most units silent;
-3. the latent of an image is that encoder at every position (stride 1), sum-pooled over the four
-   quadrants of the map: K·4 values, ``latent_dim = 4K``.
+2. the autoencoder reads one whitened patch x (D = 3·p·p values) with K unit-norm filters W (K, D)
+   and a tied decoder ``Wᵀ h``; the loss is the squared error on the whitened patch. Its code h,
+   by ``activation``:
+   - ``relu``: ``h = relu(W x - b)``, plus ``sparsity · mean(h)`` in the loss to keep most units
+     silent;
+   - ``winner_take_all``: only the ``winners`` largest responses ``|W x|`` of each patch are kept
+     (with their sign), the rest set to 0 (a k-sparse autoencoder; with one winner each filter
+     learns a cluster of patches, as k-means does);
+3. the latent of an image is an encoding at every position (stride 1), sum-pooled over the four
+   quadrants of the map. ``encoding``: ``relu`` (the training code without its top-k, K values per
+   position, ``latent_dim = 4K``) or ``soft_threshold``, both polarities of the response past a
+   fixed threshold α: ``relu(W x - α)`` and ``relu(-W x - α)`` (2K values, ``latent_dim = 8K``),
+   the encoding that reads a patch dictionary best in Coates & Ng (ICML 2011).
 
 Whitening statistics are buffers, so they travel in the checkpoint with the filters and
 ``encode`` gives the same latent wherever the checkpoint is loaded.
@@ -23,23 +30,35 @@ import torch.nn.functional as F
 from latentprobe.models import register_model
 
 QUADRANTS = 4
+ACTIVATIONS = ("relu", "winner_take_all")
+ENCODINGS = ("relu", "soft_threshold")
 
 
 class PatchAutoencoder(nn.Module):
     def __init__(self, *, latent_dim: int = 6400, patch_size: int = 6, img_size: int = 32, in_chans: int = 3,
                  sparsity: float = 0.1, threshold: float = 0.25, contrast_eps: float = 0.0025,
-                 zca_eps: float = 0.1, whitening_patches: int = 400_000, patches_per_image: int = 32):
+                 zca_eps: float = 0.1, whitening_patches: int = 400_000, patches_per_image: int = 32,
+                 activation: str = "relu", winners: int = 1, encoding: str = "relu"):
         super().__init__()
-        if latent_dim < QUADRANTS or latent_dim % QUADRANTS:
-            raise ValueError(f"latent_dim is 4 × the number of filters (one sum per image quadrant); "
-                             f"got {latent_dim}, use a positive multiple of 4 such as 6400 (1,600 filters)")
+        if activation not in ACTIVATIONS or encoding not in ENCODINGS:
+            raise ValueError(f"unknown activation {activation!r} or encoding {encoding!r}; activation: "
+                             f"{', '.join(ACTIVATIONS)}; encoding: {', '.join(ENCODINGS)}")
+        per_filter = QUADRANTS * (2 if encoding == "soft_threshold" else 1)
+        if latent_dim < per_filter or latent_dim % per_filter:
+            raise ValueError(f"latent_dim is {per_filter} × the number of filters (one sum per image quadrant"
+                             f"{' and polarity' if per_filter == 8 else ''}); got {latent_dim}, use a positive "
+                             f"multiple of {per_filter} such as {per_filter * 1600} (1,600 filters)")
+        if not 1 <= winners <= latent_dim // per_filter:
+            raise ValueError(f"winners {winners} must be 1 … the number of filters ({latent_dim // per_filter})")
         if not 1 <= patch_size <= img_size // 2:
             raise ValueError(f"patch_size {patch_size} does not fit a {img_size}x{img_size} image split in "
                              f"quadrants; use 1 … {img_size // 2} (6 is the reference)")
         self.config = dict(latent_dim=latent_dim, patch_size=patch_size, img_size=img_size, in_chans=in_chans,
                            sparsity=sparsity, threshold=threshold, contrast_eps=contrast_eps, zca_eps=zca_eps,
-                           whitening_patches=whitening_patches, patches_per_image=patches_per_image)
-        self.latent_dim, self.num_filters = latent_dim, latent_dim // QUADRANTS
+                           whitening_patches=whitening_patches, patches_per_image=patches_per_image,
+                           activation=activation, winners=winners, encoding=encoding)
+        self.latent_dim, self.num_filters = latent_dim, latent_dim // per_filter
+        self.activation, self.winners, self.encoding, self.threshold = activation, winners, encoding, threshold
         self.patch_size, self.img_size, self.in_chans = patch_size, img_size, in_chans
         self.sparsity, self.contrast_eps, self.zca_eps = sparsity, contrast_eps, zca_eps
         self.whitening_patches, self.patches_per_image = whitening_patches, patches_per_image
@@ -76,7 +95,9 @@ class PatchAutoencoder(nn.Module):
     def prepare(self, images: torch.Tensor, generator: torch.Generator | None = None) -> None:
         """Fit the ZCA whitening on ``whitening_patches`` random patches of ``images`` (the
         training split, normalised): eigenvectors U and eigenvalues S of their covariance give
-        ``U diag(1/sqrt(S + zca_eps)) Uᵀ``."""
+        ``U diag(1/sqrt(S + zca_eps)) Uᵀ``. A winner-take-all autoencoder also starts each filter
+        on one of these patches, whitened (so its untrained baseline is a dictionary of random
+        patches, itself a strong one: Coates & Ng 2011)."""
         patch_dim = self.zca_matrix.shape[0]
         per_image = max(1, -(-self.whitening_patches // len(images)))
         samples = torch.cat([self._sample(images[i:i + 500], per_image, generator)
@@ -90,6 +111,9 @@ class PatchAutoencoder(nn.Module):
         matrix = vectors @ torch.diag((values.clamp(min=0) + self.zca_eps).rsqrt()) @ vectors.T
         self.zca_mean.copy_(mean.float())
         self.zca_matrix.copy_(matrix.float())
+        if self.activation == "winner_take_all":  # start every filter on a patch: none starts dead
+            picked = torch.randint(0, len(samples), (self.num_filters,), generator=generator).to(samples.device)
+            self.weight.copy_(self._whiten(samples[picked].float()).to(self.weight.device))
 
     def _sample(self, images: torch.Tensor, count: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``count`` random patches of each image, contrast-normalised, (B·count, D)."""
@@ -101,8 +125,19 @@ class PatchAutoencoder(nn.Module):
     # ---- the autoencoder on one patch
 
     def encode_patches(self, whitened: torch.Tensor) -> torch.Tensor:
-        """(N, D) whitened patches → (N, K) sparse codes."""
-        return F.relu(whitened @ self._filters().T - self.bias)
+        """(N, D) whitened patches → (N, K) sparse codes: the autoencoder's own ``activation``."""
+        responses = whitened @ self._filters().T
+        if self.activation == "relu":
+            return F.relu(responses - self.bias)
+        kept = responses.abs().topk(self.winners, dim=-1).indices  # winner-take-all, per patch
+        return torch.zeros_like(responses).scatter(-1, kept, responses.gather(-1, kept))
+
+    def latent_codes(self, whitened: torch.Tensor) -> torch.Tensor:
+        """(N, D) whitened patches → the codes the latent pools, by ``encoding``: (N, K) or (N, 2K)."""
+        if self.encoding == "relu":
+            return F.relu(whitened @ self._filters().T - self.bias)
+        responses = whitened @ self._filters().T
+        return torch.cat([F.relu(responses - self.threshold), F.relu(-responses - self.threshold)], dim=-1)
 
     def decode_patches(self, codes: torch.Tensor) -> torch.Tensor:
         return codes @ self._filters()  # tied weights: (N, K) → (N, D)
@@ -110,7 +145,8 @@ class PatchAutoencoder(nn.Module):
     def _patch_loss(self, whitened: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         codes = self.encode_patches(whitened)
         decoded = self.decode_patches(codes)
-        return (decoded - whitened).pow(2).sum(dim=-1).mean() + self.sparsity * codes.mean(), decoded
+        penalty = self.sparsity * codes.mean() if self.activation == "relu" else 0.0  # top-k is sparse by itself
+        return (decoded - whitened).pow(2).sum(dim=-1).mean() + penalty, decoded
 
     def loss(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Squared error on whitened patches + sparsity · mean code. Training reads
@@ -139,18 +175,18 @@ class PatchAutoencoder(nn.Module):
     # ---- the latent of an image
 
     def feature_map(self, images: torch.Tensor) -> torch.Tensor:
-        """Codes at every position: (B, K, S-p+1, S-p+1)."""
+        """Latent codes at every position: (B, K or 2K, S-p+1, S-p+1)."""
         side = self.img_size - self.patch_size + 1
-        codes = self.encode_patches(self._whiten(self._patches(images)))  # (B, L, K)
-        return codes.transpose(1, 2).reshape(len(images), self.num_filters, side, side)
+        codes = self.latent_codes(self._whiten(self._patches(images)))  # (B, L, K or 2K)
+        return codes.transpose(1, 2).reshape(len(images), codes.shape[-1], side, side)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """The dense encoding, (B, K, S-p+1, S-p+1): what ``encode`` pools."""
         return self.feature_map(images)
 
     def encode(self, images: torch.Tensor, chunk: int = 50) -> torch.Tensor:
-        """(B, 4K): each filter's codes summed over the four quadrants of the map; ``chunk``
-        images at a time, since the map holds K × 27 × 27 values per image."""
+        """(B, latent_dim): each code summed over the four quadrants of the map, code-major;
+        ``chunk`` images at a time, since the map holds K × 27 × 27 values per image."""
         pooled = []
         for part in images.split(chunk):
             maps = self.feature_map(part)  # (b, K, M, M)
@@ -164,5 +200,5 @@ class PatchAutoencoder(nn.Module):
 
 @register_model
 def patch_ae(**kwargs) -> PatchAutoencoder:
-    """Sparse autoencoder on whitened 6×6 patches, at every position, sum-pooled per quadrant (latent 4K)."""
+    """Sparse autoencoder on whitened 6×6 patches, at every position, sum-pooled per quadrant."""
     return PatchAutoencoder(**kwargs)
