@@ -90,10 +90,9 @@ def cmd_predict(args) -> None:
 
 
 def cmd_models(args) -> None:
-    from latentprobe.models import _REGISTRY, list_models
+    from latentprobe.models import describe_model, list_models
     for name in list_models():
-        doc = (_REGISTRY[name].__doc__ or "").strip().splitlines()
-        print(f"{name:28s} {doc[0] if doc else ''}")
+        print(f"{name:28s} {describe_model(name)}")
 
 
 def cmd_summary(args) -> None:
@@ -182,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     summary = commands.add_parser("summary", help="torchinfo summary of a model: layers, shapes, parameters, MACs")
     summary.add_argument("model", help="model name (latentprobe models)")
-    summary.add_argument("--model-args", type=configuration._parse_mapping, default={},
+    summary.add_argument("--model-args", type=configuration.parse_mapping, default={},
                          help="model options, 'key=value ...'")
     summary.add_argument("--batch-size", type=int, default=1)
     summary.add_argument("--depth", type=int, default=3, help="nesting depth of the layer table")

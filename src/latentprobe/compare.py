@@ -17,7 +17,9 @@ import numpy as np
 
 from latentprobe import config as configuration
 from latentprobe.document import Bullets, Figure, Heading, Paragraph, Table, to_html, to_markdown
-from latentprobe.evaluate import command_line, load_eval
+from latentprobe.distributed import local_device
+from latentprobe.evaluate import load_eval
+from latentprobe.features import run_features
 from latentprobe.metrics import most_confused, precision_recall
 from latentprobe.plots import confusion_heatmap, grouped_bars, scatter_maps
 from latentprobe.runs import Run, read_json, write_json
@@ -208,7 +210,7 @@ def _header(evals: list[dict], cfg: CompareConfig) -> list:
         Heading(1, cfg.title),
         Bullets([
             f"Report made {datetime.datetime.now().isoformat(timespec='minutes')} on {platform.node()} by "
-            f"`{command_line()}` (git {configuration.git_sha() or 'unknown'}).",
+            f"`{configuration.command_line()}` (git {configuration.git_sha() or 'unknown'}).",
             f"Probes evaluated by `latentprobe evaluate` on {'; '.join(where)}, {when}.",
             f"Data: {evals[0]['train_config']['dataset']}, {evals[0]['label_type']} labels, "
             f"{len(evals[0]['class_names'])} classes; train / validation / test images: {sizes} "
@@ -281,9 +283,6 @@ def _tsne_maps(rows: list[Row], cfg: CompareConfig, figures: Path) -> list:
         return []
     import torch
     from sklearn.manifold import TSNE
-
-    from latentprobe.distributed import local_device
-    from latentprobe.features import run_features
 
     device = local_device(cfg.device)
     maps, class_names = {}, None

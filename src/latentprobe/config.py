@@ -32,7 +32,7 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
-def _parse_mapping(text: str) -> dict:
+def parse_mapping(text: str) -> dict:
     """``"mask_ratio=0.6 norm_pix_loss=true"`` → ``{"mask_ratio": 0.6, "norm_pix_loss": True}``."""
     mapping = {}
     for item in text.replace(",", " ").split():
@@ -47,7 +47,7 @@ def _field_parser(annotation):
     """A function turning a command-line string into a value of ``annotation``."""
     origin = get_origin(annotation)
     if annotation is dict or origin is dict:
-        return _parse_mapping
+        return parse_mapping
     if origin is list:
         return _parse_list(get_args(annotation)[0])
     if origin is not None:  # Optional[X] / X | None

@@ -14,9 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
-class DataError(Exception):
-    """Missing, truncated or malformed data; the message says which file and what to do."""
+from latentprobe.download import DataError, download_dataset
 
 
 @dataclass(frozen=True)
@@ -173,7 +171,6 @@ def load_split(dataset: str = "cifar10", split: str = "train", root: Path | None
         if not download:
             raise DataError(f"{folder} not found; download it (drop --no-download) or point "
                             f"--data-dir / LATENTPROBE_DATA at the folder that contains {spec.folder}/")
-        from latentprobe.download import download_dataset
         download_dataset(spec, folder.parent)
 
     meta_path = folder / spec.meta_file

@@ -68,7 +68,3 @@ def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
 
-
-def cleanup() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()

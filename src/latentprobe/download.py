@@ -13,7 +13,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from latentprobe.data import DataError, DatasetSpec
+
+
+class DataError(Exception):
+    """Missing, truncated or malformed data; the message says which file and what to do."""
 
 
 def md5sum(path: Path, chunk: int = 1 << 20) -> str:
@@ -39,8 +42,9 @@ def fetch(url: str, destination: Path) -> None:
                         f"yourself and point --data-dir / LATENTPROBE_DATA at the unpacked folder")
 
 
-def download_dataset(spec: DatasetSpec, root: Path, url: str | None = None, md5: str | None = None) -> Path:
-    """Download and unpack ``spec``'s archive into ``root``; returns the data folder."""
+def download_dataset(spec, root: Path, url: str | None = None, md5: str | None = None) -> Path:
+    """Download and unpack the archive of ``spec`` (a ``data.DatasetSpec``: its ``archive_url``,
+    ``archive_md5`` and ``folder``) into ``root``; returns the data folder."""
     url = url or spec.archive_url
     md5 = md5 or spec.archive_md5
     root.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from latentprobe.data import Normalizer, augment, batch_indices
+from latentprobe.data import Normalizer, batch_indices
 
 
 class TrainingError(Exception):
@@ -118,7 +118,6 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, peak_lr: float, schedu
 def train_one_epoch(objective: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
                     normalizer: Normalizer, *, batch_size: int, generator: torch.Generator,
                     lr_fn, first_step: int, accum_steps: int = 1, clip_grad: float | None = None,
-                    use_augment: bool = False,
                     rank: int = 0, world_size: int = 1, desc: str = "train") -> dict:
     """One pass over ``images`` (uint8, on the device). ``lr_fn(step)`` sets the lr of every
     optimiser step; returns the mean loss, images/s and the last lr."""
@@ -132,8 +131,6 @@ def train_one_epoch(objective: nn.Module, optimizer: torch.optim.Optimizer, imag
     progress = tqdm(batches, desc=desc, leave=False, disable=None)
     for i, index in enumerate(progress):
         x = normalizer(images[index])
-        if use_augment:
-            x = augment(x, generator)
         boundary = (i + 1) % accum_steps == 0 or i + 1 == len(batches)
         sync = nullcontext() if boundary or not hasattr(objective, "no_sync") else objective.no_sync()
         with sync:

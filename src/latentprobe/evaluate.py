@@ -19,7 +19,6 @@ the two seed-0 linear heads on the encoder is saved as RUN/classifier.pt for ``p
 import datetime
 import itertools
 import platform
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -72,13 +71,6 @@ class EvalConfig:
         """The settings that decide the numbers (a saved result is reused only if they match)."""
         return {k: v for k, v in configuration.to_dict(self).items()
                 if k not in ("baselines", "data_dir", "device", "threads")}
-
-
-def command_line() -> str:
-    """The command as the user typed it (``python -m latentprobe`` shows as ``latentprobe``)."""
-    program = Path(sys.argv[0]).name
-    program = "latentprobe" if program in ("latentprobe", "__main__.py", "-m") else sys.argv[0]
-    return " ".join([program, *sys.argv[1:]])
 
 
 def _summary(values: list[float]) -> dict:
@@ -228,7 +220,7 @@ def _evaluate_run(run: Run, cfg: EvalConfig) -> dict:
     done = previous.get("representations", {}) if same else {}
     record = {**info, "label_type": cfg.label_type, "protocol": cfg.protocol(), "device": str(device),
               "host": f"{platform.node()} ({platform.machine()}, torch threads: {torch.get_num_threads()})",
-              "date": datetime.datetime.now().isoformat(timespec="seconds"), "command": command_line(),
+              "date": datetime.datetime.now().isoformat(timespec="seconds"), "command": configuration.command_line(),
               "git_sha": configuration.git_sha(), "class_names": previous.get("class_names"),
               "representations": done}
     pixels = None

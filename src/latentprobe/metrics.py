@@ -36,7 +36,3 @@ def confusion_markdown(matrix: np.ndarray, class_names: list[str]) -> str:
             for i, name in enumerate(class_names)]
     return "\n".join([header, rule, *rows])
 
-
-def psnr(mse: float) -> float:
-    """PSNR in dB of a mean squared error on [0, 1] pixels."""
-    return float(10.0 * np.log10(1.0 / max(mse, 1e-12)))

@@ -14,6 +14,7 @@ from latentprobe.distributed import local_device
 from latentprobe.features import pixel_features, run_features
 from latentprobe.pretrain import TrainConfig, train
 from latentprobe.probe import ProbeConfig, probe_and_save
+from latentprobe.report import write_study_report
 from latentprobe.runs import run_splits
 
 PRESETS = {
@@ -67,8 +68,6 @@ def _model_args(cfg: StudyConfig) -> dict:
 
 
 def run_study(cfg: StudyConfig) -> Path:
-    from latentprobe.report import write_study_report
-
     out = Path(cfg.out)
     configuration.save_resolved(cfg, out)
     device = local_device(cfg.device)

@@ -31,6 +31,12 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def describe_model(name: str) -> str:
+    """The first line of the model's docstring."""
+    doc = (_REGISTRY[name].__doc__ or "").strip().splitlines()
+    return doc[0] if doc else ""
+
+
 def create_model(name: str, **kwargs) -> nn.Module:
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")

@@ -35,6 +35,9 @@ ENCODINGS = ("relu", "soft_threshold")
 
 
 class PatchAutoencoder(nn.Module):
+    # images at a time wherever every position is read: the map holds K × 27 × 27 codes per image
+    CHUNK = 50
+
     def __init__(self, *, latent_dim: int = 6400, patch_size: int = 6, img_size: int = 32, in_chans: int = 3,
                  sparsity: float = 0.1, threshold: float = 0.25, contrast_eps: float = 0.0025,
                  zca_eps: float = 0.1, whitening_patches: int = 400_000, patches_per_image: int = 32,
@@ -154,6 +157,11 @@ class PatchAutoencoder(nn.Module):
         "reconstruction"); evaluation reads every position and puts the image back together."""
         if self.training:
             return self._patch_loss(self._whiten(self._sample(images, self.patches_per_image)))[0], images
+        losses, images_back = zip(*(self._whole_image_loss(part) for part in images.split(self.CHUNK)))
+        sizes = torch.tensor([len(part) for part in images_back], device=images.device)
+        return (torch.stack(losses) * sizes).sum() / len(images), torch.cat(images_back)
+
+    def _whole_image_loss(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         patches, mean, scale = self._normalised_patches(images)
         loss, decoded = self._patch_loss(self._whiten(patches))
         return loss, self._image(decoded, mean, scale)
@@ -169,8 +177,7 @@ class PatchAutoencoder(nn.Module):
 
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor) -> dict:
-        patches, mean, scale = self._normalised_patches(images)
-        return {"reconstruction": self._image(self._patch_loss(self._whiten(patches))[1], mean, scale)}
+        return {"reconstruction": torch.cat([self._whole_image_loss(part)[1] for part in images.split(self.CHUNK)])}
 
     # ---- the latent of an image
 
@@ -184,7 +191,7 @@ class PatchAutoencoder(nn.Module):
         """The dense encoding, (B, K, S-p+1, S-p+1): what ``encode`` pools."""
         return self.feature_map(images)
 
-    def encode(self, images: torch.Tensor, chunk: int = 50) -> torch.Tensor:
+    def encode(self, images: torch.Tensor, chunk: int = CHUNK) -> torch.Tensor:
         """(B, latent_dim): each code summed over the four quadrants of the map, code-major;
         ``chunk`` images at a time, since the map holds K × 27 × 27 values per image."""
         pooled = []
