@@ -7,6 +7,7 @@ from latentprobe.checkpoint import CheckpointError, load_checkpoint
 from latentprobe.features import run_features
 from latentprobe.finetune import FinetuneConfig, finetune
 from latentprobe.mae_report import write_mae_report
+from report_helpers import assert_html_matches_markdown
 from latentprobe.pretrain import TrainConfig, train
 from latentprobe.probe import ProbeConfig
 from latentprobe.runs import read_jsonl
@@ -58,6 +59,7 @@ def test_frozen_training_keeps_the_encoder_bit_identical_and_fine_tuning_changes
     assert {"val_acc", "test_acc", "best_epoch", "history", "confusion", "precision",
             "class_names"} <= set(tuned)
     assert "fine-tuned" in write_mae_report(mae_run).read_text()
+    assert_html_matches_markdown(mae_run / "mae_report.md")
 
 
 def interrupt_after_first_epoch(monkeypatch, module):

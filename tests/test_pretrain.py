@@ -229,3 +229,9 @@ def test_a_kill_after_the_final_checkpoint_is_repaired_on_the_next_run(cifar10_r
     train(_config(cifar10_root, run, epochs=2))
     assert read_jsonl(run / "metrics.jsonl") == lines and (run / "loss.png").is_file()
     assert "repaired from the checkpoint" in capsys.readouterr().out
+    with open(run / "metrics.jsonl", "a") as torn:  # killed in the middle of a line
+        torn.write('{"epoch": 3, "train_lo')
+    with pytest.raises(ValueError, match=r"metrics.jsonl, line 3, is not valid JSON.*delete it"):
+        read_jsonl(run / "metrics.jsonl")
+    train(_config(cifar10_root, run, epochs=2))
+    assert read_jsonl(run / "metrics.jsonl") == lines

@@ -4,6 +4,7 @@ import pytest
 import yaml
 
 from latentprobe.cli import main
+from report_helpers import assert_html_matches_markdown
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
@@ -17,6 +18,8 @@ def test_denoising_study_passes_its_options_to_each_run_and_says_so(cifar10_root
     assert run["model_args"] == {"c1": 4, "c2": 8, "noise": 0.5} and run["clip_grad"] == 1.0
     report = (out / "report.md").read_text()
     assert "denoising: input noise σ = 0.5" in report and "gradient norm clipped to 1.0" in report
+    assert_html_matches_markdown(out / "report.md")
+    assert (out / "latent_8" / "probe_linear.json").is_file() and not (out / "latent_8" / "probe.json").exists()
 
 
 def test_study_of_another_model_draws_its_latent_size_curve(cifar10_root, tmp_path):

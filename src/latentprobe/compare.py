@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from latentprobe import config as configuration
-from latentprobe.document import Bullets, Figure, Heading, Paragraph, Table, to_html, to_markdown
+from latentprobe.document import Bullets, Figure, Heading, Paragraph, Table, confusion_table, write_report
 from latentprobe.distributed import local_device
 from latentprobe.evaluate import load_eval
 from latentprobe.features import run_features
@@ -273,8 +273,7 @@ def _per_class(rows: list[Row], class_names: list[str], figures: Path) -> list:
                 f"{class_names[i]} {100 * recall[i]:.0f} %" for i in lowest) + "."))
         else:
             blocks += [Paragraph(f"Confusion matrix of {label} (rows: true class):"),
-                       Table(["true \\ predicted", *class_names],
-                             [[f"**{name}**", *map(int, matrix[i])] for i, name in enumerate(class_names)])]
+                       confusion_table(matrix, class_names)]
     return blocks
 
 
@@ -352,8 +351,7 @@ def write_comparison(runs: list[Path], cfg: CompareConfig) -> Path:
     for png in figures.glob("*.png"):
         if png.name not in linked:  # left by an earlier comparison of other rows
             png.unlink()
-    (out / "report.md").write_text(to_markdown(blocks))
-    (out / "report.html").write_text(to_html(blocks, out, cfg.title))
+    write_report(blocks, out, "report", cfg.title)
     write_json(out / "summary.json", [{"label": r.label, "kind": r.kind, "latent_dim": r.dim,
                                        "runs": [e["run"] for e in r.evals],
                                        "test_acc": {p: dict(zip(("mean", "std", "n"), _stats(v)))

@@ -106,3 +106,18 @@ def to_html(blocks: list, base_dir: Path, title: str) -> str:
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head>\n<body>\n"
             + "\n".join(body) + "\n</body></html>\n")
+
+
+def confusion_table(matrix, class_names: list[str]) -> Table:
+    """A confusion matrix as a table: rows the true class (in bold), columns the predicted one."""
+    return Table(["true \\ predicted", *class_names],
+                 [[f"**{name}**", *(int(v) for v in matrix[i])] for i, name in enumerate(class_names)])
+
+
+def write_report(blocks: list, directory: Path, name: str, title: str) -> Path:
+    """DIRECTORY/NAME.md and the self-contained DIRECTORY/NAME.html; returns the Markdown's path."""
+    directory = Path(directory)
+    (directory / f"{name}.html").write_text(to_html(blocks, directory, title))
+    path = directory / f"{name}.md"
+    path.write_text(to_markdown(blocks))
+    return path

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from latentprobe.data import Normalizer, batch_indices
+from latentprobe.data import Normalizer, augment, batch_indices
 
 
 class TrainingError(Exception):
@@ -22,7 +22,8 @@ class TrainingError(Exception):
 
 
 class Objective(nn.Module):
-    """``forward(images) -> (loss, reconstruction)``: the model's own ``loss`` as a forward."""
+    """``forward(images) -> (loss, reconstruction)``: the model's own ``loss`` as a forward.
+    A supervised objective takes ``forward(images, labels) -> (loss, logits)`` (finetune.py)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -63,16 +64,28 @@ def autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on weight matrices only: not on biases, norms, or the parameters the model
-    names in ``no_weight_decay()`` (position embeddings, CLS token, mask token)."""
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: float | None = None) -> list[dict]:
+    """The optimiser's parameter groups, for pretraining and fine-tuning alike. Weight decay on
+    weight matrices only: not on biases, norms, or the parameters the model names in
+    ``no_weight_decay()`` (position embeddings, CLS token, mask token). With ``layer_decay``, a
+    model that numbers its layers (``layer_id(name)``, ``depth``: ViTs) gets a group per layer
+    whose lr is scaled by ``layer_decay ** (depth + 1 - layer)`` (``lr_scale``, read by
+    ``train_one_epoch``)."""
     skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
-    decay, no_decay = [], []
+    layered = layer_decay is not None and getattr(model, "depth", -1) >= 0
+    top = model.depth + 1 if layered else 0
+    groups: dict[tuple[int, bool], dict] = {}
+    if not layered:  # decay, then no decay: the order of the optimiser state in older checkpoints
+        groups = {(0, False): {"params": [], "weight_decay": weight_decay, "lr_scale": 1.0},
+                  (0, True): {"params": [], "weight_decay": 0.0, "lr_scale": 1.0}}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (no_decay if param.ndim <= 1 or name in skip else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        layer, no_decay = (model.layer_id(name) if layered else 0), param.ndim <= 1 or name in skip
+        group = groups.setdefault((layer, no_decay), {"params": [], "weight_decay": 0.0 if no_decay else weight_decay,
+                                                      "lr_scale": layer_decay ** (top - layer) if layered else 1.0})
+        group["params"].append(param)
+    return list(groups.values())
 
 
 OPTIMIZERS = ("adam", "adamw")
@@ -115,34 +128,50 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, peak_lr: float, schedu
     raise ValueError(f"unknown schedule {schedule!r}; use 'constant' or 'cosine'")
 
 
+def seed_epoch(seed: int, epoch: int) -> torch.Generator:
+    """Seed torch for one epoch and return that epoch's generator (batch order, augmentation):
+    an epoch draws the same numbers whether the run was resumed before it or not."""
+    torch.manual_seed(seed * 100_003 + epoch)
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+
+
 def train_one_epoch(objective: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
                     normalizer: Normalizer, *, batch_size: int, generator: torch.Generator,
                     lr_fn, first_step: int, accum_steps: int = 1, clip_grad: float | None = None,
+                    labels: torch.Tensor | None = None, augment_batches: bool = False,
                     rank: int = 0, world_size: int = 1, desc: str = "train") -> dict:
-    """One pass over ``images`` (uint8, on the device). ``lr_fn(step)`` sets the lr of every
-    optimiser step; returns the mean loss, images/s and the last lr."""
+    """The one training epoch (pretraining and fine-tuning): a pass over this rank's share of
+    ``images`` (uint8, on the device). ``lr_fn(step)`` sets the lr of every optimiser step (times
+    a group's ``lr_scale``: layer-wise decay). With ``labels`` the objective is supervised,
+    ``objective(x, y) -> (loss, logits)``, and the train accuracy is counted; ``augment_batches``
+    crops and flips each batch on the device. Returns the mean loss, images/s and the last lr."""
     device = images.device
     objective.train()
     batches = list(batch_indices(len(images), batch_size, shuffle=True, generator=generator,
                                  rank=rank, world_size=world_size, device=device))
-    loss_sum = torch.zeros((), device=device)
+    loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device)
     seen, step, lr = 0, first_step, lr_fn(first_step)
     start = time.perf_counter()
     progress = tqdm(batches, desc=desc, leave=False, disable=None)
     for i, index in enumerate(progress):
         x = normalizer(images[index])
+        if augment_batches:
+            x = augment(x, generator)
+        inputs = (x,) if labels is None else (x, labels[index])
         boundary = (i + 1) % accum_steps == 0 or i + 1 == len(batches)
         sync = nullcontext() if boundary or not hasattr(objective, "no_sync") else objective.no_sync()
         with sync:
             with autocast(device):
-                loss, _ = objective(x)
+                loss, output = objective(*inputs)
             (loss / accum_steps).backward()
         loss_sum += loss.detach() * len(index)
+        if labels is not None:
+            correct += (output.detach().argmax(1) == inputs[1]).sum()
         seen += len(index)
         if boundary:
             lr = lr_fn(step)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             if clip_grad:
                 torch.nn.utils.clip_grad_norm_(objective.parameters(), clip_grad)
             optimizer.step()
@@ -153,7 +182,8 @@ def train_one_epoch(objective: nn.Module, optimizer: torch.optim.Optimizer, imag
     if not math.isfinite(mean_loss):
         raise TrainingError(f"the training loss became {mean_loss} in this epoch; lower --lr "
                             f"(or check the data). The last good checkpoint was kept.")
-    return {"train_loss": mean_loss, "images_per_s": seen * world_size / seconds,
+    accuracy = {} if labels is None else {"train_acc": (correct / max(seen, 1)).item()}
+    return {"train_loss": mean_loss, **accuracy, "images_per_s": seen * world_size / seconds,
             "epoch_seconds": seconds, "lr": lr, "steps": step}
 
 

@@ -15,7 +15,6 @@ Runs unchanged under torchrun (DDP), like ``latentprobe train``.
 """
 
 import os
-import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,11 +24,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from latentprobe import config as configuration
-from latentprobe.checkpoint import CLASSIFIER, CheckpointError, load_checkpoint, save_checkpoint, unwrap
-from latentprobe.data import Normalizer, augment, batch_indices, take
+from latentprobe.checkpoint import CLASSIFIER, CheckpointError, load_checkpoint, save_checkpoint
+from latentprobe.data import Normalizer, batch_indices, take
 from latentprobe.distributed import (barrier, check_device, init_distributed, is_main_process, local_device,
                                      mean_across_ranks)
-from latentprobe.engine import COMPILE_MODES, autocast, compile_objective, lr_at
+from latentprobe.engine import (COMPILE_MODES, autocast, compile_objective, lr_at, param_groups, seed_epoch,
+                                train_one_epoch)
 from latentprobe.metrics import confusion_matrix, precision_recall
 from latentprobe.models import create_model
 from latentprobe.runs import CHECKPOINT, METRICS, Run, append_jsonl, write_json, write_jsonl
@@ -75,6 +75,7 @@ class Classifier(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.pool = pool
+        self.frozen = False  # set by freeze_encoder: the encoder stays in eval mode
         self.head = nn.Linear(encoder.latent_dim, num_classes)
         nn.init.normal_(self.head.weight, std=0.01)  # small logits at the start
         nn.init.zeros_(self.head.bias)
@@ -82,6 +83,39 @@ class Classifier(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         latent = self.encoder.encode(images) if self.pool is None else self.encoder.encode(images, pool=self.pool)
         return self.head(latent.float())
+
+    # what engine.param_groups reads: the encoder's exemptions from weight decay, and its depth
+    # for layer-wise lr decay (ViT encoders; the head sits above the last block)
+    def no_weight_decay(self) -> set[str]:
+        inner = self.encoder.no_weight_decay() if hasattr(self.encoder, "no_weight_decay") else ()
+        return {f"encoder.{name}" for name in inner}
+
+    @property
+    def depth(self) -> int:
+        return self.encoder.depth if hasattr(self.encoder, "layer_id") else -1
+
+    def layer_id(self, name: str) -> int:
+        inner = name.removeprefix("encoder.")
+        return self.encoder.layer_id(inner) if inner != name else self.depth + 1
+
+    def train(self, mode: bool = True) -> "Classifier":
+        super().train(mode)
+        if self.frozen:
+            self.encoder.eval()  # a frozen encoder keeps eval behaviour (no drop-path, fixed BatchNorm)
+        return self
+
+
+class ClassificationObjective(nn.Module):
+    """``forward(images, labels) -> (loss, logits)``: label-smoothed cross-entropy, the training
+    objective that ``engine.train_one_epoch`` steps."""
+
+    def __init__(self, classifier: Classifier, label_smoothing: float):
+        super().__init__()
+        self.classifier, self.label_smoothing = classifier, label_smoothing
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor):
+        logits = self.classifier(images)
+        return F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing), logits
 
 
 def build_classifier(run: Run, num_classes: int, cfg: FinetuneConfig) -> Classifier:
@@ -113,26 +147,6 @@ def freeze_unused(classifier: Classifier, image_shape: tuple[int, ...]) -> list[
     return used
 
 
-def param_groups(classifier: Classifier, cfg: FinetuneConfig, peak_lr: float) -> list[dict]:
-    """AdamW groups: no decay on biases / norms / tokens; lr scaled by depth for ViTs."""
-    encoder = classifier.encoder
-    skip = set(encoder.no_weight_decay()) if hasattr(encoder, "no_weight_decay") else set()
-    num_layers = encoder.depth + 1 if hasattr(encoder, "layer_id") else 0
-    groups: dict[tuple[int, bool], dict] = {}
-    for name, param in classifier.named_parameters():
-        if not param.requires_grad:
-            continue
-        inner = name.removeprefix("encoder.")
-        is_encoder = name.startswith("encoder.")
-        layer = encoder.layer_id(inner) if is_encoder and num_layers else num_layers
-        no_decay = param.ndim <= 1 or (is_encoder and inner in skip)
-        group = groups.setdefault((layer, no_decay), {
-            "params": [], "weight_decay": 0.0 if no_decay else cfg.weight_decay,
-            "lr_scale": cfg.layer_decay ** (num_layers - layer)})
-        group["params"].append(param)
-    return list(groups.values())
-
-
 @torch.no_grad()
 def predict(classifier: nn.Module, images: torch.Tensor, normalizer: Normalizer, batch_size: int = 500):
     classifier.eval()
@@ -141,37 +155,6 @@ def predict(classifier: nn.Module, images: torch.Tensor, normalizer: Normalizer,
         with autocast(images.device):
             outputs.append(classifier(normalizer(images[index])).argmax(1))
     return torch.cat(outputs)
-
-
-def train_one_epoch(model, optimizer, split, normalizer, cfg: FinetuneConfig, *, generator, lr_fn,
-                    first_step: int, rank: int, world_size: int) -> dict:
-    """One pass over this rank's share of the training images; returns loss, accuracy, images/s."""
-    device = split.images.device
-    model.train()
-    if cfg.freeze_encoder:
-        unwrap(model).encoder.eval()  # a frozen encoder keeps eval behaviour (no drop-path)
-    loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device)
-    seen, step, started = 0, first_step, time.perf_counter()
-    for index in batch_indices(len(split), cfg.batch_size, shuffle=True, generator=generator,
-                               rank=rank, world_size=world_size, device=device):
-        x, y = normalizer(split.images[index]), split.labels[index]
-        if cfg.augment:
-            x = augment(x, generator)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_fn(step) * group["lr_scale"]
-        with autocast(device):
-            logits = model(x)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        step += 1
-        loss_sum += loss.detach() * len(index)
-        correct += (logits.argmax(1) == y).sum()
-        seen += len(index)
-    seconds = time.perf_counter() - started
-    return {"train_loss": (loss_sum / seen).item(), "train_acc": (correct / seen).item(),
-            "images_per_s": seen * world_size / seconds, "lr": lr_fn(step - 1)}
 
 
 def _resume(out: Path, cfg: FinetuneConfig, run: Run, classifier, optimizer):
@@ -215,20 +198,22 @@ def _finetune(run: Run, cfg: FinetuneConfig) -> dict:
     encoder_names = freeze_unused(classifier, tuple(splits["train"].images.shape[1:]))
     if cfg.freeze_encoder:
         classifier.encoder.requires_grad_(False)
+        classifier.frozen = True
     effective_batch = cfg.batch_size * world_size
     peak_lr = cfg.base_lr * effective_batch / 256
-    optimizer = torch.optim.AdamW(param_groups(classifier, cfg, peak_lr), lr=peak_lr, betas=(0.9, 0.999),
+    groups = param_groups(classifier, cfg.weight_decay, cfg.layer_decay)
+    optimizer = torch.optim.AdamW(groups, lr=peak_lr, betas=(0.9, 0.999),
                                   fused=device.type == "cuda")
     start_epoch, history, best = _resume(out, cfg, run, classifier, optimizer)
     main = is_main_process()
     if main:
         configuration.save_resolved(cfg, out)
         write_jsonl(out / METRICS, history)
-    model = classifier
+    objective = ClassificationObjective(classifier, cfg.label_smoothing)
     if world_size > 1:
-        model = torch.nn.parallel.DistributedDataParallel(classifier)
+        objective = torch.nn.parallel.DistributedDataParallel(objective)
     if cfg.compile:
-        model = compile_objective(model, cfg.compile_mode)
+        objective = compile_objective(objective, cfg.compile_mode)
     normalizer = Normalizer(source["train_config"]["dataset"], device)
     steps_per_epoch = -(-(len(splits["train"]) // world_size) // cfg.batch_size)
     total_steps, warmup_steps = cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)
@@ -237,11 +222,12 @@ def _finetune(run: Run, cfg: FinetuneConfig) -> dict:
           f"{len(splits['train'])} images, lr {peak_lr:.2e}" + (f", {world_size} ranks" if world_size > 1 else ""))
 
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
-        torch.manual_seed(cfg.seed * 100_003 + epoch)  # drop-path: the same stream on resume
-        generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        stats = train_one_epoch(model, optimizer, splits["train"], normalizer, cfg, generator=generator,
+        generator = seed_epoch(cfg.seed, epoch)  # drop-path, batch order, crops: the same on resume
+        stats = train_one_epoch(objective, optimizer, splits["train"].images, normalizer, batch_size=cfg.batch_size,
+                                labels=splits["train"].labels, augment_batches=cfg.augment, generator=generator,
                                 lr_fn=lambda s: lr_at(s, total_steps, warmup_steps, peak_lr, "cosine"),
-                                first_step=(epoch - 1) * steps_per_epoch, rank=rank, world_size=world_size)
+                                first_step=(epoch - 1) * steps_per_epoch, rank=rank, world_size=world_size,
+                                desc=f"fine-tune epoch {epoch}")
         stats = mean_across_ranks(stats, device)
         val_predictions = predict(classifier, splits["val"].images, normalizer)
         record = {"epoch": epoch, **stats, "val_acc": (val_predictions == splits["val"].labels).float().mean().item()}

@@ -4,7 +4,7 @@ Built only from the JSON files the other commands leave in RUN, so it can be reb
 time without training: ``probe_linear.json`` and ``probe_bn_linear.json`` (``latentprobe probe``,
 frozen encoder, cached latents), ``finetune_frozen.json`` (optional online linear probe) and
 ``finetune.json`` (``latentprobe finetune``, encoder trained end to end). Writes
-RUN/mae_report.md with accuracy curves, per-class precision and the confusion matrices.
+RUN/mae_report.md and the self-contained RUN/mae_report.html with accuracy curves, per-class precision and the confusion matrices.
 """
 
 from pathlib import Path
@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from latentprobe.document import Figure, Heading, Paragraph, Table, write_report
 from latentprobe.plots import confusion_heatmap, grouped_bars, line_chart
 from latentprobe.runs import Run
 
@@ -75,24 +76,21 @@ def write_mae_report(run: Run | Path | str) -> Path:
         confusion_heatmap(np.array(record["confusion"]), class_names, figures / f"confusion_{i}.png",
                           title=f"{label} (rows: true)")
 
-    lines = [f"# {run_dir.name}: classifiers on the encoder, frozen vs fine-tuned", "",
-             f"Latent: **{latent_dim}** values per image; pooling per classifier in the table. Every number is test "
-             f"accuracy at the epoch with the best validation accuracy (validation split carved from "
-             f"the training set with the run's seed; one seed).", "",
-             "| classifier | encoder | pooling | best epoch | val acc | test acc | how |",
-             "|---|---|---|---|---|---|---|"]
-    for label, how, file in SOURCES:
-        if label in results:
-            r = results[label]
-            lines.append(f"| {label} | {'trained' if label == 'fine-tuned' else 'frozen'} "
-                         f"| {_pooling(r, run_pooling)} | {r['best_epoch']} "
-                         f"| {r['val_acc']:.4f} | {r['test_acc']:.4f} | {how} (`{file(run).name}`) |")
-    lines += ["", "![accuracy](mae_report/accuracy.png)", "", "![precision](mae_report/precision.png)", "",
-              "| class | " + " | ".join(results) + " |", "|---|" + "---|" * len(results)]
-    for c, class_name in enumerate(class_names):
-        lines.append(f"| {class_name} | " + " | ".join(f"{r['precision'][c]:.3f}" for r in results.values()) + " |")
-    lines += ["", "Confusion matrices on the test set (rows: true class):", ""]
-    lines += [f"![{label}](mae_report/confusion_{i}.png)" for i, label in enumerate(results)]
-    path = run_dir / "mae_report.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    title = f"{run_dir.name}: classifiers on the encoder, frozen vs fine-tuned"
+    rows = [[label, "trained" if label == "fine-tuned" else "frozen", _pooling(results[label], run_pooling),
+             results[label]["best_epoch"], f"{results[label]['val_acc']:.4f}", f"{results[label]['test_acc']:.4f}",
+             f"{how} (`{file(run).name}`)"] for label, how, file in SOURCES if label in results]
+    blocks = [
+        Heading(1, title),
+        Paragraph(f"Latent: **{latent_dim}** values per image; pooling per classifier in the table. Every number is "
+                  f"test accuracy at the epoch with the best validation accuracy (validation split carved from the "
+                  f"training set with the run's seed; one seed)."),
+        Table(["classifier", "encoder", "pooling", "best epoch", "val acc", "test acc", "how"], rows),
+        Figure("mae_report/accuracy.png", "accuracy"),
+        Figure("mae_report/precision.png", "precision"),
+        Table(["class", *results], [[name, *(f"{r['precision'][c]:.3f}" for r in results.values())]
+                                    for c, name in enumerate(class_names)]),
+        Paragraph("Confusion matrices on the test set (rows: true class):"),
+        *(Figure(f"mae_report/confusion_{i}.png", label) for i, label in enumerate(results)),
+    ]
+    return write_report(blocks, run_dir, "mae_report", title)

@@ -28,11 +28,3 @@ def most_confused(matrix: np.ndarray, class_names: list[str], top: int = 5) -> l
     return [(class_names[i], class_names[j], int(off[i, j])) for i, j in pairs if off[i, j] > 0]
 
 
-def confusion_markdown(matrix: np.ndarray, class_names: list[str]) -> str:
-    """Markdown table: rows true class, columns predicted class."""
-    header = "| true \\ predicted | " + " | ".join(class_names) + " |"
-    rule = "|---" * (len(class_names) + 1) + "|"
-    rows = [f"| **{name}** | " + " | ".join(str(int(v)) for v in matrix[i]) + " |"
-            for i, name in enumerate(class_names)]
-    return "\n".join([header, rule, *rows])
-

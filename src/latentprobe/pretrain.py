@@ -18,7 +18,7 @@ from latentprobe.data import Normalizer, load_split, take, train_val_split
 from latentprobe.distributed import (barrier, check_device, init_distributed, is_main_process, local_device,
                                      mean_across_ranks)
 from latentprobe.engine import (COMPILE_MODES, OPTIMIZERS, SCHEDULES, Objective, build_optimizer, compile_objective,
-                                evaluate_reconstruction, lr_at, prepare_model, train_one_epoch)
+                                evaluate_reconstruction, lr_at, prepare_model, seed_epoch, train_one_epoch)
 from latentprobe.models import create_model
 from latentprobe.plots import image_grid, line_chart
 from latentprobe.runs import CHECKPOINT, METRICS, TensorBoard, append_jsonl, exclusive, read_jsonl, write_jsonl
@@ -135,6 +135,14 @@ def save_pictures(run_dir: Path, model, grid_images, normalizer, epoch: int, his
                run_dir / "loss.png", title=f"{run_dir.name}: reconstruction loss", ylabel="loss")
 
 
+def _metrics_match(path: Path, history: list[dict]) -> bool:
+    """Whether metrics.jsonl holds the checkpoint's history (a torn last line does not)."""
+    try:
+        return read_jsonl(path) == history
+    except ValueError:
+        return False
+
+
 def train(cfg: TrainConfig) -> Path:
     """Train (or continue) the run in ``cfg.out``; returns the run directory."""
     device = local_device(cfg.device)
@@ -157,7 +165,7 @@ def _train(cfg: TrainConfig, run_dir: Path, model, optimizer, peak_lr: float, tr
     normalizer = Normalizer(cfg.dataset, device)
     start_epoch, history, best = _resume(run_dir, cfg, model, optimizer)
     if start_epoch >= cfg.epochs:
-        if main and read_jsonl(run_dir / METRICS) != history:  # killed between the checkpoint and its line
+        if main and not _metrics_match(run_dir / METRICS, history):  # killed between the checkpoint and its line
             write_jsonl(run_dir / METRICS, history)
             save_pictures(run_dir, model, normalizer(val_split.images[:8]), normalizer, start_epoch, history)
             print(f"{run_dir}: finished; metrics.jsonl and the last pictures repaired from the checkpoint")
@@ -187,8 +195,7 @@ def _train(cfg: TrainConfig, run_dir: Path, model, optimizer, peak_lr: float, tr
           + (f", {world_size} ranks" if world_size > 1 else ""))
     started = time.perf_counter()
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
-        torch.manual_seed(cfg.seed * 100_003 + epoch)  # masks and dropout: same stream on resume
-        generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        generator = seed_epoch(cfg.seed, epoch)  # masks, dropout, batch order: the same on resume
         stats = train_one_epoch(objective, optimizer, train_split.images, normalizer,
                                 batch_size=cfg.batch_size, accum_steps=cfg.accum_steps,
                                 generator=generator, lr_fn=lr_fn, clip_grad=cfg.clip_grad,

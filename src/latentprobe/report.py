@@ -1,4 +1,5 @@
-"""The study report: Markdown + PNGs, built only from the files a study leaves behind."""
+"""The study report (Markdown + self-contained HTML + PNGs), built only from the files a study
+leaves behind, and the figures of one ``latentprobe probe``."""
 
 import datetime
 import platform
@@ -8,7 +9,9 @@ import numpy as np
 import torch
 import yaml
 
-from latentprobe.metrics import confusion_markdown, most_confused
+from latentprobe.document import (Bullets, Figure, Heading, Paragraph, Table, confusion_table, to_markdown,
+                                  write_report)
+from latentprobe.metrics import most_confused
 from latentprobe.plots import confusion_heatmap, grouped_bars, image_grid, line_chart
 from latentprobe.runs import Run, read_jsonl
 
@@ -31,12 +34,6 @@ def _architecture(cfg: dict) -> str:
 def _latent_runs(study_dir: Path) -> list[tuple[int, Run]]:
     runs = [(int(p.name.split("_")[1]), Run(p)) for p in study_dir.glob("latent_*")]
     return sorted(((size, run) for size, run in runs if run.probe_result("linear")), key=lambda item: item[0])
-
-
-def _table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def write_study_report(study_dir: Path, device: str | None = None) -> Path:
@@ -90,44 +87,35 @@ def write_study_report(study_dir: Path, device: str | None = None) -> Path:
                              f"**{pixels['test_acc']:.4f}**", pixels["best_epoch"], "–",
                              f"{pixels['probe_seconds']:.1f}"])
 
-    lines = [
-        f"# {'Convolutional autoencoder' if cfg.get('model', 'conv_ae') == 'conv_ae' else cfg['model']}: "
-        f"what the latent knows",
-        "",
-        f"- Date: {datetime.date.today().isoformat()}; device: {device or 'see config'}; "
-        f"host: {platform.node()} ({platform.processor() or platform.machine()})",
-        f"- Command: `{saved['command']}` (git {saved.get('git_sha') or 'unknown'})",
-        f"- Data: {cfg['dataset']}; a {cfg['val_size']}-image validation split carved from the training set "
-        f"(seed {cfg['seed']}) chooses the detector's epoch; {cfg['subset'] or 'all remaining'} training images; "
-        f"the test set is used only for the reported numbers.",
-        f"- Autoencoder: {_architecture(cfg)}, Adam lr {cfg['lr']}"
-        f"{', gradient norm clipped to ' + str(cfg['clip_grad']) if cfg.get('clip_grad') else ''}, "
-        f"batch {cfg['batch_size']}, {cfg['epochs']} epochs, 1 seed ({cfg['seed']}).",
-        f"- Detector: one Linear layer + log-softmax, NLL loss, Adam lr {cfg['probe_lr']}, "
-        f"{cfg['probe_epochs']} epochs; the reported test accuracy is at the epoch with the best "
-        f"validation accuracy.",
-        "",
-        "## Summary",
-        "",
-        _table(["latent", "val recon MSE ([0,1] px), chosen epoch", "PSNR dB", "val acc", "test acc", "best epoch",
-                "AE train s", "detector s"], summary_rows),
-        "",
-        "## Autoencoder",
-        "",
-        "![autoencoder loss](figures/ae_loss.png)",
-        "",
-        "![reconstructions](figures/reconstructions.png)",
-        "",
-        "## Detector",
-        "",
-        "![detector loss](figures/detector_loss.png)",
-        "",
-        "![train accuracy](figures/detector_train_acc.png)",
-        "",
-        "![validation accuracy](figures/detector_val_acc.png)",
-        "",
-        "![precision](figures/test_precision.png)",
-        "",
+    title = (f"{'Convolutional autoencoder' if cfg.get('model', 'conv_ae') == 'conv_ae' else cfg['model']}: "
+             f"what the latent knows")
+    blocks = [
+        Heading(1, title),
+        Bullets([
+            f"Date: {datetime.date.today().isoformat()}; device: {device or 'see config'}; "
+            f"host: {platform.node()} ({platform.processor() or platform.machine()})",
+            f"Command: `{saved['command']}` (git {saved.get('git_sha') or 'unknown'})",
+            f"Data: {cfg['dataset']}; a {cfg['val_size']}-image validation split carved from the training set "
+            f"(seed {cfg['seed']}) chooses the detector's epoch; {cfg['subset'] or 'all remaining'} training images; "
+            f"the test set is used only for the reported numbers.",
+            f"Autoencoder: {_architecture(cfg)}, Adam lr {cfg['lr']}"
+            f"{', gradient norm clipped to ' + str(cfg['clip_grad']) if cfg.get('clip_grad') else ''}, "
+            f"batch {cfg['batch_size']}, {cfg['epochs']} epochs, 1 seed ({cfg['seed']}).",
+            f"Detector: one Linear layer + log-softmax, NLL loss, Adam lr {cfg['probe_lr']}, "
+            f"{cfg['probe_epochs']} epochs; the reported test accuracy is at the epoch with the best "
+            f"validation accuracy.",
+        ]),
+        Heading(2, "Summary"),
+        Table(["latent", "val recon MSE ([0,1] px), chosen epoch", "PSNR dB", "val acc", "test acc", "best epoch",
+               "AE train s", "detector s"], summary_rows),
+        Heading(2, "Autoencoder"),
+        Figure("figures/ae_loss.png", "autoencoder loss"),
+        *([Figure("figures/reconstructions.png", "reconstructions")] if samples else []),
+        Heading(2, "Detector"),
+        Figure("figures/detector_loss.png", "detector loss"),
+        Figure("figures/detector_train_acc.png", "train accuracy"),
+        Figure("figures/detector_val_acc.png", "validation accuracy"),
+        Figure("figures/test_precision.png", "precision"),
     ]
     for label in best:
         matrix = np.array(probes[label]["confusion"])
@@ -137,14 +125,12 @@ def write_study_report(study_dir: Path, device: str | None = None) -> Path:
         recall = np.array(probes[label]["recall"])
         hardest = [class_names[i] for i in np.argsort(recall)[:2]]
         confused = ", ".join(f"{t} → {p}: {n}" for t, p, n in most_confused(matrix, class_names, 4))
-        lines += [f"### Confusion matrix, {label} (test accuracy {probes[label]['test_acc']:.4f})", "",
-                  f"![confusion {label}](figures/confusion_{slug}.png)", "",
-                  "Rows: true class; columns: predicted class.", "",
-                  confusion_markdown(matrix, class_names), "",
-                  f"Lowest recall: {', '.join(hardest)}. Most confused: {confused}.", ""]
-    report = study_dir / "report.md"
-    report.write_text("\n".join(lines))
-    return report
+        blocks += [Heading(3, f"Confusion matrix, {label} (test accuracy {probes[label]['test_acc']:.4f})"),
+                   Figure(f"figures/confusion_{slug}.png", f"confusion {label}"),
+                   Paragraph("Rows: true class; columns: predicted class."),
+                   confusion_table(matrix, class_names),
+                   Paragraph(f"Lowest recall: {', '.join(hardest)}. Most confused: {confused}.")]
+    return write_report(blocks, study_dir, "report", title)
 
 
 def write_probe_figures(run_dir: Path, record: dict) -> None:
@@ -158,4 +144,4 @@ def write_probe_figures(run_dir: Path, record: dict) -> None:
     matrix = np.array(record["confusion"])
     confusion_heatmap(matrix, record["class_names"], run_dir / f"probe_{head}_confusion.png",
                       title=f"{run_dir.name}: {head} detector, test confusion (rows: true)")
-    (run_dir / f"probe_{head}_confusion.md").write_text(confusion_markdown(matrix, record["class_names"]) + "\n")
+    (run_dir / f"probe_{head}_confusion.md").write_text(to_markdown([confusion_table(matrix, record["class_names"])]))

@@ -198,11 +198,21 @@ def exclusive(run_dir: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _parse(text: str, path: Path, line: int | None = None):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        where = f", line {line}," if line else ""
+        raise ValueError(f"{path}{where} is not valid JSON ({err.msg}); it was cut short or edited: delete it "
+                         f"and run the command that wrote it again") from None
+
+
 def read_jsonl(path: Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [_parse(line, path, number) for number, line in enumerate(path.read_text().splitlines(), 1)
+            if line.strip()]
 
 
 def write_jsonl(path: Path, records: list[dict]) -> None:
@@ -224,7 +234,7 @@ def write_json(path: Path, record) -> None:
 
 
 def read_json(path: Path):
-    return json.loads(Path(path).read_text())
+    return _parse(Path(path).read_text(), Path(path))
 
 
 class TensorBoard:

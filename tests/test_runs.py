@@ -1,0 +1,86 @@
+"""The Run object: one place for a run directory's files; results round-trip in one schema,
+and run directories written before it still read."""
+
+import json
+
+import pytest
+import torch
+from conftest import write_cifar10
+from eval_helpers import train_tiny_run
+
+from latentprobe.checkpoint import CheckpointError
+from latentprobe.features import FeatureSet
+from latentprobe.probe import ProbeConfig, probe_and_save
+from latentprobe.report import write_study_report
+from latentprobe.runs import Run, write_json
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_a_run_knows_its_files_model_and_splits(tmp_path):
+    data = write_cifar10(tmp_path / "data", per_batch=40, test=50)
+    run = Run(train_tiny_run(data, tmp_path / "run"))
+    assert run.checkpoint_file.is_file() and run.config_file.is_file() and run.metrics_file.is_file()
+    assert run.model_name == "conv_ae" and run.probed_epoch == run.checkpoint["best_epoch"]
+    model = run.model("cpu")
+    assert not model.training and model.latent_dim == 16
+    splits = run.splits(str(data))
+    assert [len(splits[s]) for s in ("train", "val", "test")] == [140, 60, 50]
+    assert [m["epoch"] for m in run.metrics()] == list(range(1, run.checkpoint["epoch"] + 1))
+    assert Run.of(run) is run and Run.of(str(run.path)).path == run.path
+    with pytest.raises(ValueError, match="--pool applies to ViT encoders"):
+        run.model_config(pool="mean")
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        Run(tmp_path / "empty").checkpoint
+
+
+def _features(dim: int = 6) -> FeatureSet:
+    generator = torch.Generator().manual_seed(0)
+    labels = {s: torch.arange(n) % 2 for s, n in (("train", 40), ("val", 20), ("test", 20))}
+    features = {s: torch.randn(len(y), dim, generator=generator) + 3 * y[:, None] for s, y in labels.items()}
+    return FeatureSet(features, labels, ["a", "b"])
+
+
+def test_probe_results_round_trip_one_file_per_head(tmp_path):
+    run = Run(tmp_path)
+    linear = probe_and_save(_features(), ProbeConfig(head="linear", epochs=3), tmp_path, "cpu")
+    bn = probe_and_save(_features(), ProbeConfig(head="bn_linear", epochs=3), tmp_path, "cpu")
+    assert run.probe_result("linear") == json.loads(json.dumps(linear))  # the second head did not overwrite it
+    assert run.probe_result("bn_linear")["probe_config"]["head"] == "bn_linear" == bn["probe_config"]["head"]
+    assert run.probe_result("linear")["latent_dim"] == 6 and run.probe_result("mlp") is None
+
+
+def test_old_result_files_read_in_the_one_schema(tmp_path):
+    """probe.json (one file, the last head; ``feature_dim``) and eval.json (``dim``) of older runs."""
+    run = Run(tmp_path)
+    write_json(tmp_path / "probe.json", {"feature_dim": 8, "test_acc": 0.5, "probe_config": {"head": "bn_linear"}})
+    assert run.probe_result("bn_linear")["latent_dim"] == 8 and run.probe_result("linear") is None
+    write_json(run.eval_file(), {"latent_dim": 8, "representations": {"pixels": {"dim": 3072, "probes": {}}}})
+    assert run.read_result(run.eval_file())["representations"]["pixels"]["latent_dim"] == 3072
+
+
+def test_a_study_written_before_one_file_per_head_still_rebuilds(tmp_path):
+    data = write_cifar10(tmp_path / "data", per_batch=40, test=50)
+    study = tmp_path / "study"
+    run = Run(train_tiny_run(data, study / "latent_16"))
+    record = probe_and_save(_features(), ProbeConfig(head="linear", epochs=2), run.path, "cpu")
+    record["history"] = [{**h, "test_acc": 0.5} for h in record["history"]]  # old files kept test curves
+    old = {("feature_dim" if k == "latent_dim" else k): v for k, v in record.items() if k != "probe_config"}
+    run.probe_file("linear").rename(run.path / "probe.json")
+    write_json(run.path / "probe.json", old)
+    (study / "config.yaml").write_text(
+        "config:\n  dataset: cifar10\n  val_size: 60\n  seed: 0\n  subset: null\n  lr: 0.001\n  batch_size: 32\n"
+        "  epochs: 1\n  c1: 4\n  c2: 8\n  probe_lr: 0.001\n  probe_epochs: 2\ncommand: latentprobe study\n")
+    report = write_study_report(study).read_text()
+    assert f"**{record['test_acc']:.4f}**" in report and "| 16 |" in report
+
+
+def test_a_corrupt_result_file_is_named_in_one_line(tmp_path, capsys):
+    from latentprobe.cli import main
+
+    run = Run(tmp_path)
+    run.eval_file().write_text('{"latent_dim": 8, "representations": {')  # cut short
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compare", str(tmp_path), "--out", str(tmp_path / "report")])
+    message = str(exit_info.value)
+    assert message.startswith(f"error: {run.eval_file()} is not valid JSON") and "\n" not in message
