@@ -35,6 +35,11 @@ def test_fit_head_keeps_the_best_validation_epoch_and_never_sees_test():
     assert fit.val_acc == max(h["val_acc"] for h in fit.history) > 0.9
     assert fit.history[fit.best_epoch - 1]["val_acc"] == fit.val_acc
     assert all(set(h) == {"epoch", "train_loss", "train_acc", "val_acc"} for h in fit.history)  # no test numbers
+    settled = fit_head("mlp", (x[:300], labels[:300]), (x[300:], labels[300:]), 3, lr=1e-2, weight_decay=0,
+                       epochs=6, batch_size=32, hidden=16, patience=None, schedule="cosine")
+    again = fit_head("mlp", (x[:300], labels[:300]), (x[300:], labels[300:]), 3, lr=1e-2, weight_decay=0,
+                     epochs=6, batch_size=32, hidden=16, patience=None, schedule="cosine")
+    assert settled.val_acc > 0.9 and settled.history == again.history != fit.history  # seeded, and lr decays
     with pytest.raises(ValueError, match="unknown probe head"):
         fit_head("svm", (x, labels), (x, labels), 3, lr=1e-3, weight_decay=0, epochs=1)
 
@@ -115,6 +120,10 @@ def test_unknown_probe_or_baseline_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown probe"):
         fast_config(probes=["svm"])
     assert fast_config(baselines=["none"]).baselines == []
+    with pytest.raises(ValueError, match="unknown --schedule 'step'"):
+        fast_config(schedule="step")
+    assert "schedule" not in fast_config().protocol()  # results made before the option stay valid
+    assert fast_config(schedule="cosine").protocol()["schedule"] == "cosine"
 
 
 def test_run_info_reports_the_reconstruction_of_the_epoch_the_probes_read(tmp_path):

@@ -30,6 +30,7 @@ import torch
 from latentprobe import config as configuration
 from latentprobe.checkpoint import CLASSIFIER, save_checkpoint, weights_digest
 from latentprobe.distributed import local_device
+from latentprobe.engine import SCHEDULES
 from latentprobe.features import FeatureSet, pixel_features, representation_features
 from latentprobe.knn import knn_predict
 from latentprobe.metrics import confusion_matrix
@@ -47,6 +48,7 @@ class EvalConfig:
     weight_decays: list[float] = field(default_factory=lambda: [0.0, 1e-4], metadata={"help": "L2 grid"})
     epochs: int = field(default=30, metadata={"help": "most epochs per probe (best val epoch kept)"})
     patience: int = field(default=5, metadata={"help": "stop after this many epochs without val gain"})
+    schedule: str = field(default="constant", metadata={"help": "probe lr: constant, or cosine (to 0 over --epochs)"})
     batch_size: int = 256
     mlp_hidden: int = 512
     knn_k: list[int] = field(default_factory=lambda: [20, 200])
@@ -64,13 +66,18 @@ class EvalConfig:
         if unknown:
             raise ValueError(f"unknown probe(s) or baseline(s) {unknown}; probes: {', '.join(HEADS)}, knn; "
                              f"baselines: random, pca, pixels")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown --schedule {self.schedule!r}; use one of {', '.join(SCHEDULES)}")
         configuration.require_at_least_one(self, "seeds", "epochs", "patience", "batch_size", "mlp_hidden", "knn_k",
                                            "threads")
 
     def protocol(self) -> dict:
         """The settings that decide the numbers (a saved result is reused only if they match)."""
-        return {k: v for k, v in configuration.to_dict(self).items()
-                if k not in ("baselines", "data_dir", "device", "threads")}
+        protocol = {k: v for k, v in configuration.to_dict(self).items()
+                    if k not in ("baselines", "data_dir", "device", "threads")}
+        if protocol["schedule"] == "constant":  # results from before the option: constant lr
+            del protocol["schedule"]
+        return protocol
 
 
 def _summary(values: list[float]) -> dict:
@@ -82,7 +89,8 @@ def _summary(values: list[float]) -> dict:
 
 def _fit(kind: str, train, val, num_classes: int, cfg: EvalConfig, *, lr: float, weight_decay: float, seed: int):
     return fit_head(kind, train, val, num_classes, lr=lr, weight_decay=weight_decay, epochs=cfg.epochs,
-                    batch_size=cfg.batch_size, seed=seed, patience=cfg.patience, hidden=cfg.mlp_hidden)
+                    batch_size=cfg.batch_size, seed=seed, patience=cfg.patience, hidden=cfg.mlp_hidden,
+                    schedule=cfg.schedule)
 
 
 def trained_probe(kind: str, train, val, test, num_classes: int, cfg: EvalConfig) -> tuple[dict, tuple]:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from latentprobe.config import require_at_least_one
 from latentprobe.data import batch_indices
+from latentprobe.engine import lr_at
 from latentprobe.features import FeatureSet, run_features
 from latentprobe.metrics import confusion_matrix, precision_recall
 from latentprobe.runs import Run, write_json
@@ -111,11 +112,13 @@ class FitResult:
 
 def fit_head(kind: str, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
              num_classes: int, *, lr: float, weight_decay: float, epochs: int, batch_size: int = 256,
-             seed: int = 0, patience: int | None = 5, hidden: int = 512) -> FitResult:
+             seed: int = 0, patience: int | None = 5, hidden: int = 512, schedule: str = "constant") -> FitResult:
     """The one probe trainer. Train a head on ``train`` = (features (N, D), labels (N,)), already
     on the device; keep the epoch with the best accuracy on ``val`` (``patience``: stop after that
-    many epochs without a gain; None trains every epoch). The seed sets the head's init and the
-    order of the batches. The test set is never read here."""
+    many epochs without a gain; None trains every epoch). ``schedule``: Adam at a ``constant`` lr,
+    or ``cosine``, decaying to 0 over ``epochs`` (a probe that settles; on wide latents it reads
+    several points more, docs/RESULTS.md). The seed sets the head's init and the order of the
+    batches. The test set is never read here."""
     x_train, y_train = train
     device = x_train.device
     torch.manual_seed(seed)
@@ -124,17 +127,22 @@ def fit_head(kind: str, train: tuple[torch.Tensor, torch.Tensor], val: tuple[tor
     generator = torch.Generator().manual_seed(seed)
     # a BatchNorm head cannot train on a batch of one: its last, short batch is dropped
     drop_last = kind != "linear" and len(x_train) > batch_size
+    steps_per_epoch = len(x_train) // batch_size if drop_last else -(-len(x_train) // batch_size)
+    step = 0
     history, best_acc, best_epoch, best_state = [], -1.0, 0, None
     for epoch in range(1, epochs + 1):
         head.train()
         loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
         for index in batch_indices(len(x_train), batch_size, shuffle=True, generator=generator,
                                    drop_last=drop_last, device=device):
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, epochs * steps_per_epoch, 0, lr, schedule)
             output = head(x_train[index])
             loss = F.nll_loss(output, y_train[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            step += 1
             loss_sum += loss.detach() * len(index)
             correct += (output.detach().argmax(1) == y_train[index]).sum()
             seen += len(index)
