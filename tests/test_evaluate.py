@@ -175,6 +175,9 @@ def test_retraining_in_the_same_folder_refreshes_every_cache(tmp_path, capsys):
     ("probe", ["--epochs", "0"], "--epochs must be at least 1, got 0"),
     ("probe", ["--head", "svm"], "unknown probe head 'svm'"),
     ("finetune", ["--epochs", "0"], "--epochs must be at least 1, got 0"),
+    ("probe", ["--pool", "max"], "unknown --pool 'max'"),
+    ("export", ["--label-type", "medium"], "unknown --label-type 'medium'"),
+    ("predict", ["image.png", "--top-k", "0"], "--top-k must be at least 1, got 0"),
 ])
 def test_bad_probe_options_are_one_line(tmp_path, command, flags, message):
     from latentprobe.cli import main

@@ -43,12 +43,11 @@ def cmd_train(args) -> None:
 
 
 def cmd_probe(args) -> None:
-    from latentprobe.distributed import local_device
     from latentprobe.probe import ProbeConfig, probe_run
     from latentprobe.report import write_probe_figures
 
     cfg = configuration.resolve(ProbeConfig, args)
-    record = probe_run(args.run, cfg, local_device(args.device), data_dir=args.data_dir, pool=args.pool)
+    record = probe_run(args.run, cfg)
     write_probe_figures(Path(args.run), record)
     print(f"{args.run}: {cfg.head} detector on {record['latent_dim']}-d latents: validation accuracy "
           f"{record['val_acc']:.4f}, test accuracy {record['test_acc']:.4f} (epoch {record['best_epoch']})")
@@ -77,14 +76,14 @@ def cmd_compare(args) -> None:
 
 
 def cmd_export(args) -> None:
-    from latentprobe.export import export_features
-    export_features(Path(args.run), args.split, args.source, args.out, args.label_type, args.device, args.data_dir,
-                    args.pool)
+    from latentprobe.export import ExportConfig, export_features
+    export_features(Path(args.run), **configuration.to_dict(configuration.resolve(ExportConfig, args)))
 
 
 def cmd_predict(args) -> None:
-    from latentprobe.export import predict_files
-    failed = predict_files(Path(args.run), [Path(p) for p in args.images], args.top_k, args.label_type, args.device)
+    from latentprobe.export import PredictConfig, predict_files
+    cfg = configuration.resolve(PredictConfig, args)
+    failed = predict_files(Path(args.run), [Path(p) for p in args.images], **configuration.to_dict(cfg))
     if failed:
         sys.exit(f"error: {failed} of {len(args.images)} image(s) could not be read")
 
@@ -130,10 +129,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     probe = commands.add_parser("probe", help="train the detector on a run's cached latents")
     probe.add_argument("run", help="run directory made by `latentprobe train`")
-    probe.add_argument("--data-dir", default=None, help="folder holding the CIFAR folders")
-    probe.add_argument("--device", default="auto")
-    probe.add_argument("--pool", default=None, choices=["cls", "mean"],
-                       help="ViT encoders: read the CLS token or the mean of the patch tokens (default: the run's)")
     configuration.add_config_arguments(probe, ProbeConfig)
     probe.set_defaults(handler=cmd_probe)
 
@@ -147,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from latentprobe.compare import CompareConfig
     from latentprobe.evaluate import EvalConfig
+    from latentprobe.export import ExportConfig, PredictConfig
     evaluate = commands.add_parser("evaluate", help="linear / MLP / kNN probes and baselines, repeated seeds")
     evaluate.add_argument("runs", nargs="+", help="run directories made by `latentprobe train`")
     configuration.add_config_arguments(evaluate, EvalConfig)
@@ -159,21 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", help="write a split's features, labels and class names to .npz")
     export.add_argument("run")
-    export.add_argument("--split", default="test", choices=["train", "val", "test"])
-    export.add_argument("--source", default="encoder", choices=["encoder", "random", "pca", "pixels"])
-    export.add_argument("--out", default=None, help="file to write (default: RUN/features_SPLIT.npz)")
-    export.add_argument("--label-type", default="fine", choices=["fine", "coarse"])
-    export.add_argument("--data-dir", default=None)
-    export.add_argument("--device", default="auto")
-    export.add_argument("--pool", default=None, choices=["cls", "mean"], help="ViT token pooling (default: the run's)")
+    configuration.add_config_arguments(export, ExportConfig)
     export.set_defaults(handler=cmd_export)
 
     predict = commands.add_parser("predict", help="classify image files with a run's encoder + classifier")
     predict.add_argument("run")
     predict.add_argument("images", nargs="+", help="image files of any size and mode")
-    predict.add_argument("--top-k", type=int, default=3)
-    predict.add_argument("--label-type", default="fine", choices=["fine", "coarse"])
-    predict.add_argument("--device", default="auto")
+    configuration.add_config_arguments(predict, PredictConfig)
     predict.set_defaults(handler=cmd_predict)
 
     models = commands.add_parser("models", help="list the registered models")

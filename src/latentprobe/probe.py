@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from latentprobe.config import require_at_least_one
 from latentprobe.data import batch_indices
+from latentprobe.distributed import local_device
 from latentprobe.engine import lr_at
 from latentprobe.features import FeatureSet, run_features
 from latentprobe.metrics import confusion_matrix, precision_recall
@@ -71,10 +72,16 @@ class ProbeConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     seed: int = 0
+    pool: str | None = field(default=None, metadata={"help": "ViT encoders: cls or mean token pooling "
+                                                             "(default: the run's)"})
+    data_dir: str | None = field(default=None, metadata={"help": "folder holding the CIFAR folders"})
+    device: str = "auto"
 
     def __post_init__(self):
         if self.head not in HEADS:
             raise ValueError(f"unknown probe head {self.head!r}; use one of {', '.join(HEADS)}")
+        if self.pool not in (None, "cls", "mean"):
+            raise ValueError(f"unknown --pool {self.pool!r}; use cls or mean")
         require_at_least_one(self, "epochs", "batch_size")
 
 
@@ -192,8 +199,8 @@ def probe_and_save(features: FeatureSet, cfg: ProbeConfig, directory: Path, devi
     return record
 
 
-def probe_run(run: Run | Path | str, cfg: ProbeConfig, device, data_dir: str | None = None,
-              pool: str | None = None) -> dict:
+def probe_run(run: Run | Path | str, cfg: ProbeConfig) -> dict:
     """``latentprobe probe``: the run's cached latents (extracted on the first call), one head, one seed."""
-    run = Run.of(run)
-    return probe_and_save(run_features(run, device, data_dir, pool=pool), cfg, run.path, device, pool=pool)
+    run, device = Run.of(run), local_device(cfg.device)
+    features = run_features(run, device, cfg.data_dir, pool=cfg.pool)
+    return probe_and_save(features, cfg, run.path, device, pool=cfg.pool)
