@@ -106,6 +106,14 @@ def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float)
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
+def parallel_objective(objective: nn.Module, world_size: int, compile_mode: str | None) -> nn.Module:
+    """The objective as the epoch steps it: in DDP across ranks when there are several, then
+    compiled when ``compile_mode`` is given."""
+    if world_size > 1:
+        objective = nn.parallel.DistributedDataParallel(objective)
+    return compile_objective(objective, compile_mode) if compile_mode else objective
+
+
 def compile_objective(objective: nn.Module, mode: str = "default") -> nn.Module:
     """``torch.compile`` the training step (forward and backward); ``reduce-overhead`` also
     replays it as a CUDA graph, which removes the per-kernel launch cost of small models.

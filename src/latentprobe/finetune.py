@@ -28,7 +28,7 @@ from latentprobe.checkpoint import CLASSIFIER, CheckpointError, load_checkpoint,
 from latentprobe.data import Normalizer, batch_indices, take
 from latentprobe.distributed import (barrier, check_device, init_distributed, is_main_process, local_device,
                                      mean_across_ranks)
-from latentprobe.engine import (COMPILE_MODES, autocast, compile_objective, lr_at, param_groups, seed_epoch,
+from latentprobe.engine import (COMPILE_MODES, autocast, lr_at, parallel_objective, param_groups, seed_epoch,
                                 train_one_epoch)
 from latentprobe.metrics import confusion_matrix, precision_recall
 from latentprobe.models import create_model
@@ -209,11 +209,8 @@ def _finetune(run: Run, cfg: FinetuneConfig) -> dict:
     if main:
         configuration.save_resolved(cfg, out)
         write_jsonl(out / METRICS, history)
-    objective = ClassificationObjective(classifier, cfg.label_smoothing)
-    if world_size > 1:
-        objective = torch.nn.parallel.DistributedDataParallel(objective)
-    if cfg.compile:
-        objective = compile_objective(objective, cfg.compile_mode)
+    objective = parallel_objective(ClassificationObjective(classifier, cfg.label_smoothing), world_size,
+                                   cfg.compile_mode if cfg.compile else None)
     normalizer = Normalizer(source["train_config"]["dataset"], device)
     steps_per_epoch = -(-(len(splits["train"]) // world_size) // cfg.batch_size)
     total_steps, warmup_steps = cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)

@@ -17,8 +17,8 @@ from latentprobe.checkpoint import AUTOENCODER, CheckpointError, load_checkpoint
 from latentprobe.data import Normalizer, load_split, take, train_val_split
 from latentprobe.distributed import (barrier, check_device, init_distributed, is_main_process, local_device,
                                      mean_across_ranks)
-from latentprobe.engine import (COMPILE_MODES, OPTIMIZERS, SCHEDULES, Objective, build_optimizer, compile_objective,
-                                evaluate_reconstruction, lr_at, prepare_model, seed_epoch, train_one_epoch)
+from latentprobe.engine import (COMPILE_MODES, OPTIMIZERS, SCHEDULES, Objective, build_optimizer, evaluate_reconstruction,
+                                lr_at, parallel_objective, prepare_model, seed_epoch, train_one_epoch)
 from latentprobe.models import create_model
 from latentprobe.plots import image_grid, line_chart
 from latentprobe.runs import CHECKPOINT, METRICS, TensorBoard, append_jsonl, exclusive, read_jsonl, write_jsonl
@@ -178,11 +178,7 @@ def _train(cfg: TrainConfig, run_dir: Path, model, optimizer, peak_lr: float, tr
         prepare_model(model, train_split.images, normalizer, cfg.seed)
     grid_images = normalizer(val_split.images[:8])
 
-    objective = Objective(model)
-    if world_size > 1:
-        objective = torch.nn.parallel.DistributedDataParallel(objective)
-    if cfg.compile:
-        objective = compile_objective(objective, cfg.compile_mode)
+    objective = parallel_objective(Objective(model), world_size, cfg.compile_mode if cfg.compile else None)
     steps_per_epoch = -(-(len(train_split) // world_size) // (cfg.batch_size * cfg.accum_steps))
     total_steps, warmup_steps = cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)
 
