@@ -4,7 +4,8 @@ import pytest
 from conftest import write_cifar10, write_cifar100
 from eval_helpers import fast_config, train_tiny_run
 
-from latentprobe.compare import CompareConfig, collect_rows, fmt, write_comparison
+from latentprobe.compare import CompareConfig, fmt, write_comparison
+from latentprobe.results import collect_rows
 from latentprobe.evaluate import cpu_threads, evaluate_run, load_eval
 from latentprobe.runs import write_json
 

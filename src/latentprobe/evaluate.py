@@ -24,7 +24,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from latentprobe import config as configuration
@@ -33,7 +32,7 @@ from latentprobe.distributed import local_device
 from latentprobe.engine import SCHEDULES
 from latentprobe.features import FeatureSet, pixel_features, representation_features
 from latentprobe.knn import knn_predict
-from latentprobe.metrics import confusion_matrix
+from latentprobe.metrics import confusion_matrix, mean_std
 from latentprobe.probe import HEADS, fit_head, predict
 from latentprobe.runs import Run, write_json
 
@@ -81,10 +80,7 @@ class EvalConfig:
 
 
 def _summary(values: list[float]) -> dict:
-    """Mean, sample std (0 for a single value) and count."""
-    array = np.asarray(values, dtype=float)
-    return {"mean": float(array.mean()), "std": float(array.std(ddof=1)) if len(array) > 1 else 0.0,
-            "n": len(array)}
+    return dict(zip(("mean", "std", "n"), mean_std(values)))
 
 
 def _fit(kind: str, train, val, num_classes: int, cfg: EvalConfig, *, lr: float, weight_decay: float, seed: int):

@@ -28,3 +28,9 @@ def most_confused(matrix: np.ndarray, class_names: list[str], top: int = 5) -> l
     return [(class_names[i], class_names[j], int(off[i, j])) for i, j in pairs if off[i, j] > 0]
 
 
+
+
+def mean_std(values) -> tuple[float, float, int]:
+    """Mean, sample standard deviation (0 for a single value) and count."""
+    array = np.asarray(values, dtype=float)
+    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0, len(array)
