@@ -181,6 +181,19 @@ def test_a_yaml_value_of_the_wrong_type_is_one_line(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_yaml_tag_in_model_args_is_refused_in_one_line(tmp_path, capsys):
+    from latentprobe.cli import main
+
+    (tmp_path / "config.yaml").write_text("model_args:\n  c1: !!python/object/apply:os.system ['true']\n")
+    with pytest.raises(SystemExit, match="cannot read config file"):  # safe_load: no object is ever built
+        main(["train", "--config", str(tmp_path / "config.yaml"), "--out", str(tmp_path / "run")])
+    with pytest.raises(SystemExit):
+        main(["train", "--model-args", "c1=!!python/object/apply:os.system", "--out", str(tmp_path / "run")])
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "c1: '!!python/object/apply:os.system' is not a plain value" in error
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_second_writer_is_refused_with_the_holders_pid(cifar10_root, tmp_path):
     """While one process holds the run directory, another `train` gets one line and writes nothing."""
     import os

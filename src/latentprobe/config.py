@@ -39,7 +39,12 @@ def parse_mapping(text: str) -> dict:
         key, sep, value = item.partition("=")
         if not sep:
             raise argparse.ArgumentTypeError(f"expected key=value, got {item!r}")
-        mapping[key] = yaml.safe_load(value)
+        try:
+            mapping[key] = yaml.safe_load(value)
+        except yaml.YAMLError as err:  # e.g. a !!python tag: safe_load builds plain values only
+            problem = str(err).splitlines()[0]
+            raise argparse.ArgumentTypeError(f"{key}: {value!r} is not a plain value ({problem}); use numbers, "
+                                             f"true/false or text") from None
     return mapping
 
 
