@@ -32,6 +32,11 @@ def test_a_run_knows_its_files_model_and_splits(tmp_path):
         run.model_config(pool="mean")
     with pytest.raises(CheckpointError, match="no checkpoint"):
         Run(tmp_path / "empty").checkpoint
+    from latentprobe.checkpoint import save_checkpoint
+    save_checkpoint(tmp_path / "bare" / "checkpoint.pt", kind="autoencoder", model_name="conv_ae",
+                    model=run.checkpoint["model"], epoch=1)  # no configs
+    with pytest.raises(CheckpointError, match="lacks model_config, train_config: it was not written by"):
+        Run(tmp_path / "bare").model()
 
 
 def _features(dim: int = 6) -> FeatureSet:

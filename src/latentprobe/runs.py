@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from latentprobe.checkpoint import AUTOENCODER, load_checkpoint
+from latentprobe.checkpoint import AUTOENCODER, CheckpointError, load_checkpoint
 from latentprobe.data import Split, load_split, take, train_val_split
 from latentprobe.models import create_model
 
@@ -81,7 +81,12 @@ class Run:
 
     @cached_property
     def checkpoint(self) -> dict:
-        return load_checkpoint(self.checkpoint_file, kind=AUTOENCODER)
+        checkpoint = load_checkpoint(self.checkpoint_file, kind=AUTOENCODER)
+        missing = [k for k in ("model_name", "model_config", "train_config", "model", "epoch") if k not in checkpoint]
+        if missing:
+            raise CheckpointError(f"{self.checkpoint_file} lacks {', '.join(missing)}: it was not written by "
+                                  f"`latentprobe train`; train the run again into a new --out")
+        return checkpoint
 
     @property
     def train_config(self) -> dict:
