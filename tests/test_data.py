@@ -101,7 +101,7 @@ def test_download_checksum_mismatch_leaves_nothing(cifar10_root, tmp_path):
     target = tmp_path / "fresh"
     with pytest.raises(DataError, match="checksum mismatch"):
         download_dataset(data.DATASETS["cifar10"], target, url=archive.as_uri(), md5="0" * 32)
-    assert list(target.iterdir()) == []
+    assert not target.exists()  # the folder it made for the download goes too
 
 
 def test_download_unreachable_is_a_clear_error(tmp_path):
@@ -136,3 +136,94 @@ def test_normalise_and_augment_on_batches():
     assert out.shape == x.shape
     unpadded = augment(x, torch.Generator().manual_seed(0), pad=0)
     assert all(torch.equal(u, v) or torch.equal(u, v.flip(2)) for u, v in zip(unpadded, x))
+
+
+def _rewrite(path, **changes) -> None:
+    record = data.read_batch_file(path)
+    record.update(changes)
+    with open(path, "wb") as f:
+        pickle.dump(record, f)
+
+
+@pytest.mark.parametrize("labels, message", [
+    ([0.0, 1.7, 2.0] + [0] * 47, "labels must be integers, got float64"),  # 1.7 is no class, not class 1
+    (["3"] * 50, "labels must be integers, got <U1"),
+    ([[0, 1], [2]] + [0] * 48, "labels is not a list of integers"),
+])
+def test_labels_that_are_not_integers_are_refused_naming_the_file(cifar10_root, labels, message):
+    _rewrite(cifar10_root / "cifar-10-batches-py" / "test_batch", labels=labels)
+    with pytest.raises(DataError, match=f"test_batch: {message}"):
+        load_split("cifar10", "test", cifar10_root, download=False)
+
+
+@pytest.mark.parametrize("names", [7, "airplane", [1, 2, 3]])
+def test_class_names_that_are_not_a_list_of_names_are_refused(cifar10_root, names):
+    _rewrite(cifar10_root / "cifar-10-batches-py" / "batches.meta", label_names=names)
+    with pytest.raises(DataError, match="batches.meta: label_names must be a list of class names"):
+        load_split("cifar10", "test", cifar10_root, download=False)
+
+
+def test_a_frame_claiming_2_to_the_50_bytes_is_a_corrupt_file(cifar10_root):
+    path = cifar10_root / "cifar-10-batches-py" / "test_batch"
+    for size in (2**50, 2**63 - 1):  # an 11-byte file: PROTO 4, FRAME <size>
+        path.write_bytes(b"\x80\x04\x95" + size.to_bytes(8, "little"))
+        with pytest.raises(DataError, match="test_batch is truncated or corrupt"):
+            load_split("cifar10", "test", cifar10_root, download=False)
+
+
+def test_a_huge_memo_index_allocates_nothing(cifar10_root):
+    path = cifar10_root / "cifar-10-batches-py" / "test_batch"
+    path.write_bytes(b"\x80\x02}r\xff\xff\xff\x7f.")  # EMPTY_DICT, LONG_BINPUT 2**31 - 1, STOP
+    with pytest.raises(DataError, match="does not hold a CIFAR batch dict|has no 'data' entry"):
+        load_split("cifar10", "test", cifar10_root, download=False)
+
+
+def test_fuzzed_batch_files_fail_with_the_one_line_data_error(tmp_path):
+    """A fixed-seed fuzz of the batch reader: bytes flipped, cut, inserted, or overwritten with
+    huge sizes, in a data file and in batches.meta. Every failure is a one-line DataError."""
+    import random
+
+    from conftest import write_cifar10
+
+    root = write_cifar10(tmp_path / "data", per_batch=2, test=3)
+    rng, failures = random.Random(0), 0
+    for name in ("test_batch", "batches.meta"):
+        path = root / "cifar-10-batches-py" / name
+        original = path.read_bytes()
+        for _ in range(1500):
+            mutated, at = bytearray(original), rng.randrange(len(original))
+            operation = rng.randrange(4)
+            if operation == 0:
+                mutated[at] = rng.randrange(256)
+            elif operation == 1:
+                mutated = mutated[:at]
+            elif operation == 2:
+                mutated[at:at] = rng.randbytes(rng.randint(1, 9))
+            else:
+                mutated[at:at + 8] = rng.choice([2**31, 2**50, 2**63 - 1]).to_bytes(8, "little")
+            path.write_bytes(bytes(mutated))
+            try:
+                load_split("cifar10", "test", root, download=False)
+            except DataError as err:
+                assert "\n" not in str(err) and "cifar-10-batches-py" in str(err)  # names the file or folder
+                failures += 1
+        path.write_bytes(original)
+    assert failures > 1000  # most mutations break the file; each break was the data error
+
+
+def test_a_failed_download_into_a_new_folder_leaves_no_folder(tmp_path):
+    typo = tmp_path / "dta" / "cifar"
+    with pytest.raises(DataError, match="could not download"):
+        download_dataset(data.DATASETS["cifar10"], typo, url=(tmp_path / "nope.tar.gz").as_uri())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_archive_that_will_not_unpack_names_no_folder_to_delete(tmp_path):
+    archive = tmp_path / "archive.tar.gz"
+    archive.write_bytes(b"not a tar archive at all" * 10)
+    target = tmp_path / "data"
+    target.mkdir()
+    with pytest.raises(DataError, match="could not unpack .*nothing was kept in"):
+        download_dataset(data.DATASETS["cifar10"], target, url=archive.as_uri(),
+                         md5=hashlib.md5(archive.read_bytes()).hexdigest())
+    assert list(target.iterdir()) == []

@@ -8,7 +8,7 @@ from latentprobe.checkpoint import load_checkpoint
 from latentprobe.data import Normalizer
 from latentprobe.evaluate import evaluate_run, load_eval
 from latentprobe.features import FeatureSet, extract, pca_features, random_encoder_features
-from latentprobe.runs import run_splits
+from latentprobe.runs import Run, run_splits
 from latentprobe.pretrain import TrainConfig, build_model
 from latentprobe.probe import MLPHead, fit_head
 
@@ -89,7 +89,7 @@ def test_random_baseline_is_the_initialisation_pretraining_started_from(evaluate
     start = build_model(cfg).eval()
     splits = run_splits(checkpoint["train_config"], str(data))
     expected = extract(start.encode, splits["test"].images, Normalizer("cifar10"))
-    got = random_encoder_features(run, torch.device("cpu"), str(data))
+    got = random_encoder_features(Run(run, str(data)), torch.device("cpu"))
     assert torch.allclose(got.features["test"], expected)
 
 
@@ -186,3 +186,18 @@ def test_bad_probe_options_are_one_line(tmp_path, command, flags, message):
         main([command, str(tmp_path / "run"), *flags])
     assert str(stop.value.code).startswith("error: ") and message in str(stop.value.code)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("command", ["evaluate", "probe", "export"])
+def test_no_download_with_a_mistyped_data_dir_is_one_line_and_creates_nothing(tmp_path, command):
+    """The run was trained with download on; `--no-download` overrides it for this command, so a
+    typo in --data-dir is named at once instead of starting a download into a new folder."""
+    from latentprobe.cli import main
+
+    run = train_tiny_run(write_cifar10(tmp_path / "data", per_batch=20, test=20), tmp_path / "run")
+    (run / "features.pt").unlink(missing_ok=True)
+    typo = tmp_path / "dta"
+    with pytest.raises(SystemExit) as stop:
+        main([command, str(run), "--data-dir", str(typo), "--no-download"])
+    assert str(stop.value.code).startswith("error: ") and "dta/cifar-10-batches-py not found" in str(stop.value.code)
+    assert "\n" not in str(stop.value.code) and not typo.exists()

@@ -24,7 +24,7 @@ def test_a_run_knows_its_files_model_and_splits(tmp_path):
     assert run.model_name == "conv_ae" and run.probed_epoch == run.checkpoint["best_epoch"]
     model = run.model("cpu")
     assert not model.training and model.latent_dim == 16
-    splits = run.splits(str(data))
+    splits = Run.of(run, str(data)).splits()
     assert [len(splits[s]) for s in ("train", "val", "test")] == [140, 60, 50]
     assert [m["epoch"] for m in run.metrics()] == list(range(1, run.checkpoint["epoch"] + 1))
     assert Run.of(run) is run and Run.of(str(run.path)).path == run.path

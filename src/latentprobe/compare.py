@@ -21,19 +21,18 @@ from latentprobe.features import run_features
 from latentprobe.metrics import mean_std, most_confused, precision_recall
 from latentprobe.plots import confusion_heatmap, grouped_bars, scatter_maps
 from latentprobe.results import Row, collect_rows
-from latentprobe.runs import write_json
+from latentprobe.runs import RunData, write_json
 
 PROBE_NAMES = {"linear": "linear", "bn_linear": "linear+BN", "mlp": "MLP"}
 MANY_CLASSES = 20  # above this, Markdown lists the top confusions instead of the full matrix
 
 
 @dataclass
-class CompareConfig:
+class CompareConfig(RunData):
     out: str = field(default="runs/compare", metadata={"help": "folder for report.md, report.html, figures/"})
     label_type: str = field(default="fine", metadata={"help": "fine, or coarse (CIFAR-100)"})
     tsne_points: int = field(default=2000, metadata={"help": "test latents per t-SNE map (0: no map)"})
     title: str = "Which representation makes the best detector?"
-    data_dir: str | None = field(default=None, metadata={"help": "only if features must be re-extracted"})
     device: str = "auto"
 
 
@@ -192,7 +191,7 @@ def _tsne_maps(rows: list[Row], cfg: CompareConfig, figures: Path) -> list:
     device = local_device(cfg.device)
     maps, class_names = {}, None
     for row in (r for r in rows if r.kind == "encoder"):
-        data = run_features(row.evals[0]["run"], device, cfg.data_dir, cfg.label_type)
+        data = run_features(cfg.run(row.evals[0]["run"]), device, cfg.label_type)
         class_names = data.class_names
         generator = torch.Generator().manual_seed(0)  # the same test images in every map
         take = torch.randperm(len(data.labels["test"]), generator=generator)[:cfg.tsne_points]

@@ -64,6 +64,11 @@ def _field_parser(annotation):
     return annotation
 
 
+def _is_bool(annotation) -> bool:
+    """``bool`` or ``bool | None`` (None: decided elsewhere, e.g. by the run's own setting)."""
+    return annotation is bool or set(get_args(annotation)) == {bool, type(None)}
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, config_cls) -> None:
     """One ``--flag`` per dataclass field (underscores become dashes), plus ``--config``."""
     parser.add_argument("--config", type=Path, help="YAML file with any of the options below")
@@ -78,10 +83,10 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls) -> None:
             dest=field.name,
             type=_field_parser(hints[field.name]),
             default=argparse.SUPPRESS,
-            metavar=field.name.upper() if hints[field.name] is not bool else "BOOL",
-            help=f"{help_text} (default: {default})".strip(),
+            metavar=field.name.upper() if not _is_bool(hints[field.name]) else "BOOL",
+            help=help_text if "(default:" in help_text else f"{help_text} (default: {default})".strip(),
         )
-        if hints[field.name] is bool:
+        if _is_bool(hints[field.name]):
             parser.add_argument("--no-" + field.name.replace("_", "-"), dest=field.name,
                                 action="store_false", default=argparse.SUPPRESS,
                                 help=f"same as --{field.name.replace('_', '-')} false")

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from latentprobe.download import DataError, download_dataset
+from latentprobe.download import DataError, download_dataset, one_line
 
 
 @dataclass(frozen=True)
@@ -94,10 +94,12 @@ class _ForbiddenGlobal(pickle.UnpicklingError):
     pass
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
+class _RestrictedUnpickler(pickle._Unpickler):
     """Admits only what CIFAR batch files contain: dicts, lists, strings, numbers and numpy
     arrays. Any other global (``os.system``, ``builtins.eval``, …) is refused, so a planted
-    file cannot run code."""
+    file cannot run code. The pure-Python unpickler over the file's bytes, not the C one over
+    the file: its memo is a dict and its reads stop at the end of the bytes, so a mangled file
+    claiming a memo slot or a frame of 2**50 cannot make it allocate gigabytes."""
 
     _ALLOWED = {
         ("numpy.core.multiarray", "_reconstruct"),  # numpy 1 pickles (the official files)
@@ -119,14 +121,13 @@ def read_batch_file(path: Path) -> dict:
         raise DataError(f"{path} is missing; re-download the data set (drop --no-download) "
                         f"or point --data-dir / LATENTPROBE_DATA at a complete copy")
     try:
-        with open(path, "rb") as f:
-            loaded = _RestrictedUnpickler(io.BufferedReader(f), encoding="latin1").load()
+        loaded = _RestrictedUnpickler(io.BytesIO(path.read_bytes()), encoding="latin1").load()
     except _ForbiddenGlobal as err:
         raise DataError(f"{path} is not a plain CIFAR batch file ({err}); delete it and re-download")
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
-            KeyError) as err:
-        raise DataError(f"{path} is truncated or corrupt ({type(err).__name__}: {err}); "
-                        f"delete it and re-download")
+    except Exception as err:  # any failure to unpickle a data file (a frame claiming 2**50 bytes
+        # is a MemoryError or OverflowError, a mangled opcode anything at all) means a corrupt file
+        raise DataError(f"{path} is truncated or corrupt ({type(err).__name__}: {one_line(err)}); "
+                        f"delete it and re-download") from None
     if not isinstance(loaded, dict):
         raise DataError(f"{path} does not hold a CIFAR batch dict; delete it and re-download")
     return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in loaded.items()}
@@ -146,7 +147,14 @@ def _images_and_labels(path: Path, spec: DatasetSpec) -> tuple[np.ndarray, dict[
                         f"{data.shape}; delete it and re-download")
     labels = {}
     for key in filter(None, (spec.label_key, spec.coarse_label_key)):
-        values = np.asarray(_field(record, key, path), dtype=np.int64)
+        try:
+            values = np.asarray(_field(record, key, path))
+        except (ValueError, TypeError) as err:  # ragged or mixed lists
+            raise DataError(f"{path}: {key} is not a list of integers ({one_line(err)}); delete it and re-download")
+        if values.size and values.dtype.kind not in "iu":  # 1.7 is no class; "3" is text, not a label
+            raise DataError(f"{path}: {key} must be integers, got {values.dtype} values such as "
+                            f"{values.flat[0]!r}; delete it and re-download")
+        values = values.astype(np.int64)
         if values.shape != (len(data),):
             raise DataError(f"{path}: {len(data)} images but {values.size} {key}; "
                             f"delete it and re-download")
@@ -155,7 +163,11 @@ def _images_and_labels(path: Path, spec: DatasetSpec) -> tuple[np.ndarray, dict[
 
 
 def _names(meta: dict, key: str, path: Path) -> list[str]:
-    return [n.decode() if isinstance(n, bytes) else str(n) for n in _field(meta, key, path)]
+    names = _field(meta, key, path)
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, (str, bytes)) for n in names):
+        raise DataError(f"{path}: {key} must be a list of class names, got {type(names).__name__} "
+                        f"{str(names)[:60]}; delete it and re-download")
+    return [n.decode("latin1") if isinstance(n, bytes) else n for n in names]
 
 
 def load_split(dataset: str = "cifar10", split: str = "train", root: Path | None = None,

@@ -14,9 +14,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 
-
 class DataError(Exception):
     """Missing, truncated or malformed data; the message says which file and what to do."""
+
+
+def one_line(err: Exception) -> str:
+    """The first line of an exception's message (tarfile and numpy write several), at most 200 characters."""
+    return (str(err).splitlines() or [""])[0][:200]
 
 
 def md5sum(path: Path, chunk: int = 1 << 20) -> str:
@@ -38,7 +42,7 @@ def fetch(url: str, destination: Path) -> None:
                     out.write(block)
                     bar.update(len(block))
     except OSError as err:  # URLError, timeouts and disk errors are all OSErrors
-        raise DataError(f"could not download {url} ({err}); check the network, or download it "
+        raise DataError(f"could not download {url} ({one_line(err)}); check the network, or download it "
                         f"yourself and point --data-dir / LATENTPROBE_DATA at the unpacked folder")
 
 
@@ -47,7 +51,20 @@ def download_dataset(spec, root: Path, url: str | None = None, md5: str | None =
     ``archive_md5`` and ``folder``) into ``root``; returns the data folder."""
     url = url or spec.archive_url
     md5 = md5 or spec.archive_md5
+    created = [folder for folder in (root, *root.parents) if not folder.exists()]
     root.mkdir(parents=True, exist_ok=True)
+    try:
+        return _download_into(spec, root, url, md5)
+    except BaseException:
+        for folder in created:  # a mistyped --data-dir leaves no empty folders behind
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+
+
+def _download_into(spec, root: Path, url: str, md5: str) -> Path:
     with tempfile.TemporaryDirectory(dir=root, prefix=".download-") as tmp:
         archive = Path(tmp) / "archive.tar.gz"
         fetch(url, archive)
@@ -60,7 +77,8 @@ def download_dataset(spec, root: Path, url: str | None = None, md5: str | None =
             with tarfile.open(archive) as tar:
                 tar.extractall(unpacked, filter="data")  # refuses absolute paths and links out
         except (tarfile.TarError, OSError) as err:
-            raise DataError(f"could not unpack {url} ({err}); delete {root} and try again")
+            raise DataError(f"could not unpack {url} ({one_line(err)}); nothing was kept in {root}: free disk space "
+                            f"if it is full and try again")
         source = unpacked / spec.folder
         if not source.is_dir():
             raise DataError(f"{url} does not contain {spec.folder}/; it is not the CIFAR archive")

@@ -34,10 +34,10 @@ from latentprobe.features import FeatureSet, pixel_features, representation_feat
 from latentprobe.knn import knn_predict
 from latentprobe.metrics import confusion_matrix, mean_std
 from latentprobe.probe import HEADS, fit_head, predict
-from latentprobe.runs import Run, write_json
+from latentprobe.runs import Run, RunData, write_json
 
 @dataclass
-class EvalConfig:
+class EvalConfig(RunData):
     seeds: int = field(default=3, metadata={"help": "probe seeds 0..N-1 (init and batch order)"})
     probes: list[str] = field(default_factory=lambda: ["linear", "bn_linear", "mlp", "knn"],
                               metadata={"help": "linear, bn_linear, mlp, knn"})
@@ -55,7 +55,6 @@ class EvalConfig:
     label_type: str = field(default="fine", metadata={"help": "fine, or coarse (CIFAR-100)"})
     pool: str | None = field(default=None, metadata={"help": "ViT token pooling: cls or mean (default: the run's)"})
     threads: int | None = field(default=1, metadata={"help": "CPU threads (none: torch's default)"})
-    data_dir: str | None = field(default=None, metadata={"help": "folder holding the CIFAR folders"})
     device: str = "auto"
 
     def __post_init__(self):
@@ -73,7 +72,7 @@ class EvalConfig:
     def protocol(self) -> dict:
         """The settings that decide the numbers (a saved result is reused only if they match)."""
         protocol = {k: v for k, v in configuration.to_dict(self).items()
-                    if k not in ("baselines", "data_dir", "device", "threads")}
+                    if k not in ("baselines", "data_dir", "download", "device", "threads")}
         if protocol["schedule"] == "constant":  # results from before the option: constant lr
             del protocol["schedule"]
         return protocol
@@ -203,7 +202,7 @@ def cpu_threads(count: int | None):
 
 def evaluate_run(run: Run | Path | str, cfg: EvalConfig) -> dict:
     """Evaluate (or continue evaluating) one run; returns the eval.json record."""
-    run = Run.of(run)
+    run = cfg.run(run)
     with cpu_threads(cfg.threads), run.exclusive():
         return _evaluate_run(run, cfg)
 
@@ -234,8 +233,8 @@ def _evaluate_run(run: Run, cfg: EvalConfig) -> dict:
             continue
         started, cpu_started = time.perf_counter(), time.process_time()
         if name in ("pca", "pixels") and pixels is None:  # one pixel FeatureSet serves both
-            pixels = pixel_features(run.splits(cfg.data_dir, cfg.label_type), device)
-        data = representation_features(run, name, device, cfg.data_dir, cfg.label_type, pixels=pixels,
+            pixels = pixel_features(run.splits(cfg.label_type), device)
+        data = representation_features(run, name, device, cfg.label_type, pixels=pixels,
                                        pool=cfg.pool)
         result, heads = evaluate_features(data, cfg, device)
         # wall and CPU (all threads) seconds: on a shared machine the two tell different stories

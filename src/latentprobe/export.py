@@ -22,19 +22,18 @@ from latentprobe.data import Normalizer
 from latentprobe.distributed import local_device
 from latentprobe.features import REPRESENTATIONS, representation_features
 from latentprobe.probe import build_head
-from latentprobe.runs import SPLITS, Run
+from latentprobe.runs import SPLITS, Run, RunData
 
 IMAGE_SIZE = 32
 LABEL_TYPES = ("fine", "coarse")
 
 
 @dataclass
-class ExportConfig:
+class ExportConfig(RunData):
     split: str = field(default="test", metadata={"help": "train, val or test"})
     source: str = field(default="encoder", metadata={"help": "encoder, random, pca or pixels"})
     out: str | None = field(default=None, metadata={"help": "file to write (default: RUN/features_SPLIT.npz)"})
     label_type: str = field(default="fine", metadata={"help": "fine, or coarse (CIFAR-100)"})
-    data_dir: str | None = field(default=None, metadata={"help": "folder holding the CIFAR folders"})
     device: str = "auto"
     pool: str | None = field(default=None, metadata={"help": "ViT token pooling: cls or mean (default: the run's)"})
 
@@ -58,15 +57,15 @@ class PredictConfig:
 
 def export_features(run: Run | Path | str, split: str = "test", source: str = "encoder", out: Path | None = None,
                     label_type: str = "fine", device: str = "auto", data_dir: str | None = None,
-                    pool: str | None = None) -> Path:
+                    download: bool | None = None, pool: str | None = None) -> Path:
     """Write ``split`` of ``source`` (encoder, random, pca, pixels) of a run to an .npz; returns its path."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
     if source not in REPRESENTATIONS:
         raise ValueError(f"unknown source {source!r}; use one of {', '.join(REPRESENTATIONS)}")
-    run = Run.of(run)
+    run = Run.of(run, data_dir, download)
     run_dir = run.path
-    data = representation_features(run, source, local_device(device), data_dir, label_type, pool=pool)
+    data = representation_features(run, source, local_device(device), label_type, pool=pool)
     suffix = "" if source == "encoder" else f"_{source}"
     suffix += "" if label_type == "fine" else f"_{label_type}"
     out = Path(out) if out else run_dir / f"features_{split}{suffix}.npz"

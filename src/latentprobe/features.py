@@ -63,8 +63,8 @@ def _save_cache(path: Path, key: dict, feature_set: FeatureSet) -> None:
     tmp.replace(path)
 
 
-def _encode_splits(model, run: Run, device, data_dir, label_type) -> FeatureSet:
-    splits = run.splits(data_dir, label_type)
+def _encode_splits(model, run: Run, device, label_type) -> FeatureSet:
+    splits = run.splits(label_type)
     normalizer = Normalizer(run.train_config["dataset"], device)
     features = {name: extract(model.encode, split.images.to(device), normalizer).cpu()
                 for name, split in splits.items()}
@@ -72,8 +72,8 @@ def _encode_splits(model, run: Run, device, data_dir, label_type) -> FeatureSet:
     return FeatureSet(features, labels, splits["train"].class_names)
 
 
-def run_features(run: Run, device: torch.device, data_dir: str | None = None,
-                 label_type: str = "fine", pool: str | None = None) -> FeatureSet:
+def run_features(run: Run, device: torch.device, label_type: str = "fine",
+                 pool: str | None = None) -> FeatureSet:
     """Cached features of a run's encoder, extracted on the first call (and again whenever
     the weights, data, labels or pooling asked for differ from the cached ones)."""
     run = Run.of(run)
@@ -82,13 +82,13 @@ def run_features(run: Run, device: torch.device, data_dir: str | None = None,
            "weights": weights_digest(model), "data": run.data_identity()}
     feature_set = _load_cache(run.features_file("encoder"), key)
     if feature_set is None:
-        feature_set = _encode_splits(model, run, device, data_dir, label_type)
+        feature_set = _encode_splits(model, run, device, label_type)
         _save_cache(run.features_file("encoder"), key, feature_set)
     return feature_set
 
 
-def random_encoder_features(run: Run, device: torch.device, data_dir: str | None = None,
-                            label_type: str = "fine", pool: str | None = None) -> FeatureSet:
+def random_encoder_features(run: Run, device: torch.device, label_type: str = "fine",
+                            pool: str | None = None) -> FeatureSet:
     """Baseline: the run's encoder with untrained weights, cached in ``features_random.pt``.
 
     The model is rebuilt from the checkpoint's ``model_config`` after seeding torch with the
@@ -103,9 +103,9 @@ def random_encoder_features(run: Run, device: torch.device, data_dir: str | None
     if feature_set is None:
         torch.manual_seed(seed)
         model = run.untrained_model(pool).to(device).eval()
-        train = run.splits(data_dir)["train"]  # statistics fitted before training, as train does
+        train = run.splits()["train"]  # statistics fitted before training, as train does
         prepare_model(model, train.images.to(device), Normalizer(run.train_config["dataset"], device), seed)
-        feature_set = _encode_splits(model, run, device, data_dir, label_type)
+        feature_set = _encode_splits(model, run, device, label_type)
         _save_cache(run.features_file("random"), key, feature_set)
     return feature_set
 
@@ -139,22 +139,21 @@ def pca_features(pixels: FeatureSet, dim: int) -> FeatureSet:
 REPRESENTATIONS = ("encoder", "random", "pca", "pixels")
 
 
-def representation_features(run: Run, name: str, device: torch.device, data_dir: str | None = None,
-                            label_type: str = "fine", pixels: FeatureSet | None = None,
-                            pool: str | None = None) -> FeatureSet:
+def representation_features(run: Run, name: str, device: torch.device, label_type: str = "fine",
+                            pixels: FeatureSet | None = None, pool: str | None = None) -> FeatureSet:
     """Features of a run under one representation: its trained ``encoder``, the ``random``
     (untrained) encoder, ``pca`` of the pixels to the run's latent size, or raw ``pixels``.
     ``pixels`` may be passed in when the caller already has them; ``pool`` is the ViT token
     pooling of the two encoders (None: the run's own)."""
     run = Run.of(run)
     if name == "encoder":
-        return run_features(run, device, data_dir, label_type, pool)
+        return run_features(run, device, label_type, pool)
     if name == "random":
-        return random_encoder_features(run, device, data_dir, label_type, pool)
+        return random_encoder_features(run, device, label_type, pool)
     if name not in REPRESENTATIONS:
         raise ValueError(f"unknown representation {name!r}; use one of {', '.join(REPRESENTATIONS)}")
     if pixels is None:
-        pixels = pixel_features(run.splits(data_dir, label_type), device)
+        pixels = pixel_features(run.splits(label_type), device)
     if name == "pixels":
         return pixels
     return pca_features(pixels, run.untrained_model().latent_dim)

@@ -32,11 +32,11 @@ from latentprobe.engine import (COMPILE_MODES, autocast, lr_at, parallel_objecti
                                 train_one_epoch)
 from latentprobe.metrics import confusion_matrix, precision_recall
 from latentprobe.models import create_model
-from latentprobe.runs import CHECKPOINT, METRICS, Run, append_jsonl, write_json, write_jsonl
+from latentprobe.runs import CHECKPOINT, METRICS, Run, RunData, append_jsonl, write_json, write_jsonl
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(RunData):
     epochs: int = 10
     batch_size: int = 128
     base_lr: float = field(default=1e-3, metadata={"help": "lr = base_lr * effective batch / 256"})
@@ -49,7 +49,6 @@ class FinetuneConfig:
     freeze_encoder: bool = field(default=False, metadata={"help": "train the head only"})
     augment: bool = field(default=True, metadata={"help": "random crop + flip per batch"})
     subset: int | None = field(default=None, metadata={"help": "use at most this many training images"})
-    data_dir: str | None = None
     seed: int = 0
     device: str = "auto"
     compile: bool = field(default=False, metadata={"help": "torch.compile the training step"})
@@ -65,7 +64,7 @@ class FinetuneConfig:
 
 
 # Settings that may change when a fine-tuning run is continued.
-_RESUMABLE = {"epochs", "data_dir", "device", "out", "compile", "compile_mode"}
+_RESUMABLE = {"epochs", "data_dir", "download", "device", "out", "compile", "compile_mode"}
 
 
 class Classifier(nn.Module):
@@ -179,7 +178,7 @@ def _resume(out: Path, cfg: FinetuneConfig, run: Run, classifier, optimizer):
 
 def finetune(run: Run | Path | str, cfg: FinetuneConfig) -> dict:
     """Fine-tune (or continue fine-tuning) a classifier on RUN's encoder; returns the summary."""
-    run = Run.of(run)
+    run = cfg.run(run)
     with run.exclusive() if os.environ.get("RANK", "0") == "0" else nullcontext():  # rank 0 writes
         return _finetune(run, cfg)
 
@@ -189,7 +188,7 @@ def _finetune(run: Run, cfg: FinetuneConfig) -> dict:
     rank, world_size = init_distributed(device)
     out = Path(cfg.out) if cfg.out else run.finetune_dir(cfg.freeze_encoder)
     source = run.checkpoint
-    splits = run.splits(cfg.data_dir)
+    splits = run.splits()
     splits["train"] = take(splits["train"], cfg.subset, seed=cfg.seed)
     splits = {name: split.to(device) for name, split in splits.items()}
     class_names = splits["train"].class_names

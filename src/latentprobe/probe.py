@@ -26,7 +26,7 @@ from latentprobe.distributed import local_device
 from latentprobe.engine import lr_at
 from latentprobe.features import FeatureSet, run_features
 from latentprobe.metrics import confusion_matrix, precision_recall
-from latentprobe.runs import Run, write_json
+from latentprobe.runs import Run, RunData, write_json
 
 
 class LinearHead(nn.Module):
@@ -65,7 +65,7 @@ def build_head(kind: str, in_dim: int, num_classes: int, *, hidden: int = 512) -
 
 
 @dataclass
-class ProbeConfig:
+class ProbeConfig(RunData):
     head: str = field(default="linear", metadata={"help": "linear (the study's) or bn_linear"})
     epochs: int = 30
     batch_size: int = 256
@@ -74,7 +74,6 @@ class ProbeConfig:
     seed: int = 0
     pool: str | None = field(default=None, metadata={"help": "ViT encoders: cls or mean token pooling "
                                                              "(default: the run's)"})
-    data_dir: str | None = field(default=None, metadata={"help": "folder holding the CIFAR folders"})
     device: str = "auto"
 
     def __post_init__(self):
@@ -201,6 +200,6 @@ def probe_and_save(features: FeatureSet, cfg: ProbeConfig, directory: Path, devi
 
 def probe_run(run: Run | Path | str, cfg: ProbeConfig) -> dict:
     """``latentprobe probe``: the run's cached latents (extracted on the first call), one head, one seed."""
-    run, device = Run.of(run), local_device(cfg.device)
-    features = run_features(run, device, cfg.data_dir, pool=cfg.pool)
+    run, device = cfg.run(run), local_device(cfg.device)
+    features = run_features(run, device, pool=cfg.pool)
     return probe_and_save(features, cfg, run.path, device, pool=cfg.pool)

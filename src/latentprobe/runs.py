@@ -5,10 +5,12 @@ Metrics are one JSON object per epoch; plots and reports are made from these fil
 so a report can be rebuilt without retraining.
 """
 
+import copy
 import fcntl
 import json
 import os
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -28,17 +30,41 @@ SPLITS = ("train", "val", "test")
 _OLD_SIZE_NAMES = ("feature_dim", "dim")
 
 
+@dataclass
+class RunData:
+    """Where a command that reads a run finds its images: the options every such command shares."""
+    data_dir: str | None = field(default=None, metadata={"help": "folder holding the CIFAR folders "
+                                                                 "(default: the run's)"})
+    download: bool | None = field(default=None, metadata={"help": "download missing data (default: "
+                                                                  "the run's setting)"})
+
+    def run(self, run: "Run | Path | str") -> "Run":
+        """The Run of ``run``, reading its images from here."""
+        return Run.of(run, self.data_dir, self.download)
+
+
 class Run:
     """One pretraining run directory: its files, its checkpoint (read once), its model at the
     probed epoch, the data splits it was trained on, and its result files."""
 
-    def __init__(self, path: Path | str):
+    def __init__(self, path: Path | str, data_dir: str | None = None, download: bool | None = None):
+        """``data_dir`` / ``download``: where this session finds the run's images and whether it may
+        download them (None: as the run was trained)."""
         self.path = Path(path)
+        self.data_dir = data_dir
+        self.download = download
 
     @classmethod
-    def of(cls, run: "Run | Path | str") -> "Run":
-        """``run`` itself if it is a Run, else the Run of that directory."""
-        return run if isinstance(run, Run) else cls(run)
+    def of(cls, run: "Run | Path | str", data_dir: str | None = None, download: bool | None = None) -> "Run":
+        """``run`` itself if it is a Run (its data location replaced where given), else the Run of
+        that directory."""
+        if not isinstance(run, Run):
+            return cls(run, data_dir, download)
+        if data_dir is not None or download is not None:
+            run = copy.copy(run)  # keeps the checkpoint already read
+            run.data_dir = data_dir if data_dir is not None else run.data_dir
+            run.download = download if download is not None else run.download
+        return run
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
@@ -119,9 +145,9 @@ class Run:
         model.load_state_dict(self.checkpoint.get("best_model", self.checkpoint["model"]))
         return model.to(device).eval()
 
-    def splits(self, data_dir: str | None = None, label_type: str = "fine") -> dict[str, Split]:
+    def splits(self, label_type: str = "fine") -> dict[str, Split]:
         """The train (same subset), validation and test splits the run used."""
-        return run_splits(self.train_config, data_dir, label_type)
+        return run_splits(self.train_config, self.data_dir, label_type, self.download)
 
     def data_identity(self) -> dict:
         """The settings that decide which images the run's splits hold."""
@@ -151,12 +177,14 @@ class Run:
         return exclusive(self.path)
 
 
-def run_splits(train_config: dict, data_dir: str | None = None, label_type: str = "fine") -> dict[str, Split]:
-    """The train (same subset), validation and test splits of a run's training config."""
-    dataset = train_config["dataset"]
-    download = train_config.get("download", True)
-    train = load_split(dataset, "train", data_dir or train_config.get("data_dir"), download=download)
-    test = load_split(dataset, "test", data_dir or train_config.get("data_dir"), download=download)
+def run_splits(train_config: dict, data_dir: str | None = None, label_type: str = "fine",
+               download: bool | None = None) -> dict[str, Split]:
+    """The train (same subset), validation and test splits of a run's training config, read from
+    ``data_dir`` (None: the run's) and downloaded if missing when ``download`` (None: the run's)."""
+    dataset, root = train_config["dataset"], data_dir or train_config.get("data_dir")
+    download = train_config.get("download", True) if download is None else download
+    train = load_split(dataset, "train", root, download=download)
+    test = load_split(dataset, "test", root, download=download)
     train, val = train_val_split(train, train_config["val_size"], seed=train_config["seed"])
     train = take(train, train_config.get("subset"), seed=train_config["seed"])
     return {name: split.with_label_type(label_type) for name, split in zip(SPLITS, (train, val, test))}
