@@ -81,6 +81,24 @@ def test_load_image_takes_any_size_and_mode(images):
     assert (load_image(images["rgba"]) == 255).all()  # fully transparent → the white background
 
 
+def test_16_bit_and_float_images_are_scaled_not_clipped(tmp_path):
+    """Pillow's RGB conversion clips 16-bit and float pixels (a 16-bit PNG turned white); they are
+    read by their value range, so each equals the same picture saved with 8 bits."""
+    from PIL import Image
+
+    grey = np.tile(np.linspace(0, 255, 40).round().astype(np.uint8), (30, 1))  # a ramp, dark to light
+    Image.fromarray(grey).save(tmp_path / "8bit.png")
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "16bit.png")  # 255 → 65535
+    Image.fromarray(grey.astype(np.float32) / 255).save(tmp_path / "float.tiff")
+    expected = load_image(tmp_path / "8bit.png").int()
+    for name in ("16bit.png", "float.tiff"):
+        assert Image.open(tmp_path / name).mode != "RGB", name  # not a file Pillow reads as 8-bit
+        assert (load_image(tmp_path / name).int() - expected).abs().max() <= 1, name
+    Image.fromarray(grey.astype(np.float32)).save(tmp_path / "float255.tiff")  # floats beyond 0..1
+    with pytest.raises(ValueError, match=r"F pixels 0\.\.255 are outside 0\.\.1; save the image with 8 bits"):
+        load_image(tmp_path / "float255.tiff")
+
+
 def test_predict_prints_top_k_and_reports_bad_files(run, images, tmp_path, capsys):
     run_dir, _, _ = run
     broken = tmp_path / "broken.png"

@@ -125,9 +125,30 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(cifar10_root, tmp_path, mo
         return loss * float("nan"), reconstruction
 
     monkeypatch.setattr(ConvAutoencoder, "loss", diverging)
-    with pytest.raises(TrainingError, match="lower --lr"):
+    with pytest.raises(TrainingError, match="became nan .*last checkpoint .* was kept.*lower --lr, use a new --out"):
         train(_config(cifar10_root, tmp_path / "run", epochs=2))
     assert (run / "checkpoint.pt").read_bytes() == before
+    assert len(read_jsonl(run / "metrics.jsonl")) == 1
+
+
+def test_nan_loss_in_the_first_epoch_keeps_nothing_and_the_same_out_trains_again(cifar10_root, tmp_path,
+                                                                                 monkeypatch):
+    """No epoch finished: there is no checkpoint to keep, so the run this command made is removed
+    (not left empty), the message says so, and the advice (a lower --lr) works in the same --out.
+    A folder that existed before keeps what it held."""
+    original = ConvAutoencoder.loss
+    monkeypatch.setattr(ConvAutoencoder, "loss", lambda self, images: (original(self, images)[0] * float("nan"),
+                                                                       original(self, images)[1]))
+    with pytest.raises(TrainingError, match="no epoch finished, so nothing was kept in .*run again with a lower --lr"):
+        train(_config(cifar10_root, tmp_path / "run", epochs=1))
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    with pytest.raises(TrainingError, match="no epoch finished"):
+        train(_config(cifar10_root, tmp_path / "mine", epochs=1))
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+    monkeypatch.setattr(ConvAutoencoder, "loss", original)
+    run = train(_config(cifar10_root, tmp_path / "run", epochs=1, lr=1e-4))
     assert len(read_jsonl(run / "metrics.jsonl")) == 1
 
 

@@ -7,14 +7,18 @@ module's ``forward``; checkpoints always store the plain inner model.
 import ctypes
 import math
 import platform
+import shutil
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 from tqdm import tqdm
 
 from latentprobe.data import Normalizer, augment, batch_indices
+from latentprobe.distributed import is_main_process
+from latentprobe.runs import CHECKPOINT
 
 
 class TrainingError(Exception):
@@ -188,11 +192,33 @@ def train_one_epoch(objective: nn.Module, optimizer: torch.optim.Optimizer, imag
     mean_loss = (loss_sum / max(seen, 1)).item()  # the one host sync of the epoch
     seconds = time.perf_counter() - start
     if not math.isfinite(mean_loss):
-        raise TrainingError(f"the training loss became {mean_loss} in this epoch; lower --lr "
-                            f"(or check the data). The last good checkpoint was kept.")
+        raise TrainingError(f"the training loss became {mean_loss} in this epoch: the learning rate is "
+                            f"too high for this model (or the data is broken)")
     accuracy = {} if labels is None else {"train_acc": (correct / max(seen, 1)).item()}
     return {"train_loss": mean_loss, **accuracy, "images_per_s": seen * world_size / seconds,
             "epoch_seconds": seconds, "lr": lr, "steps": step}
+
+
+@contextmanager
+def explained_divergence(run_dir: Path, lr_option: str):
+    """A diverged run (``TrainingError``: the loss became NaN) says what it kept and how to go on.
+    Its checkpoint stays; a run with none yet is removed again (only what this command made in it),
+    so the same ``--out`` can be used at once with a lower learning rate."""
+    run_dir = Path(run_dir)
+    before = set(run_dir.iterdir()) if run_dir.is_dir() else None
+    try:
+        yield
+    except TrainingError as err:
+        if (run_dir / CHECKPOINT).exists():
+            raise TrainingError(f"{err}; the last checkpoint in {run_dir} was kept. A run's settings are fixed: "
+                                f"to train with a lower {lr_option}, use a new --out") from None
+        if is_main_process():  # the one writer removes what it made
+            for entry in set(run_dir.iterdir()) - (before or set()):
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+            if before is None:
+                run_dir.rmdir()
+        raise TrainingError(f"{err}; no epoch finished, so nothing was kept in {run_dir}: "
+                            f"run again with a lower {lr_option}") from None
 
 
 @torch.no_grad()

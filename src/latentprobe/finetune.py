@@ -28,8 +28,8 @@ from latentprobe.checkpoint import CLASSIFIER, CheckpointError, load_checkpoint,
 from latentprobe.data import Normalizer, batch_indices, take
 from latentprobe.distributed import (barrier, check_device, init_distributed, is_main_process, local_device,
                                      mean_across_ranks)
-from latentprobe.engine import (COMPILE_MODES, autocast, lr_at, parallel_objective, param_groups, seed_epoch,
-                                train_one_epoch)
+from latentprobe.engine import (COMPILE_MODES, autocast, explained_divergence, lr_at, parallel_objective,
+                                param_groups, seed_epoch, train_one_epoch)
 from latentprobe.metrics import confusion_matrix, precision_recall
 from latentprobe.models import create_model
 from latentprobe.runs import CHECKPOINT, METRICS, Run, RunData, append_jsonl, write_json, write_jsonl
@@ -179,14 +179,15 @@ def _resume(out: Path, cfg: FinetuneConfig, run: Run, classifier, optimizer):
 def finetune(run: Run | Path | str, cfg: FinetuneConfig) -> dict:
     """Fine-tune (or continue fine-tuning) a classifier on RUN's encoder; returns the summary."""
     run = cfg.run(run)
-    with run.exclusive() if os.environ.get("RANK", "0") == "0" else nullcontext():  # rank 0 writes
-        return _finetune(run, cfg)
+    out = Path(cfg.out) if cfg.out else run.finetune_dir(cfg.freeze_encoder)
+    writer = run.exclusive() if os.environ.get("RANK", "0") == "0" else nullcontext()  # rank 0 writes
+    with explained_divergence(out, "--base-lr"), writer:
+        return _finetune(run, cfg, out)
 
 
-def _finetune(run: Run, cfg: FinetuneConfig) -> dict:
+def _finetune(run: Run, cfg: FinetuneConfig, out: Path) -> dict:
     device = local_device(cfg.device)
     rank, world_size = init_distributed(device)
-    out = Path(cfg.out) if cfg.out else run.finetune_dir(cfg.freeze_encoder)
     source = run.checkpoint
     splits = run.splits()
     splits["train"] = take(splits["train"], cfg.subset, seed=cfg.seed)

@@ -17,8 +17,9 @@ from latentprobe.checkpoint import AUTOENCODER, CheckpointError, load_checkpoint
 from latentprobe.data import Normalizer, load_split, take, train_val_split
 from latentprobe.distributed import (barrier, check_device, init_distributed, is_main_process, local_device,
                                      mean_across_ranks)
-from latentprobe.engine import (COMPILE_MODES, OPTIMIZERS, SCHEDULES, Objective, build_optimizer, evaluate_reconstruction,
-                                lr_at, parallel_objective, prepare_model, seed_epoch, train_one_epoch)
+from latentprobe.engine import (COMPILE_MODES, OPTIMIZERS, SCHEDULES, Objective, build_optimizer,
+                                evaluate_reconstruction, explained_divergence, lr_at, parallel_objective,
+                                prepare_model, seed_epoch, train_one_epoch)
 from latentprobe.models import create_model
 from latentprobe.plots import image_grid, line_chart
 from latentprobe.runs import CHECKPOINT, METRICS, TensorBoard, append_jsonl, exclusive, read_jsonl, write_jsonl
@@ -154,7 +155,8 @@ def train(cfg: TrainConfig) -> Path:
     peak_lr = cfg.base_lr * effective_batch / 256 if cfg.base_lr is not None else cfg.lr
     optimizer = build_optimizer(model, cfg.optimizer, peak_lr, cfg.weight_decay)
     train_split, val_split = load_data(cfg, device)  # before writing anything: bad data leaves no run
-    with exclusive(run_dir) if is_main_process() else nullcontext():  # one writer; resume state read under it
+    writer = exclusive(run_dir) if is_main_process() else nullcontext()  # one writer; resume state read under it
+    with explained_divergence(run_dir, "--lr"), writer:  # a diverged run says what it kept
         return _train(cfg, run_dir, model, optimizer, peak_lr, train_split, val_split, rank, world_size)
 
 
