@@ -37,6 +37,23 @@ def test_a_run_knows_its_files_model_and_splits(tmp_path):
                     model=run.checkpoint["model"], epoch=1)  # no configs
     with pytest.raises(CheckpointError, match="lacks model_config, train_config: it was not written by"):
         Run(tmp_path / "bare").model()
+    from latentprobe.pretrain import TrainConfig, train
+    with pytest.raises(CheckpointError, match="lacks model_config, train_config"):  # resuming it: no KeyError
+        train(TrainConfig(model="conv_ae", data_dir=str(data), download=False, val_size=40, out=str(tmp_path / "bare")))
+
+
+def test_a_saved_config_with_a_yaml_tag_is_one_line_for_the_reports(tmp_path):
+    from latentprobe.cli import main
+
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / "config.yaml").write_text('config: !!python/object/apply:os.system ["echo hi"]\n')
+    with pytest.raises(SystemExit) as stop:
+        main(["report", str(tmp_path / "study")])
+    assert str(stop.value.code).startswith("error: cannot read") and "\n" not in str(stop.value.code)
+    assert "restore it or run the command again" in str(stop.value.code)
+    (tmp_path / "study" / "config.yaml").write_text("- a list\n")
+    with pytest.raises(SystemExit, match="holds no 'config' mapping"):
+        main(["report", str(tmp_path / "study")])
 
 
 def _features(dim: int = 6) -> FeatureSet:

@@ -139,14 +139,28 @@ def require_at_least_one(config, *names: str) -> None:
 def load_yaml(path: Path, names: set[str]) -> dict[str, Any]:
     try:
         loaded = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise SystemExit(f"error: cannot read config file {path}: {err}")
+    except (OSError, yaml.YAMLError) as err:  # a !!python tag too: safe_load builds plain values only
+        raise SystemExit(f"error: cannot read config file {path}: {' '.join(str(err).split())[:200]}")
     if not isinstance(loaded, dict):
         raise SystemExit(f"error: config file {path} must hold a mapping of option: value")
     unknown = sorted(set(loaded) - names)
     if unknown:
         raise SystemExit(f"error: unknown option(s) {unknown} in {path}; valid: {sorted(names)}")
     return loaded
+
+
+def read_saved(directory: Path, name: str = "config.yaml") -> dict[str, Any]:
+    """What ``save_resolved`` wrote into a run or study directory: ``config``, ``command``, ``git_sha``."""
+    path = Path(directory) / name
+    try:
+        saved = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ValueError(f"cannot read {path} ({' '.join(str(err).split())[:200]}); it is not the config a "
+                         f"latentprobe command wrote: restore it or run the command again") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+        raise ValueError(f"{path} holds no 'config' mapping; it is not the config a latentprobe command wrote: "
+                         f"restore it or run the command again")
+    return saved
 
 
 def to_dict(config) -> dict[str, Any]:

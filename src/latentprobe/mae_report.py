@@ -10,8 +10,8 @@ RUN/mae_report.md and the self-contained RUN/mae_report.html with accuracy curve
 from pathlib import Path
 
 import numpy as np
-import yaml
 
+from latentprobe import config as configuration
 from latentprobe.document import Figure, Heading, Paragraph, Table, write_report
 from latentprobe.plots import confusion_heatmap, grouped_bars, line_chart
 from latentprobe.runs import Run
@@ -44,7 +44,7 @@ def _latent_dim(results: dict[str, dict]) -> str:
 
 def _run_pooling(run: Run) -> str:
     """The pooling the run was pretrained with, from its config.yaml."""
-    config = yaml.safe_load(run.config_file.read_text())["config"] if run.config_file.is_file() else {}
+    config = configuration.read_saved(run.path)["config"] if run.config_file.is_file() else {}
     default = "cls" if str(config.get("model", "")).startswith("mae") else "the latent vector"
     return str(config.get("model_args", {}).get("pool", default))
 

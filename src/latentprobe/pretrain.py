@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from latentprobe import config as configuration
-from latentprobe.checkpoint import AUTOENCODER, CheckpointError, load_checkpoint, save_checkpoint, unwrap
+from latentprobe.checkpoint import AUTOENCODER, CheckpointError, save_checkpoint, unwrap
 from latentprobe.data import Normalizer, load_split, take, train_val_split
 from latentprobe.distributed import (barrier, check_device, init_distributed, is_main_process, local_device,
                                      mean_across_ranks)
@@ -22,7 +22,7 @@ from latentprobe.engine import (COMPILE_MODES, OPTIMIZERS, SCHEDULES, Objective,
                                 prepare_model, seed_epoch, train_one_epoch)
 from latentprobe.models import create_model
 from latentprobe.plots import image_grid, line_chart
-from latentprobe.runs import CHECKPOINT, METRICS, TensorBoard, append_jsonl, exclusive, read_jsonl, write_jsonl
+from latentprobe.runs import CHECKPOINT, METRICS, Run, TensorBoard, append_jsonl, exclusive, read_jsonl, write_jsonl
 
 
 @dataclass
@@ -97,7 +97,7 @@ def _resume(run_dir: Path, cfg: TrainConfig, model, optimizer) -> tuple[int, lis
     path = run_dir / CHECKPOINT
     if not path.exists():
         return 0, [], None
-    checkpoint = load_checkpoint(path, model_name=cfg.model, kind=AUTOENCODER)
+    checkpoint = Run(run_dir).read_checkpoint(cfg.model)
     saved = checkpoint["train_config"]
     changed = sorted(k for k, v in configuration.to_dict(cfg).items()
                      if k not in _RESUMABLE and saved.get(k) != v)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
+from latentprobe import config as configuration
 from latentprobe.document import (Bullets, Figure, Heading, Paragraph, Table, confusion_table, to_markdown,
                                   write_report)
 from latentprobe.metrics import most_confused
@@ -38,7 +38,7 @@ def _latent_runs(study_dir: Path) -> list[tuple[int, Run]]:
 
 def write_study_report(study_dir: Path, device: str | None = None) -> Path:
     study_dir = Path(study_dir)
-    saved = yaml.safe_load((study_dir / "config.yaml").read_text())
+    saved = configuration.read_saved(study_dir)
     cfg = saved["config"]
     runs = _latent_runs(study_dir)
     if not runs:

@@ -107,7 +107,11 @@ class Run:
 
     @cached_property
     def checkpoint(self) -> dict:
-        checkpoint = load_checkpoint(self.checkpoint_file, kind=AUTOENCODER)
+        return self.read_checkpoint()
+
+    def read_checkpoint(self, model_name: str | None = None) -> dict:
+        """The checkpoint, refused in one line unless ``latentprobe train`` wrote it (for ``model_name``)."""
+        checkpoint = load_checkpoint(self.checkpoint_file, model_name=model_name, kind=AUTOENCODER)
         missing = [k for k in ("model_name", "model_config", "train_config", "model", "epoch") if k not in checkpoint]
         if missing:
             raise CheckpointError(f"{self.checkpoint_file} lacks {', '.join(missing)}: it was not written by "
