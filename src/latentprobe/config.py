@@ -163,6 +163,18 @@ def read_saved(directory: Path, name: str = "config.yaml") -> dict[str, Any]:
     return saved
 
 
+# Options that say where and how a command runs, not what it computes: a run may be continued,
+# and its results grouped with others, under other values of these.
+RUNTIME_OPTIONS = frozenset({"data_dir", "download", "device", "out", "compile", "compile_mode"})
+
+
+def changed_options(config, saved: dict, may_change=frozenset()) -> list[str]:
+    """The options of ``config`` whose values differ from ``saved`` (an earlier ``to_dict``), runtime
+    options and ``may_change`` aside."""
+    return sorted(k for k, v in to_dict(config).items()
+                  if k not in RUNTIME_OPTIONS | may_change and saved.get(k) != v)
+
+
 def to_dict(config) -> dict[str, Any]:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(config).items()}
 

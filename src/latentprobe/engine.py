@@ -16,6 +16,8 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from latentprobe import config as configuration
+from latentprobe.checkpoint import CheckpointError
 from latentprobe.data import Normalizer, augment, batch_indices
 from latentprobe.distributed import is_main_process
 from latentprobe.runs import CHECKPOINT
@@ -197,6 +199,22 @@ def train_one_epoch(objective: nn.Module, optimizer: torch.optim.Optimizer, imag
     accuracy = {} if labels is None else {"train_acc": (correct / max(seen, 1)).item()}
     return {"train_loss": mean_loss, **accuracy, "images_per_s": seen * world_size / seconds,
             "epoch_seconds": seconds, "lr": lr, "steps": step}
+
+
+def resume(out: Path, checkpoint: dict | None, cfg, saved: dict | None, model: nn.Module, optimizer,
+           may_change=frozenset({"epochs"}), also_changed: tuple[str, ...] = ()) -> tuple[int, list[dict]]:
+    """Continue the run in ``out`` from its ``checkpoint`` (None: start at epoch 0). A run whose
+    settings (``saved``, against ``cfg``) differ beyond runtime options and ``may_change`` is refused
+    in one line; else the model and optimizer are restored. Returns the epoch reached and the history."""
+    if checkpoint is None:
+        return 0, []
+    changed = configuration.changed_options(cfg, saved, may_change) + list(also_changed)
+    if changed:
+        raise CheckpointError(f"{out} holds a run with other settings ({', '.join(changed)}); "
+                              f"use a new --out, or the same settings to continue it")
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    return checkpoint["epoch"], checkpoint["history"]
 
 
 @contextmanager

@@ -29,7 +29,7 @@ from latentprobe.data import Normalizer, batch_indices, take
 from latentprobe.distributed import (barrier, check_device, init_distributed, is_main_process, local_device,
                                      mean_across_ranks)
 from latentprobe.engine import (COMPILE_MODES, autocast, explained_divergence, lr_at, parallel_objective,
-                                param_groups, seed_epoch, train_one_epoch)
+                                param_groups, resume, seed_epoch, train_one_epoch)
 from latentprobe.metrics import confusion_matrix, precision_recall
 from latentprobe.models import create_model
 from latentprobe.runs import CHECKPOINT, METRICS, Run, RunData, append_jsonl, write_json, write_jsonl
@@ -64,7 +64,6 @@ class FinetuneConfig(RunData):
 
 
 # Settings that may change when a fine-tuning run is continued.
-_RESUMABLE = {"epochs", "data_dir", "download", "device", "out", "compile", "compile_mode"}
 
 
 class Classifier(nn.Module):
@@ -157,23 +156,16 @@ def predict(classifier: nn.Module, images: torch.Tensor, normalizer: Normalizer,
 
 
 def _resume(out: Path, cfg: FinetuneConfig, run: Run, classifier, optimizer):
-    path = out / CHECKPOINT
-    if not path.exists():
+    if not (out / CHECKPOINT).exists():
         return 0, [], None
-    checkpoint = load_checkpoint(path, kind=CLASSIFIER)
-    saved = checkpoint["finetune_config"]
-    changed = sorted(k for k, v in configuration.to_dict(cfg).items() if k not in _RESUMABLE and saved.get(k) != v)
-    if checkpoint.get("source_run") != str(run.path.resolve()):
-        changed.append("source run")
-    if changed:
-        raise CheckpointError(f"{out} holds a fine-tuning run with other settings ({', '.join(changed)}); "
-                              f"use another --out, or the same settings to continue it")
+    checkpoint = load_checkpoint(out / CHECKPOINT, kind=CLASSIFIER)
     if "model" not in checkpoint["best"]:
         raise CheckpointError(f"{out} was written before fine-tuning kept its chosen epoch's weights (to read the "
                               f"test set once, after training); delete it or use another --out to fine-tune again")
-    classifier.load_state_dict(checkpoint["model"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    return checkpoint["epoch"], checkpoint["history"], checkpoint["best"]
+    other_source = ("source run",) if checkpoint.get("source_run") != str(run.path.resolve()) else ()
+    epoch, history = resume(out, checkpoint, cfg, checkpoint["finetune_config"], classifier, optimizer,
+                            also_changed=other_source)
+    return epoch, history, checkpoint["best"]
 
 
 def finetune(run: Run | Path | str, cfg: FinetuneConfig) -> dict:

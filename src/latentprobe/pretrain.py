@@ -13,12 +13,12 @@ from pathlib import Path
 import torch
 
 from latentprobe import config as configuration
-from latentprobe.checkpoint import AUTOENCODER, CheckpointError, save_checkpoint, unwrap
+from latentprobe.checkpoint import AUTOENCODER, save_checkpoint, unwrap
 from latentprobe.data import Normalizer, load_split, take, train_val_split
 from latentprobe.distributed import (barrier, check_device, init_distributed, is_main_process, local_device,
                                      mean_across_ranks)
 from latentprobe.engine import (COMPILE_MODES, OPTIMIZERS, SCHEDULES, Objective, build_optimizer,
-                                evaluate_reconstruction, explained_divergence, lr_at, parallel_objective,
+                                evaluate_reconstruction, explained_divergence, lr_at, resume, parallel_objective,
                                 prepare_model, seed_epoch, train_one_epoch)
 from latentprobe.models import create_model
 from latentprobe.plots import image_grid, line_chart
@@ -75,8 +75,6 @@ class TrainConfig:
 
 
 # Settings that may change when a run is continued (the rest must match the checkpoint).
-_RESUMABLE = {"epochs", "data_dir", "download", "device", "out", "compile", "compile_mode", "grid_every",
-              "checkpoint_every"}
 
 
 def build_model(cfg: TrainConfig):
@@ -94,26 +92,20 @@ def load_data(cfg: TrainConfig, device: torch.device):
 
 
 def _resume(run_dir: Path, cfg: TrainConfig, model, optimizer) -> tuple[int, list[dict], tuple | None]:
-    path = run_dir / CHECKPOINT
-    if not path.exists():
+    if not (run_dir / CHECKPOINT).exists():
         return 0, [], None
     checkpoint = Run(run_dir).read_checkpoint(cfg.model)
     saved = checkpoint["train_config"]
-    changed = sorted(k for k, v in configuration.to_dict(cfg).items()
-                     if k not in _RESUMABLE and saved.get(k) != v)
-    if changed:
-        raise CheckpointError(f"{run_dir} holds a run with other settings ({', '.join(changed)}); "
-                              f"use a new --out, or the same settings to continue it")
+    epoch, history = resume(run_dir, checkpoint, cfg, saved, model, optimizer,
+                            may_change=frozenset({"epochs", "grid_every", "checkpoint_every"}))
     if cfg.schedule == "cosine" and saved.get("epochs") != cfg.epochs and checkpoint["epoch"] < cfg.epochs:
         print(f"note: the cosine schedule now spans {cfg.epochs} epochs instead of {saved.get('epochs')}; "
               f"epochs 1-{checkpoint['epoch']} were trained on the old one, so the learning rate jumps here and "
               f"the run differs from one planned for {cfg.epochs} epochs")
-    model.load_state_dict(checkpoint["model"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
     best = None  # checkpoints written before best-epoch tracking carry none
     if "best_model" in checkpoint:
         best = (checkpoint["best_val_loss"], checkpoint["best_epoch"], checkpoint["best_model"])
-    return checkpoint["epoch"], checkpoint["history"], best
+    return epoch, history, best
 
 
 def save_pictures(run_dir: Path, model, grid_images, normalizer, epoch: int, history: list[dict]) -> None:

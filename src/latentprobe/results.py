@@ -9,11 +9,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from latentprobe import config as configuration
 from latentprobe.runs import Run, read_json
 
 # Settings that do not change what a run is, only how or where it ran (or its seed).
-_NOT_IDENTITY = {"seed", "out", "device", "data_dir", "download", "compile", "compile_mode", "grid_every",
-                 "checkpoint_every"}
+_NOT_IDENTITY = configuration.RUNTIME_OPTIONS | {"seed", "grid_every", "checkpoint_every"}
 
 
 @dataclass
