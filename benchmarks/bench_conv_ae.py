@@ -15,12 +15,12 @@ import time
 
 import torch
 
-from latentprobe.data import Normalizer, load_split
+from latentprobe.data.cifar import Normalizer, load_split
 from latentprobe.distributed import local_device
-from latentprobe.engine import Objective, autocast, train_one_epoch
-from latentprobe.features import FeatureSet
+from latentprobe.training.engine import Objective, autocast, train_one_epoch
+from latentprobe.probe.features import FeatureSet
 from latentprobe.models import create_model
-from latentprobe.probe import ProbeConfig, train_probe
+from latentprobe.probe.heads import ProbeConfig, train_probe
 
 
 def sync(device):

@@ -34,12 +34,12 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from latentprobe.config import _parse_mapping
-from latentprobe.data import Normalizer, load_split
+from latentprobe.data.cifar import Normalizer, load_split
 from latentprobe.distributed import local_device
-from latentprobe.engine import (COMPILE_MODES, Objective, build_optimizer, compile_objective, keep_freed_memory,
+from latentprobe.training.engine import (COMPILE_MODES, Objective, build_optimizer, compile_objective, keep_freed_memory,
                                 train_one_epoch)
 from latentprobe.models import create_model
-from latentprobe.summary import count_macs
+from latentprobe.report.summary import count_macs
 
 
 def sync(device: torch.device) -> None:

@@ -18,9 +18,9 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from latentprobe.data import Normalizer, load_split, train_val_split
-from latentprobe.engine import Objective, train_one_epoch
-from latentprobe.features import extract
+from latentprobe.data.cifar import Normalizer, load_split, train_val_split
+from latentprobe.training.engine import Objective, train_one_epoch
+from latentprobe.probe.features import extract
 from latentprobe.models import create_model
 
 PROBE_EPOCHS = {1, 2, 4, 6, 8, 10, 15, 20}

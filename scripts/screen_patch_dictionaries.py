@@ -8,11 +8,11 @@ encodings: triangle (k-means), soft threshold 0.25 with or without the polarity 
     python scripts/screen_patch_dictionaries.py 10000 1600 kmeans_tri,wta1_10_abs_polar,kmeans_soft_polar
 """
 import sys, time, torch, torch.nn.functional as F
-from latentprobe.data import load_split, train_val_split, Normalizer
+from latentprobe.data.cifar import load_split, train_val_split, Normalizer
 from latentprobe.models.patch_ae import PatchAutoencoder
-from latentprobe.probe import fit_head
+from latentprobe.probe.heads import fit_head
 
-from latentprobe.engine import keep_freed_memory; keep_freed_memory()
+from latentprobe.training.engine import keep_freed_memory; keep_freed_memory()
 torch.set_num_threads(int(__import__("os").environ.get("THREADS", "2")))
 n, K = int(sys.argv[1]), int(sys.argv[2])
 variants = sys.argv[3].split(",")

@@ -70,6 +70,6 @@ def real_data_root() -> Path:
 @pytest.fixture
 def one_thread():
     """Tiny models and probe steps run faster on one thread, far faster on a shared CPU."""
-    from latentprobe.evaluate import cpu_threads
+    from latentprobe.probe.evaluate import cpu_threads
     with cpu_threads(1):
         yield

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from latentprobe.evaluate import EvalConfig
-from latentprobe.pretrain import TrainConfig, train
+from latentprobe.probe.evaluate import EvalConfig
+from latentprobe.training.pretrain import TrainConfig, train
 
 # A protocol small enough for tests: every code path, a few seconds.
 FAST = dict(seeds=2, epochs=4, patience=2, lrs=[1e-2], weight_decays=[0.0, 1e-4], knn_k=[3, 10],

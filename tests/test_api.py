@@ -14,8 +14,8 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 def test_every_api_name_resolves_and_none_hides_a_module():
     for name in latentprobe.__all__:
         assert callable(getattr(latentprobe, name)), name
-    importlib.import_module("latentprobe.evaluate")  # now the module is an attribute of the package too
-    assert latentprobe.evaluate_run.__module__ == "latentprobe.evaluate"
+    importlib.import_module("latentprobe.probe.evaluate")  # now the module is an attribute of the package too
+    assert latentprobe.evaluate_run.__module__ == "latentprobe.probe.evaluate"
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         latentprobe.nope
 

@@ -4,9 +4,9 @@ import pytest
 from conftest import write_cifar10, write_cifar100
 from eval_helpers import fast_config, train_tiny_run
 
-from latentprobe.compare import CompareConfig, fmt, write_comparison
-from latentprobe.results import collect_rows
-from latentprobe.evaluate import cpu_threads, evaluate_run, load_eval
+from latentprobe.report.compare import CompareConfig, fmt, write_comparison
+from latentprobe.report.results import collect_rows
+from latentprobe.probe.evaluate import cpu_threads, evaluate_run, load_eval
 from latentprobe.runs import write_json
 
 
@@ -112,3 +112,16 @@ def test_a_row_with_other_settings_is_named_by_what_differs(cifar10_runs):
     denoising["train_config"]["clip_grad"] = 1.0
     labels = [row.label for row in collect_rows([plain, denoising]) if row.kind == "encoder"]
     assert labels == ["conv_ae 16-d", "conv_ae 16-d (clip_grad=1.0, noise=0.5)"]
+
+
+def test_report_over_evaluated_runs_is_the_comparison(cifar10_runs, tmp_path):
+    from latentprobe.cli import main
+
+    _, data, runs = cifar10_runs
+    main(["report", *map(str, runs), "--out", str(tmp_path / "via_report"), "--tsne-points", "0", "--device", "cpu",
+          "--data-dir", str(data)])
+    write_comparison(runs, CompareConfig(out=str(tmp_path / "via_compare"), tsne_points=0, device="cpu",
+                                         data_dir=str(data)))
+    tables = [[line for line in (tmp_path / d / "report.md").read_text().splitlines() if line.startswith("|")]
+              for d in ("via_report", "via_compare")]
+    assert tables[0] == tables[1] and len(tables[0]) > 10

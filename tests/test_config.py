@@ -3,7 +3,7 @@ import argparse
 import pytest
 
 from latentprobe import config as configuration
-from latentprobe.pretrain import TrainConfig
+from latentprobe.training.pretrain import TrainConfig
 
 
 def _parse(argv):

@@ -8,9 +8,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from latentprobe import data
-from latentprobe.data import DataError, Normalizer, augment, batch_indices, load_split, train_val_split
-from latentprobe.download import download_dataset
+from latentprobe.data import cifar as data
+from latentprobe.data.cifar import DataError, Normalizer, augment, batch_indices, load_split, train_val_split
+from latentprobe.data.download import download_dataset
 
 
 def test_cifar10_layout(cifar10_root):

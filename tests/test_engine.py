@@ -7,7 +7,7 @@ import textwrap
 import pytest
 import torch
 
-from latentprobe import engine
+from latentprobe.training import engine
 
 # A fresh process runs twenty "steps" that each allocate a few large tensors (over glibc's 32 MiB
 # mmap threshold) and prints the page faults of the last fifteen. By default glibc maps each such
@@ -16,7 +16,7 @@ from latentprobe import engine
 # not fit) and is reused otherwise.
 LAST_STEPS_FAULTS = textwrap.dedent("""
     import resource, sys, torch
-    from latentprobe.engine import keep_freed_memory
+    from latentprobe.training.engine import keep_freed_memory
     if sys.argv[1] == "keep":
         assert keep_freed_memory()
     def faults():

@@ -5,12 +5,12 @@ from conftest import write_cifar10
 from eval_helpers import fast_config, train_tiny_run
 
 from latentprobe.checkpoint import load_checkpoint
-from latentprobe.data import Normalizer
-from latentprobe.evaluate import evaluate_run, load_eval
-from latentprobe.features import FeatureSet, extract, pca_features, random_encoder_features
+from latentprobe.data.cifar import Normalizer
+from latentprobe.probe.evaluate import evaluate_run, load_eval
+from latentprobe.probe.features import FeatureSet, extract, pca_features, random_encoder_features
 from latentprobe.runs import Run, run_splits
-from latentprobe.pretrain import TrainConfig, build_model
-from latentprobe.probe import MLPHead, fit_head
+from latentprobe.training.pretrain import TrainConfig, build_model
+from latentprobe.probe.heads import MLPHead, fit_head
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,7 @@ def test_unknown_probe_or_baseline_is_a_clear_error():
 
 def test_run_info_reports_the_reconstruction_of_the_epoch_the_probes_read(tmp_path):
     from latentprobe.checkpoint import save_checkpoint
-    from latentprobe.evaluate import run_info
+    from latentprobe.probe.evaluate import run_info
     from latentprobe.runs import Run
     from latentprobe.runs import write_jsonl
 
@@ -145,8 +145,8 @@ def test_retraining_in_the_same_folder_refreshes_every_cache(tmp_path, capsys):
     """Delete the checkpoint, retrain with another latent size (the tool's own advice): features,
     eval.json, the classifier and predict all follow the new weights, and match a fresh run."""
     from latentprobe.checkpoint import CheckpointError
-    from latentprobe.export import predict_files
-    from latentprobe.features import run_features
+    from latentprobe.probe.export import predict_files
+    from latentprobe.probe.features import run_features
 
     data = write_cifar10(tmp_path / "data", per_batch=40, test=60)
     run = train_tiny_run(data, tmp_path / "run", latent_dim=8)

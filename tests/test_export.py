@@ -4,8 +4,8 @@ from eval_helpers import fast_config, train_tiny_run, write_noisy_cifar10
 from PIL import Image
 
 from latentprobe.cli import main
-from latentprobe.evaluate import evaluate_run
-from latentprobe.export import export_features, load_image, predict_files
+from latentprobe.probe.evaluate import evaluate_run
+from latentprobe.probe.export import export_features, load_image, predict_files
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread

@@ -4,12 +4,12 @@ import pytest
 import torch
 
 from latentprobe.checkpoint import CheckpointError, load_checkpoint
-from latentprobe.features import run_features
-from latentprobe.finetune import FinetuneConfig, finetune
-from latentprobe.mae_report import write_mae_report
+from latentprobe.probe.features import run_features
+from latentprobe.training.finetune import FinetuneConfig, finetune
+from latentprobe.report.mae_report import write_mae_report
 from report_helpers import assert_html_matches_markdown
-from latentprobe.pretrain import TrainConfig, train
-from latentprobe.probe import ProbeConfig
+from latentprobe.training.pretrain import TrainConfig, train
+from latentprobe.probe.heads import ProbeConfig
 from latentprobe.runs import read_jsonl
 from latentprobe.study import probe_and_save
 
@@ -72,9 +72,9 @@ def interrupt_after_first_epoch(monkeypatch, module):
 
 
 def test_fine_tuning_resumes_to_the_same_result(mae_run, tmp_path, monkeypatch):
-    import latentprobe.finetune
+    import latentprobe.training.finetune
     _finetune(mae_run, epochs=2, out=str(tmp_path / "straight"))
-    interrupt_after_first_epoch(monkeypatch, latentprobe.finetune)
+    interrupt_after_first_epoch(monkeypatch, latentprobe.training.finetune)
     with pytest.raises(KeyboardInterrupt):
         _finetune(mae_run, epochs=2, out=str(tmp_path / "resumed"))
     assert len(read_jsonl(tmp_path / "resumed" / "metrics.jsonl")) == 1
@@ -106,7 +106,7 @@ def test_bad_runs_give_clear_errors_and_options_work(mae_run, cifar10_root, tmp_
 def test_probe_time_pooling_reads_other_tokens_and_keys_the_cache(mae_run, cifar10_root):
     import json
 
-    from latentprobe.data import Normalizer, load_split
+    from latentprobe.data.cifar import Normalizer, load_split
     from latentprobe.runs import Run
 
     cls = run_features(mae_run, torch.device("cpu"))  # the run's own pooling: cls
@@ -129,9 +129,9 @@ def test_evaluate_with_mean_pooling_saves_it_and_predict_reads_the_same_tokens(m
     from eval_helpers import fast_config
     from PIL import Image
 
-    from latentprobe.data import Normalizer
-    from latentprobe.evaluate import evaluate_run
-    from latentprobe.export import load_classifier, load_image, predict_files
+    from latentprobe.data.cifar import Normalizer
+    from latentprobe.probe.evaluate import evaluate_run
+    from latentprobe.probe.export import load_classifier, load_image, predict_files
     from latentprobe.runs import Run
 
     record = evaluate_run(mae_run, fast_config(data_dir=str(cifar10_root), probes=["linear"], seeds=1,
@@ -154,7 +154,7 @@ def test_evaluate_with_mean_pooling_saves_it_and_predict_reads_the_same_tokens(m
 
 
 def test_the_test_set_is_read_once_by_the_epoch_chosen_on_validation(mae_run, monkeypatch):
-    import latentprobe.finetune as finetune_module
+    import latentprobe.training.finetune as finetune_module
 
     original, read = finetune_module.predict, []
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from latentprobe.knn import knn_predict
+from latentprobe.probe.knn import knn_predict
 
 
 def brute_force(train_x, train_y, queries, num_classes, ks, temperature):

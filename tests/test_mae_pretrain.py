@@ -16,9 +16,9 @@ from test_finetune import TINY_MAE, _pretrain, interrupt_after_first_epoch
 
 
 def test_mae_run_resumes_to_the_same_result_and_keeps_grids(cifar10_root, tmp_path, monkeypatch):
-    import latentprobe.pretrain
+    import latentprobe.training.pretrain
     straight = _pretrain(cifar10_root, tmp_path / "straight", epochs=2, grid_every=2)
-    interrupt_after_first_epoch(monkeypatch, latentprobe.pretrain)  # cosine lr: same schedule length
+    interrupt_after_first_epoch(monkeypatch, latentprobe.training.pretrain)  # cosine lr: same schedule length
     with pytest.raises(KeyboardInterrupt):
         _pretrain(cifar10_root, tmp_path / "resumed", epochs=2, grid_every=2)
     resumed = _pretrain(cifar10_root, tmp_path / "resumed", epochs=2, grid_every=2)

@@ -2,10 +2,10 @@ import pytest
 import torch
 
 from latentprobe.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from latentprobe.engine import TrainingError
+from latentprobe.training.engine import TrainingError
 from latentprobe.models import create_model
 from latentprobe.models.conv_ae import ConvAutoencoder
-from latentprobe.pretrain import TrainConfig, train
+from latentprobe.training.pretrain import TrainConfig, train
 from latentprobe.runs import read_jsonl
 
 
@@ -55,7 +55,7 @@ def test_interrupted_run_resumes_to_the_same_result(cifar10_root, tmp_path):
 def test_checkpoint_every_n_epochs_resumes_from_the_last_one_written(cifar10_root, tmp_path, monkeypatch):
     """Epochs after the last checkpoint are trained again on resume, their metrics lines replaced,
     and the result equals a run checkpointed every epoch."""
-    import latentprobe.pretrain as pretrain
+    import latentprobe.training.pretrain as pretrain
 
     original, calls = pretrain.evaluate_reconstruction, []
 

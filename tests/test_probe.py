@@ -1,7 +1,7 @@
 import torch
 
-from latentprobe.features import FeatureSet
-from latentprobe.probe import ProbeConfig, train_probe
+from latentprobe.probe.features import FeatureSet
+from latentprobe.probe.heads import ProbeConfig, train_probe
 
 
 def _separable(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

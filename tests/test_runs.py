@@ -9,9 +9,9 @@ from conftest import write_cifar10
 from eval_helpers import train_tiny_run
 
 from latentprobe.checkpoint import CheckpointError
-from latentprobe.features import FeatureSet
-from latentprobe.probe import ProbeConfig, probe_and_save
-from latentprobe.report import write_study_report
+from latentprobe.probe.features import FeatureSet
+from latentprobe.probe.heads import ProbeConfig, probe_and_save
+from latentprobe.report.study_report import write_study_report
 from latentprobe.runs import Run, write_json
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -37,7 +37,7 @@ def test_a_run_knows_its_files_model_and_splits(tmp_path):
                     model=run.checkpoint["model"], epoch=1)  # no configs
     with pytest.raises(CheckpointError, match="lacks model_config, train_config: it was not written by"):
         Run(tmp_path / "bare").model()
-    from latentprobe.pretrain import TrainConfig, train
+    from latentprobe.training.pretrain import TrainConfig, train
     with pytest.raises(CheckpointError, match="lacks model_config, train_config"):  # resuming it: no KeyError
         train(TrainConfig(model="conv_ae", data_dir=str(data), download=False, val_size=40, out=str(tmp_path / "bare")))
 
@@ -45,7 +45,7 @@ def test_a_run_knows_its_files_model_and_splits(tmp_path):
 def test_a_saved_config_with_a_yaml_tag_is_one_line_for_the_reports(tmp_path):
     from latentprobe.cli import main
 
-    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / "latent_8").mkdir(parents=True)
     (tmp_path / "study" / "config.yaml").write_text('config: !!python/object/apply:os.system ["echo hi"]\n')
     with pytest.raises(SystemExit) as stop:
         main(["report", str(tmp_path / "study")])
@@ -106,3 +106,23 @@ def test_a_corrupt_result_file_is_named_in_one_line(tmp_path, capsys):
         main(["compare", str(tmp_path), "--out", str(tmp_path / "report")])
     message = str(exit_info.value)
     assert message.startswith(f"error: {run.eval_file()} is not valid JSON") and "\n" not in message
+
+
+def test_report_picks_what_the_paths_hold(tmp_path):
+    from latentprobe.report.render import report_kind
+
+    study, evaluated, other, classifiers = (tmp_path / n for n in ("study", "evaluated", "other", "classifiers"))
+    (study / "latent_16").mkdir(parents=True)
+    (study / "config.yaml").write_text("config: {}\n")
+    for run in (evaluated, other):
+        run.mkdir()
+        (run / "eval.json").write_text("{}")
+    classifiers.mkdir()
+    (classifiers / "finetune.json").write_text("{}")
+    assert report_kind([study]) == "study"
+    assert report_kind([evaluated]) == report_kind([evaluated, other]) == "comparison"
+    assert report_kind([classifiers]) == "classifiers"
+    with pytest.raises(FileNotFoundError, match="nothing to report in .*classifiers: run `latentprobe evaluate`"):
+        report_kind([evaluated, classifiers])  # a comparison needs every run evaluated
+    with pytest.raises(FileNotFoundError, match="missing: no such directory"):
+        report_kind([tmp_path / "missing"])

@@ -7,7 +7,7 @@ The Python API, for notebooks; each name is what the command of the same name ru
     record = evaluate_run(run, EvalConfig(probes=["linear", "knn"]))
 
 Names are imported on first use, so ``latentprobe --help`` does not wait for torch. (A name
-never equals a module's: ``latentprobe.evaluate`` is the module, ``evaluate_run`` its entry.)
+never equals a module's: ``latentprobe.probe.evaluate`` is the module, ``evaluate_run`` its entry.)
 """
 
 import importlib
@@ -17,14 +17,14 @@ __version__ = "0.1.0"
 # public name → (module, name in it)
 _API = {
     "Run": ("runs", "Run"),
-    "TrainConfig": ("pretrain", "TrainConfig"), "train": ("pretrain", "train"),
-    "ProbeConfig": ("probe", "ProbeConfig"), "probe_run": ("probe", "probe_run"),
-    "EvalConfig": ("evaluate", "EvalConfig"), "evaluate_run": ("evaluate", "evaluate_run"),
-    "load_eval": ("evaluate", "load_eval"),
-    "FinetuneConfig": ("finetune", "FinetuneConfig"), "finetune_run": ("finetune", "finetune"),
-    "CompareConfig": ("compare", "CompareConfig"), "write_comparison": ("compare", "write_comparison"),
+    "TrainConfig": ("training.pretrain", "TrainConfig"), "train": ("training.pretrain", "train"),
+    "ProbeConfig": ("probe.heads", "ProbeConfig"), "probe_run": ("probe.heads", "probe_run"),
+    "EvalConfig": ("probe.evaluate", "EvalConfig"), "evaluate_run": ("probe.evaluate", "evaluate_run"),
+    "load_eval": ("probe.evaluate", "load_eval"),
+    "FinetuneConfig": ("training.finetune", "FinetuneConfig"), "finetune_run": ("training.finetune", "finetune"),
+    "CompareConfig": ("report.compare", "CompareConfig"), "write_comparison": ("report.compare", "write_comparison"),
     "StudyConfig": ("study", "StudyConfig"), "run_study": ("study", "run_study"),
-    "export_features": ("export", "export_features"), "create_model": ("models", "create_model"),
+    "export_features": ("probe.export", "export_features"), "create_model": ("models", "create_model"),
     "list_models": ("models", "list_models"),
 }
 __all__ = sorted(_API)

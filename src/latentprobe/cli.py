@@ -22,8 +22,8 @@ from pathlib import Path
 
 from latentprobe import config as configuration
 from latentprobe.checkpoint import CheckpointError
-from latentprobe.data import DataError
-from latentprobe.engine import TrainingError, keep_freed_memory
+from latentprobe.data.cifar import DataError
+from latentprobe.training.engine import TrainingError, keep_freed_memory
 from latentprobe.runs import RunInUse
 
 # Errors that mean "the input is wrong": shown as one line, without a traceback.
@@ -31,7 +31,7 @@ USER_ERRORS = (DataError, CheckpointError, TrainingError, RunInUse, FileNotFound
 
 
 def cmd_train(args) -> None:
-    from latentprobe.pretrain import TrainConfig, train
+    from latentprobe.training.pretrain import TrainConfig, train
     cfg = configuration.resolve(TrainConfig, args)
     if args.seeds is None:
         train(cfg)
@@ -43,8 +43,8 @@ def cmd_train(args) -> None:
 
 
 def cmd_probe(args) -> None:
-    from latentprobe.probe import ProbeConfig, probe_run
-    from latentprobe.report import write_probe_figures
+    from latentprobe.probe.heads import ProbeConfig, probe_run
+    from latentprobe.report.study_report import write_probe_figures
 
     cfg = configuration.resolve(ProbeConfig, args)
     record = probe_run(args.run, cfg)
@@ -59,29 +59,30 @@ def cmd_study(args) -> None:
 
 
 def cmd_report(args) -> None:
-    from latentprobe.report import write_study_report
-    print(write_study_report(Path(args.study_dir)))
+    from latentprobe.report.compare import CompareConfig
+    from latentprobe.report.render import render
+    print(render([Path(path) for path in args.paths], configuration.resolve(CompareConfig, args)))
 
 
 def cmd_evaluate(args) -> None:
-    from latentprobe.evaluate import EvalConfig, evaluate_run
+    from latentprobe.probe.evaluate import EvalConfig, evaluate_run
     cfg = configuration.resolve(EvalConfig, args)
     for run in args.runs:
         evaluate_run(Path(run), cfg)
 
 
 def cmd_compare(args) -> None:
-    from latentprobe.compare import CompareConfig, write_comparison
+    from latentprobe.report.compare import CompareConfig, write_comparison
     print(write_comparison([Path(run) for run in args.runs], configuration.resolve(CompareConfig, args)))
 
 
 def cmd_export(args) -> None:
-    from latentprobe.export import ExportConfig, export_features
+    from latentprobe.probe.export import ExportConfig, export_features
     export_features(Path(args.run), **configuration.to_dict(configuration.resolve(ExportConfig, args)))
 
 
 def cmd_predict(args) -> None:
-    from latentprobe.export import PredictConfig, predict_files
+    from latentprobe.probe.export import PredictConfig, predict_files
     cfg = configuration.resolve(PredictConfig, args)
     failed = predict_files(Path(args.run), [Path(p) for p in args.images], **configuration.to_dict(cfg))
     if failed:
@@ -95,26 +96,26 @@ def cmd_models(args) -> None:
 
 
 def cmd_summary(args) -> None:
-    from latentprobe.summary import model_summary
+    from latentprobe.report.summary import model_summary
     print(model_summary(args.model, args.model_args, batch_size=args.batch_size, depth=args.depth))
 
 
 def cmd_finetune(args) -> None:
-    from latentprobe.finetune import FinetuneConfig, finetune
+    from latentprobe.training.finetune import FinetuneConfig, finetune
     finetune(Path(args.run), configuration.resolve(FinetuneConfig, args))
     if os.environ.get("RANK", "0") == "0":  # rank 0 (or no torchrun) writes the report
-        from latentprobe.mae_report import write_mae_report
+        from latentprobe.report.mae_report import write_mae_report
         print(f"report: {write_mae_report(Path(args.run))}")
 
 
 def cmd_mae_report(args) -> None:
-    from latentprobe.mae_report import write_mae_report
+    from latentprobe.report.mae_report import write_mae_report
     print(write_mae_report(Path(args.run)))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from latentprobe.pretrain import TrainConfig
-    from latentprobe.probe import ProbeConfig
+    from latentprobe.training.pretrain import TrainConfig
+    from latentprobe.probe.heads import ProbeConfig
     from latentprobe.study import StudyConfig
 
     parser = argparse.ArgumentParser(prog="latentprobe", description=__doc__,
@@ -136,19 +137,22 @@ def build_parser() -> argparse.ArgumentParser:
     configuration.add_config_arguments(study, StudyConfig)
     study.set_defaults(handler=cmd_study)
 
-    report = commands.add_parser("report", help="rebuild a study's report.md from its files")
-    report.add_argument("study_dir")
+    from latentprobe.report.compare import CompareConfig
+    report = commands.add_parser("report", help="the report of what the paths hold: a study, evaluated runs "
+                                                "(comparison), or one run's frozen / fine-tuned classifiers")
+    report.add_argument("paths", nargs="+", help="a study directory, or run directories")
+    configuration.add_config_arguments(report, CompareConfig)  # they shape a comparison
     report.set_defaults(handler=cmd_report)
 
-    from latentprobe.compare import CompareConfig
-    from latentprobe.evaluate import EvalConfig
-    from latentprobe.export import ExportConfig, PredictConfig
+    from latentprobe.probe.evaluate import EvalConfig
+    from latentprobe.probe.export import ExportConfig, PredictConfig
     evaluate = commands.add_parser("evaluate", help="linear / MLP / kNN probes and baselines, repeated seeds")
     evaluate.add_argument("runs", nargs="+", help="run directories made by `latentprobe train`")
     configuration.add_config_arguments(evaluate, EvalConfig)
     evaluate.set_defaults(handler=cmd_evaluate)
 
-    compare = commands.add_parser("compare", help="one Markdown + HTML report over evaluated runs")
+    compare = commands.add_parser("compare", help="one Markdown + HTML report over evaluated runs "
+                                                  "(`report` picks it for evaluated runs)")
     compare.add_argument("runs", nargs="+", help="evaluated run directories")
     configuration.add_config_arguments(compare, CompareConfig)
     compare.set_defaults(handler=cmd_compare)
@@ -175,14 +179,15 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--depth", type=int, default=3, help="nesting depth of the layer table")
     summary.set_defaults(handler=cmd_summary)
 
-    from latentprobe.finetune import FinetuneConfig
+    from latentprobe.training.finetune import FinetuneConfig
     finetune = commands.add_parser("finetune", help="classifier on a run's encoder, fine-tuned end to end "
                                                     "(or frozen); torchrun-ready")
     finetune.add_argument("run", help="run directory made by `latentprobe train`")
     configuration.add_config_arguments(finetune, FinetuneConfig)
     finetune.set_defaults(handler=cmd_finetune)
 
-    mae_report = commands.add_parser("mae-report", help="frozen vs fine-tuned classifiers of a run, side by side")
+    mae_report = commands.add_parser("mae-report", help="frozen vs fine-tuned classifiers of a run, side by side "
+                                                        "(`report` picks it for such a run)")
     mae_report.add_argument("run")
     mae_report.set_defaults(handler=cmd_mae_report)
     return parser

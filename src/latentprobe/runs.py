@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from latentprobe.checkpoint import AUTOENCODER, CheckpointError, load_checkpoint
-from latentprobe.data import Split, load_split, take, train_val_split
+from latentprobe.data.cifar import Split, load_split, take, train_val_split
 from latentprobe.models import create_model
 
 CONFIG = "config.yaml"

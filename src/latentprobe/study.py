@@ -11,10 +11,10 @@ from pathlib import Path
 
 from latentprobe import config as configuration
 from latentprobe.distributed import local_device
-from latentprobe.features import pixel_features, run_features
-from latentprobe.pretrain import TrainConfig, train
-from latentprobe.probe import ProbeConfig, probe_and_save
-from latentprobe.report import write_study_report
+from latentprobe.probe.features import pixel_features, run_features
+from latentprobe.training.pretrain import TrainConfig, train
+from latentprobe.probe.heads import ProbeConfig, probe_and_save
+from latentprobe.report.study_report import write_study_report
 from latentprobe.runs import run_splits
 
 PRESETS = {

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from latentprobe.runs import Run
 from latentprobe.models.patch_ae import PatchAutoencoder
-from latentprobe.pretrain import TrainConfig, train
+from latentprobe.training.pretrain import TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 
 from latentprobe.checkpoint import weights_digest
-from latentprobe.data import Normalizer, Split
-from latentprobe.engine import autocast, prepare_model
+from latentprobe.data.cifar import Normalizer, Split
+from latentprobe.training.engine import autocast, prepare_model
 from latentprobe.runs import Run
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from latentprobe import config as configuration
-from latentprobe.document import Figure, Heading, Paragraph, Table, write_report
+from latentprobe.report.document import Figure, Heading, Paragraph, Table, write_report
 from latentprobe.plots import confusion_heatmap, grouped_bars, line_chart
 from latentprobe.runs import Run
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from latentprobe.download import DataError, download_dataset, one_line
+from latentprobe.data.download import DataError, download_dataset, one_line
 
 
 @dataclass(frozen=True)

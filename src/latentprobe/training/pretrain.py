@@ -14,10 +14,10 @@ import torch
 
 from latentprobe import config as configuration
 from latentprobe.checkpoint import AUTOENCODER, save_checkpoint, unwrap
-from latentprobe.data import Normalizer, load_split, take, train_val_split
+from latentprobe.data.cifar import Normalizer, load_split, take, train_val_split
 from latentprobe.distributed import (barrier, check_device, init_distributed, is_main_process, local_device,
                                      mean_across_ranks)
-from latentprobe.engine import (COMPILE_MODES, OPTIMIZERS, SCHEDULES, Objective, build_optimizer,
+from latentprobe.training.engine import (COMPILE_MODES, OPTIMIZERS, SCHEDULES, Objective, build_optimizer,
                                 evaluate_reconstruction, explained_divergence, lr_at, resume, parallel_objective,
                                 prepare_model, seed_epoch, train_one_epoch)
 from latentprobe.models import create_model

@@ -18,10 +18,10 @@ import torch
 
 from latentprobe.checkpoint import CLASSIFIER, CheckpointError, load_checkpoint, weights_digest
 from latentprobe.config import require_at_least_one
-from latentprobe.data import Normalizer
+from latentprobe.data.cifar import Normalizer
 from latentprobe.distributed import local_device
-from latentprobe.features import REPRESENTATIONS, representation_features
-from latentprobe.probe import build_head
+from latentprobe.probe.features import REPRESENTATIONS, representation_features
+from latentprobe.probe.heads import build_head
 from latentprobe.runs import SPLITS, Run, RunData
 
 IMAGE_SIZE = 32

@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from latentprobe import config as configuration
-from latentprobe.document import Bullets, Figure, Heading, Paragraph, Table, confusion_table, write_report
+from latentprobe.report.document import Bullets, Figure, Heading, Paragraph, Table, confusion_table, write_report
 from latentprobe.distributed import local_device
-from latentprobe.evaluate import load_eval
-from latentprobe.features import run_features
+from latentprobe.probe.evaluate import load_eval
+from latentprobe.probe.features import run_features
 from latentprobe.metrics import mean_std, most_confused, precision_recall
 from latentprobe.plots import confusion_heatmap, grouped_bars, scatter_maps
-from latentprobe.results import Row, collect_rows
+from latentprobe.report.results import Row, collect_rows
 from latentprobe.runs import RunData, write_json
 
 PROBE_NAMES = {"linear": "linear", "bn_linear": "linear+BN", "mlp": "MLP"}

@@ -21,10 +21,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from latentprobe.config import require_at_least_one
-from latentprobe.data import batch_indices
+from latentprobe.data.cifar import batch_indices
 from latentprobe.distributed import local_device
-from latentprobe.engine import lr_at
-from latentprobe.features import FeatureSet, run_features
+from latentprobe.training.engine import lr_at
+from latentprobe.probe.features import FeatureSet, run_features
 from latentprobe.metrics import confusion_matrix, precision_recall
 from latentprobe.runs import Run, RunData, write_json
 

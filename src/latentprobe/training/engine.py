@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from latentprobe import config as configuration
 from latentprobe.checkpoint import CheckpointError
-from latentprobe.data import Normalizer, augment, batch_indices
+from latentprobe.data.cifar import Normalizer, augment, batch_indices
 from latentprobe.distributed import is_main_process
 from latentprobe.runs import CHECKPOINT
 

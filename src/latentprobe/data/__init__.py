@@ -1,0 +1,1 @@
+"""Stage 1: the CIFAR data sets: reading the official files safely, downloading, batches on the device."""

@@ -1,0 +1,1 @@
+"""Stage 4: what the latent knows: features extracted once, probe heads, k-NN, the evaluation suite, export and predict."""

@@ -1,0 +1,1 @@
+"""Stage 5: reports: the one document writer (Markdown + self-contained HTML) and the reports built on it."""
