@@ -20,7 +20,7 @@ import torch
 from latentprobe.data.cifar import Normalizer, load_split
 from latentprobe.distributed import local_device
 from latentprobe.training.engine import keep_freed_memory, prepare_model
-from latentprobe.probe.features import extract
+from latentprobe.training.engine import extract
 from latentprobe.models import create_model
 
 

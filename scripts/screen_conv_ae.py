@@ -20,7 +20,7 @@ from sklearn.preprocessing import StandardScaler
 
 from latentprobe.data.cifar import Normalizer, load_split, train_val_split
 from latentprobe.training.engine import Objective, train_one_epoch
-from latentprobe.probe.features import extract
+from latentprobe.training.engine import extract
 from latentprobe.models import create_model
 
 PROBE_EPOCHS = {1, 2, 4, 6, 8, 10, 15, 20}

@@ -7,7 +7,8 @@ from eval_helpers import fast_config, train_tiny_run
 from latentprobe.checkpoint import load_checkpoint
 from latentprobe.data.cifar import Normalizer
 from latentprobe.probe.evaluate import evaluate_run, load_eval
-from latentprobe.probe.features import FeatureSet, extract, pca_features, random_encoder_features
+from latentprobe.probe.features import FeatureSet, pca_features, random_encoder_features
+from latentprobe.training.engine import extract
 from latentprobe.runs import Run, run_splits
 from latentprobe.training.pretrain import TrainConfig, build_model
 from latentprobe.probe.heads import MLPHead, fit_head

@@ -168,6 +168,8 @@ def test_train_seeds_repeats_pretraining_one_run_per_seed(cifar10_root, tmp_path
 
 @pytest.mark.parametrize("flags, message", [
     (["--latent-dim", "0"], "--latent-dim must be at least 1, got 0"),
+    (["--probe-every", "0"], "--probe-every must be at least 1, got 0"),
+    (["--probe-every", "1", "--val-size", "0"], "--probe-every scores the probe on the validation split"),
     (["--latent-dim", "-5"], "--latent-dim must be at least 1, got -5"),
     (["--epochs", "-1"], "--epochs must be at least 1, got -1"),
     (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
@@ -269,3 +271,30 @@ def test_a_kill_after_the_final_checkpoint_is_repaired_on_the_next_run(cifar10_r
         read_jsonl(run / "metrics.jsonl")
     train(_config(cifar10_root, run, epochs=2))
     assert read_jsonl(run / "metrics.jsonl") == lines
+
+
+def test_the_online_probe_writes_its_accuracy_every_n_epochs_and_repeats_under_a_seed(cifar10_root, tmp_path):
+    """`--probe-every 2`: val_probe_acc in metrics.jsonl (and so TensorBoard) at epochs 2 and 4, drawn
+    in the loss figure; a second run with the same seed reads the same accuracies."""
+    runs = [train(_config(cifar10_root, tmp_path / name, epochs=4, probe_every=2, probe_size=100))
+            for name in ("a", "b")]
+    histories = [read_jsonl(run / "metrics.jsonl") for run in runs]
+    probed = [[(h["epoch"], h["val_probe_acc"]) for h in history if "val_probe_acc" in h] for history in histories]
+    assert [epoch for epoch, _ in probed[0]] == [2, 4] and all(0 <= acc <= 1 for _, acc in probed[0])
+    assert probed[0] == probed[1]
+    assert (runs[0] / "loss.png").stat().st_size > 0
+    events = list((runs[0] / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and b"val_probe_acc" in events[0].read_bytes()
+
+
+def test_ridge_accuracy_reads_separable_classes_in_the_primal_and_the_dual():
+    from latentprobe.training.engine import ridge_accuracy
+
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(300) % 3
+    for dim in (20, 1000):  # fewer features than samples (primal), more (dual)
+        centres = torch.randn(3, dim, generator=generator) * 3
+        x = centres[labels] + torch.randn(300, dim, generator=generator)
+        assert ridge_accuracy(x[:200], labels[:200], x[200:], labels[200:]) == 1.0, dim
+        noise = torch.randn(300, dim, generator=generator)  # no class information: about chance
+        assert ridge_accuracy(noise[:200], labels[:200], noise[200:], labels[200:]) < 0.6, dim

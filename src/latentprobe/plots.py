@@ -36,8 +36,10 @@ def image_grid(rows: dict[str, torch.Tensor], path: Path, title: str | None = No
 
 
 def line_chart(series: dict[str, tuple[list, list]], path: Path, *, title: str, xlabel: str = "epoch",
-               ylabel: str = "", log_y: bool = False) -> Path:
-    """Several curves on one chart: ``{label: (x, y)}``."""
+               ylabel: str = "", log_y: bool = False, right: dict[str, tuple[list, list]] | None = None,
+               right_label: str = "") -> Path:
+    """Several curves on one chart: ``{label: (x, y)}``; ``right``: curves of another unit, dashed,
+    on a second y axis (e.g. the online probe's accuracy beside the loss)."""
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for label, (x, y) in series.items():
         ax.plot(x, y, marker="o" if len(x) < 30 else None, markersize=3, label=label)
@@ -45,8 +47,15 @@ def line_chart(series: dict[str, tuple[list, list]], path: Path, *, title: str, 
     if log_y:
         ax.set_yscale("log")
     ax.grid(alpha=0.3)
-    if len(series) > 1:
-        ax.legend(fontsize=8)
+    handles, labels = ax.get_legend_handles_labels()
+    if right:
+        other = ax.twinx()
+        for i, (label, (x, y)) in enumerate(right.items()):
+            other.plot(x, y, "--", marker="s", markersize=3, color=f"C{len(series) + i}", label=label)
+        other.set_ylabel(right_label)
+        handles, labels = [*handles, *other.get_legend_handles_labels()[0]], [*labels, *right]
+    if len(handles) > 1:
+        ax.legend(handles, labels, fontsize=8)
     return _save(fig, path)
 
 

@@ -13,7 +13,7 @@ import torch
 
 from latentprobe.checkpoint import weights_digest
 from latentprobe.data.cifar import Normalizer, Split
-from latentprobe.training.engine import autocast, prepare_model
+from latentprobe.training.engine import extract, prepare_model
 from latentprobe.runs import Run
 
 
@@ -31,16 +31,6 @@ class FeatureSet:
     def to(self, device) -> "FeatureSet":
         return FeatureSet({k: v.to(device) for k, v in self.features.items()},
                           {k: v.to(device) for k, v in self.labels.items()}, self.class_names)
-
-
-@torch.no_grad()
-def extract(encode, images: torch.Tensor, normalizer: Normalizer, batch_size: int = 1000) -> torch.Tensor:
-    """``encode`` over uint8 ``images`` (on the device) in batches → (N, D) float32."""
-    outputs = []
-    for start in range(0, len(images), batch_size):
-        with autocast(images.device):
-            outputs.append(encode(normalizer(images[start:start + batch_size])).float())
-    return torch.cat(outputs)
 
 
 def _load_cache(path: Path, key: dict) -> FeatureSet | None:

@@ -11,9 +11,10 @@ from pathlib import Path
 
 from latentprobe import config as configuration
 from latentprobe.runs import Run, read_json
+from latentprobe.training.pretrain import RECORDING_OPTIONS
 
 # Settings that do not change what a run is, only how or where it ran (or its seed).
-_NOT_IDENTITY = configuration.RUNTIME_OPTIONS | {"seed", "grid_every", "checkpoint_every"}
+_NOT_IDENTITY = configuration.RUNTIME_OPTIONS | RECORDING_OPTIONS | {"seed"}
 
 
 @dataclass

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from latentprobe import config as configuration
 from latentprobe.checkpoint import CheckpointError
-from latentprobe.data.cifar import Normalizer, augment, batch_indices
+from latentprobe.data.cifar import Normalizer, Split, augment, batch_indices
 from latentprobe.distributed import is_main_process
 from latentprobe.runs import CHECKPOINT
 
@@ -237,6 +238,43 @@ def explained_divergence(run_dir: Path, lr_option: str):
                 run_dir.rmdir()
         raise TrainingError(f"{err}; no epoch finished, so nothing was kept in {run_dir}: "
                             f"run again with a lower {lr_option}") from None
+
+
+@torch.no_grad()
+def extract(encode, images: torch.Tensor, normalizer: Normalizer, batch_size: int = 1000) -> torch.Tensor:
+    """``encode`` over uint8 ``images`` (on the device) in batches → (N, D) float32."""
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        with autocast(images.device):
+            outputs.append(encode(normalizer(images[start:start + batch_size])).float())
+    return torch.cat(outputs)
+
+
+def ridge_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
+                   ridge: float = 0.1) -> float:
+    """How linearly separable the classes are: closed-form ridge regression from standardised
+    features to one-hot labels, fitted on ``train_*``; the accuracy of its argmax on ``val_*``.
+    The penalty is ``ridge`` times the mean eigenvalue of the system solved, in the dual (a sample
+    × sample system) when there are fewer samples than features, so 19,200-d latents cost little."""
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    a, b = (train_x - mean) / std, (val_x - mean) / std  # (N, D), (M, D)
+    targets = F.one_hot(train_y, int(max(train_y.max(), val_y.max())) + 1).double()  # (N, C)
+    n, d = a.shape
+    gram = (a @ a.T if n < d else a.T @ a).double()  # (N, N) or (D, D)
+    gram += ridge * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
+    if n < d:
+        scores = (b @ a.T).double() @ torch.linalg.solve(gram, targets)  # dual: W = Aᵀ (AAᵀ + λI)⁻¹ Y
+    else:
+        scores = b.double() @ torch.linalg.solve(gram, a.T.double() @ targets)  # primal
+    return (scores.argmax(1) == val_y).double().mean().item()
+
+
+@torch.no_grad()
+def linear_separability(model: nn.Module, train: Split, val: Split, normalizer: Normalizer) -> float:
+    """The online probe: ``ridge_accuracy`` of the model's latents of ``train`` scored on ``val``."""
+    model.eval()
+    return ridge_accuracy(extract(model.encode, train.images, normalizer), train.labels,
+                          extract(model.encode, val.images, normalizer), val.labels)
 
 
 @torch.no_grad()

@@ -18,11 +18,16 @@ from latentprobe.data.cifar import Normalizer, load_split, take, train_val_split
 from latentprobe.distributed import (barrier, check_device, init_distributed, is_main_process, local_device,
                                      mean_across_ranks)
 from latentprobe.training.engine import (COMPILE_MODES, OPTIMIZERS, SCHEDULES, Objective, build_optimizer,
-                                evaluate_reconstruction, explained_divergence, lr_at, resume, parallel_objective,
-                                prepare_model, seed_epoch, train_one_epoch)
+                                         evaluate_reconstruction, explained_divergence, linear_separability, lr_at,
+                                         parallel_objective, prepare_model, resume, seed_epoch, train_one_epoch)
 from latentprobe.models import create_model
 from latentprobe.plots import image_grid, line_chart
 from latentprobe.runs import CHECKPOINT, METRICS, Run, TensorBoard, append_jsonl, exclusive, read_jsonl, write_jsonl
+
+
+# Options that decide what is recorded along the way, not what is learned: they may change when a
+# run is continued, and runs that differ only in them are the same model.
+RECORDING_OPTIONS = frozenset({"grid_every", "checkpoint_every", "probe_every", "probe_size"})
 
 
 @dataclass
@@ -50,6 +55,10 @@ class TrainConfig:
                                                                     "replays CUDA graphs (fastest on a GPU)"})
     checkpoint_every: int = field(default=1, metadata={"help": "write checkpoint.pt every N epochs (and the last)"})
     grid_every: int = field(default=1, metadata={"help": "save a reconstruction grid every N epochs"})
+    probe_every: int | None = field(default=None, metadata={
+        "help": "online probe every N epochs: a ridge classifier on the latents of --probe-size training "
+                "images, scored on the validation split (val_probe_acc)"})
+    probe_size: int = field(default=5000, metadata={"help": "training images the online probe is fitted on"})
     seed: int = 0
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1 ..."})
     out: str = field(default="runs/conv_ae", metadata={"help": "run directory"})
@@ -57,7 +66,9 @@ class TrainConfig:
     def __post_init__(self):
         """Every option is checked here, where it is parsed, before a run directory exists."""
         configuration.require_at_least_one(self, "epochs", "batch_size", "accum_steps", "grid_every",
-                                           "checkpoint_every", "latent_dim", "subset")
+                                           "checkpoint_every", "latent_dim", "subset", "probe_every", "probe_size")
+        if self.probe_every is not None and self.val_size == 0:
+            raise ValueError("--probe-every scores the probe on the validation split: give --val-size > 0")
         for name, value in {"val_size": self.val_size, "weight_decay": self.weight_decay,
                             "warmup_epochs": self.warmup_epochs}.items():
             if value < 0:
@@ -97,7 +108,7 @@ def _resume(run_dir: Path, cfg: TrainConfig, model, optimizer) -> tuple[int, lis
     checkpoint = Run(run_dir).read_checkpoint(cfg.model)
     saved = checkpoint["train_config"]
     epoch, history = resume(run_dir, checkpoint, cfg, saved, model, optimizer,
-                            may_change=frozenset({"epochs", "grid_every", "checkpoint_every"}))
+                            may_change=RECORDING_OPTIONS | {"epochs"})
     if cfg.schedule == "cosine" and saved.get("epochs") != cfg.epochs and checkpoint["epoch"] < cfg.epochs:
         print(f"note: the cosine schedule now spans {cfg.epochs} epochs instead of {saved.get('epochs')}; "
               f"epochs 1-{checkpoint['epoch']} were trained on the old one, so the learning rate jumps here and "
@@ -123,9 +134,12 @@ def save_pictures(run_dir: Path, model, grid_images, normalizer, epoch: int, his
     torch.save({name: (images * 255).round().to(torch.uint8).cpu() for name, images in rows.items()},
                run_dir / "reconstructions.pt")
     epochs = [h["epoch"] for h in history]
+    probed = [h for h in history if "val_probe_acc" in h]  # epochs of the online probe (--probe-every)
     line_chart({"train": (epochs, [h["train_loss"] for h in history]),
                 "validation": (epochs, [h["val_loss"] for h in history])},
-               run_dir / "loss.png", title=f"{run_dir.name}: reconstruction loss", ylabel="loss")
+               run_dir / "loss.png", title=f"{run_dir.name}: reconstruction loss", ylabel="loss",
+               right={"online probe": ([h["epoch"] for h in probed], [h["val_probe_acc"] for h in probed])}
+               if probed else None, right_label="validation accuracy")
 
 
 def _metrics_match(path: Path, history: list[dict]) -> bool:
@@ -171,6 +185,7 @@ def _train(cfg: TrainConfig, run_dir: Path, model, optimizer, peak_lr: float, tr
     if start_epoch == 0:  # a resumed model has its fitted statistics from the checkpoint
         prepare_model(model, train_split.images, normalizer, cfg.seed)
     grid_images = normalizer(val_split.images[:8])
+    probe_split = take(train_split, cfg.probe_size, seed=cfg.seed)  # the same images at every probe
 
     objective = parallel_objective(Objective(model), world_size, cfg.compile_mode if cfg.compile else None)
     steps_per_epoch = -(-(len(train_split) // world_size) // (cfg.batch_size * cfg.accum_steps))
@@ -192,6 +207,8 @@ def _train(cfg: TrainConfig, run_dir: Path, model, optimizer, peak_lr: float, tr
                                 first_step=(epoch - 1) * steps_per_epoch, rank=rank,
                                 world_size=world_size, desc=f"epoch {epoch}/{cfg.epochs}")
         stats.update(evaluate_reconstruction(model, val_split.images, normalizer, seed=cfg.seed))
+        if cfg.probe_every and epoch % cfg.probe_every == 0:
+            stats["val_probe_acc"] = linear_separability(model, probe_split, val_split, normalizer)
         stats = mean_across_ranks({k: v for k, v in stats.items() if k != "steps"}, device)
         record = {"epoch": epoch, **stats}
         history.append(record)
@@ -212,7 +229,8 @@ def _train(cfg: TrainConfig, run_dir: Path, model, optimizer, peak_lr: float, tr
                 save_pictures(run_dir, model, grid_images, normalizer, epoch, history)
             print(f"epoch {epoch}/{cfg.epochs}  loss {stats['train_loss']:.4f}  "
                   f"val mse {stats['val_mse']:.5f}  psnr {stats['val_psnr']:.2f} dB  "
-                  f"{stats['images_per_s']:.0f} img/s  lr {stats['lr']:.2e}", flush=True)
+                  f"{stats['images_per_s']:.0f} img/s  lr {stats['lr']:.2e}"
+                  + (f"  probe {stats['val_probe_acc']:.4f}" if "val_probe_acc" in stats else ""), flush=True)
         barrier()
     board.close()
     print(f"{run_dir}: trained to epoch {cfg.epochs} in {time.perf_counter() - started:.1f} s")
