@@ -96,8 +96,8 @@ def cmd_models(args) -> None:
 
 
 def cmd_summary(args) -> None:
-    from latentprobe.report.summary import model_summary
-    print(model_summary(args.model, args.model_args, batch_size=args.batch_size, depth=args.depth))
+    from latentprobe.report.summary import SummaryConfig, model_summary
+    print(model_summary(args.model, **configuration.to_dict(configuration.resolve(SummaryConfig, args))))
 
 
 def cmd_finetune(args) -> None:
@@ -173,10 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     summary = commands.add_parser("summary", help="torchinfo summary of a model: layers, shapes, parameters, MACs")
     summary.add_argument("model", help="model name (latentprobe models)")
-    summary.add_argument("--model-args", type=configuration.parse_mapping, default={},
-                         help="model options, 'key=value ...'")
-    summary.add_argument("--batch-size", type=int, default=1)
-    summary.add_argument("--depth", type=int, default=3, help="nesting depth of the layer table")
+    from latentprobe.report.summary import SummaryConfig
+    configuration.add_config_arguments(summary, SummaryConfig)
     summary.set_defaults(handler=cmd_summary)
 
     from latentprobe.training.finetune import FinetuneConfig
