@@ -125,3 +125,16 @@ def test_report_over_evaluated_runs_is_the_comparison(cifar10_runs, tmp_path):
     tables = [[line for line in (tmp_path / d / "report.md").read_text().splitlines() if line.startswith("|")]
               for d in ("via_report", "via_compare")]
     assert tables[0] == tables[1] and len(tables[0]) > 10
+
+
+def test_the_committed_gpu_run_rebuilds_to_the_committed_report(tmp_path):
+    """docs/mae_gpu holds an evaluated run's files (no checkpoint): the report rebuilt from them by
+    today's code has the tables of docs/mae_gpu/report and the numbers docs/RESULTS.md quotes."""
+    from pathlib import Path
+
+    docs = Path(__file__).parents[1] / "docs"
+    write_comparison([docs / "mae_gpu"], CompareConfig(out=str(tmp_path / "rebuilt"), tsne_points=0))
+    tables = [[line for line in (d / "report.md").read_text().splitlines() if line.startswith("|")]
+              for d in (tmp_path / "rebuilt", docs / "mae_gpu" / "report")]
+    assert tables[0] == tables[1]
+    assert "| **mae_vit_tiny_patch4 192-d cls pooling** | 192 | 64.70 ± 0.22 (3) | 65.12 ± 0.42 (3) |" in tables[0][2]

@@ -24,6 +24,11 @@ from latentprobe.report.results import Row, collect_rows
 from latentprobe.runs import RunData, write_json
 
 PROBE_NAMES = {"linear": "linear", "bn_linear": "linear+BN", "mlp": "MLP"}
+BASELINE_TEXTS = {
+    "random": "the same encoder with its untrained initial weights (the seed pretraining started from)",
+    "pca": "PCA of the normalised pixels fitted on the training split to the latent size",
+    "pixels": "raw pixels",
+}
 MANY_CLASSES = 20  # above this, Markdown lists the top confusions instead of the full matrix
 
 
@@ -109,6 +114,14 @@ def _header(evals: list[dict], cfg: CompareConfig) -> list:
     # when the probes ran (older eval.json files only know when `evaluate` was last called)
     dates = sorted({rep.get("date", e["date"]) for e in evals for rep in e["representations"].values()})
     when = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
+    probes = {probe for e in evals for probe in e["protocol"]["probes"]}
+    baselines = {name for e in evals for name in e["representations"]}
+    probe_texts = {
+        "linear": "`linear` (the study's Linear + log-softmax)",
+        "bn_linear": "`linear+BN` (BatchNorm1d without affine before the Linear, MAE's protocol)",
+        "mlp": f"`MLP` (BatchNorm, one hidden layer of {protocol['mlp_hidden']} with BatchNorm + ReLU)",
+        "knn": f"weighted kNN with cosine similarity, k in {{{ks}}}, temperature {protocol['knn_temperature']}",
+    }
     sizes = "; ".join(dict.fromkeys(" / ".join(map(str, e["representations"]["encoder"]["sizes"].values()))
                                     for e in evals if "sizes" in e["representations"]["encoder"]))
     return [
@@ -120,11 +133,9 @@ def _header(evals: list[dict], cfg: CompareConfig) -> list:
             f"Data: {evals[0]['train_config']['dataset']}, {evals[0]['label_type']} labels, "
             f"{len(evals[0]['class_names'])} classes; train / validation / test images: {sizes} "
             "(the validation split is carved from the training set with each run's seed).",
-            f"Probes over frozen features, extracted once: `linear` (the study's Linear + log-softmax), "
-            f"`linear+BN` (BatchNorm1d without affine before the Linear, MAE's protocol), `MLP` "
-            f"(BatchNorm, one hidden layer of {protocol['mlp_hidden']} with BatchNorm + ReLU), all Adam with "
-            f"batch {protocol['batch_size']}; weighted kNN with cosine similarity, k in {{{ks}}}, "
-            f"temperature {protocol['knn_temperature']}.",
+            "Probes over frozen features, extracted once: "
+            + ", ".join(text for probe, text in probe_texts.items() if probe in probes)
+            + f"; the trained heads use Adam with batch {protocol['batch_size']}.",
             f"Model selection on the validation split only: grid lr ∈ {{{', '.join(map(str, protocol['lrs']))}}} × "
             f"weight decay ∈ {{{', '.join(map(str, protocol['weight_decays']))}}}, epochs = best validation "
             f"epoch up to {protocol['epochs']} (stop after {protocol['patience']} epochs without gain), "
@@ -133,9 +144,8 @@ def _header(evals: list[dict], cfg: CompareConfig) -> list:
             "Cells are test accuracy **mean ± std (n)**: n counts probe seeds × pretraining runs (runs that "
             "differ only in their seed share a row); std is the sample std. kNN is deterministic, so its n "
             "counts pretraining runs only, and one run has std 0.",
-            "Baselines: the same encoder with its untrained initial weights (the seed pretraining started "
-            "from), PCA of the normalised pixels fitted on the training split to the latent size, raw pixels. "
-            "Reconstruction MSE is on [0, 1] pixels of the validation split, at the epoch the probes read "
+            "Baselines: " + (", ".join(text for name, text in BASELINE_TEXTS.items() if name in baselines) or "none")
+            + ". Reconstruction MSE is on [0, 1] pixels of the validation split, at the epoch the probes read "
             "(the one with the lowest validation loss).",
             *([f"Protocols differ for: {'; '.join(differ)}."] if differ else []),
         ]),
