@@ -35,3 +35,12 @@ def test_study_of_another_model_draws_its_latent_size_curve(cifar10_root, tmp_pa
     assert report.startswith("# patch_ae: what the latent knows") and "`patch_ae` (whitening_patches=5000)" in report
     summary = report.split("## Summary")[1].split("##")[0]
     assert "| 16 |" in summary and "| 32 |" in summary  # one row per latent size
+
+
+def test_study_of_the_deep_conv_autoencoder(cifar10_root, tmp_path):
+    out = tmp_path / "study"
+    main(["study", "--preset", "quick", "--model", "deep_conv_ae", "--model-args", "width=4",
+          "--latent-sizes", "16,32", "--subset", "200", "--val-size", "40", "--epochs", "1", "--probe-epochs", "2",
+          "--data-dir", str(cifar10_root), "--no-download", "--device", "cpu", "--out", str(out)])
+    summary = (out / "report.md").read_text().split("## Summary")[1].split("##")[0]
+    assert "| 16 |" in summary and "| 32 |" in summary
