@@ -202,3 +202,30 @@ def test_no_download_with_a_mistyped_data_dir_is_one_line_and_creates_nothing(tm
         main([command, str(run), "--data-dir", str(typo), "--no-download"])
     assert str(stop.value.code).startswith("error: ") and "dta/cifar-10-batches-py not found" in str(stop.value.code)
     assert "\n" not in str(stop.value.code) and not typo.exists()
+
+
+def test_layer_wise_probes_give_one_result_per_stage_and_a_depth_curve(tmp_path):
+    """`evaluate --layers all` probes every stage of a deep encoder with the same protocol; the
+    last stage is the latent itself; compare draws accuracy against depth. A stage that does not
+    exist, or a model without stages, is one clear line."""
+    from latentprobe.report.compare import CompareConfig, write_comparison
+    from latentprobe.training.pretrain import TrainConfig, train
+
+    data = write_cifar10(tmp_path / "data", per_batch=40, test=60)
+    run = train(TrainConfig(model="deep_conv_ae", latent_dim=16, model_args={"width": 4}, data_dir=str(data),
+                            download=False, val_size=60, epochs=1, batch_size=64, device="cpu",
+                            out=str(tmp_path / "deep")))
+    record = evaluate_run(run, fast_config(probes=["linear"], baselines=[], seeds=1, layers=["all"]))
+    layers = {k: v for k, v in record["representations"].items() if k.startswith("layer_")}
+    assert sorted(layers) == ["layer_1", "layer_2", "layer_3", "layer_4"]
+    assert [layers[f"layer_{i}"]["latent_dim"] for i in range(1, 5)] == [16, 32, 64, 16]
+    assert layers["layer_4"]["probes"] == record["representations"]["encoder"]["probes"]  # the latent itself
+    html = write_comparison([run], CompareConfig(out=str(tmp_path / "report"), tsne_points=0, device="cpu"))
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "figures/depth.png" in markdown and "deep_conv_ae 16-d, layer 3" in markdown and html.is_file()
+    with pytest.raises(ValueError, match="--layers 5: deep_conv_ae has 4 layers, 1-4"):
+        evaluate_run(run, fast_config(probes=["linear"], baselines=[], seeds=1, layers=["2", "5"]))
+    with pytest.raises(ValueError, match="conv_ae does not expose its stages"):
+        evaluate_run(train_tiny_run(data, tmp_path / "shallow"), fast_config(baselines=[], layers=["all"]))
+    with pytest.raises(ValueError, match="--layers takes all, or stage numbers from 1"):
+        fast_config(layers=["0"])

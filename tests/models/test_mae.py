@@ -130,6 +130,8 @@ def test_encode_shape_and_pooling(pool):
     other = "mean" if pool == "cls" else "cls"
     with torch.no_grad():
         assert not torch.allclose(model.encode(images, pool=other), latent)
+        stages = model.stage_outputs(images)  # one pooled output per block; the last is the latent
+    assert len(stages) == len(model.blocks) and torch.allclose(stages[-1], latent, atol=1e-6)
 
 
 def test_encode_sees_every_patch_without_masking():

@@ -264,6 +264,15 @@ class MaskedAutoencoderViT(nn.Module):
         tokens = self.forward_features(images)
         return tokens[:, 0] if pool == "cls" else tokens[:, 1:].mean(dim=1)
 
+    def stage_outputs(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """After each block, through the final norm, pooled as ``encode``: (B, D) per block (layer-wise probes)."""
+        x, outputs = self._with_cls(self._embed_patches(images)), []
+        for block in self.blocks:
+            x = block(x)
+            tokens = self.norm(x)
+            outputs.append(tokens[:, 0] if self.pool == "cls" else tokens[:, 1:].mean(dim=1))
+        return outputs
+
     def _pixels(self, imgs: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
         """Predictions in pixel space: undo norm_pix_loss with each patch's own target stats."""
         if not self.norm_pix_loss:

@@ -30,7 +30,7 @@ from latentprobe import config as configuration
 from latentprobe.checkpoint import CLASSIFIER, save_checkpoint, weights_digest
 from latentprobe.distributed import local_device
 from latentprobe.training.engine import SCHEDULES
-from latentprobe.probe.features import FeatureSet, pixel_features, representation_features
+from latentprobe.probe.features import FeatureSet, layer_names, pixel_features, representation_features
 from latentprobe.probe.knn import knn_predict
 from latentprobe.metrics import confusion_matrix, mean_std
 from latentprobe.probe.heads import HEADS, fit_head, predict
@@ -54,6 +54,8 @@ class EvalConfig(RunData):
     knn_temperature: float = 0.07
     label_type: str = field(default="fine", metadata={"help": "fine, or coarse (CIFAR-100)"})
     pool: str | None = field(default=None, metadata={"help": "ViT token pooling: cls or mean (default: the run's)"})
+    layers: list[str] = field(default_factory=list, metadata={"help": "also probe these encoder stages: all, or "
+                                                                      "numbers from 1 (models with stages)"})
     threads: int | None = field(default=1, metadata={"help": "CPU threads (none: torch's default)"})
     device: str = "auto"
 
@@ -64,6 +66,8 @@ class EvalConfig(RunData):
         if unknown:
             raise ValueError(f"unknown probe(s) or baseline(s) {unknown}; probes: {', '.join(HEADS)}, knn; "
                              f"baselines: random, pca, pixels")
+        if any(layer != "all" and not (layer.isdigit() and int(layer) >= 1) for layer in self.layers):
+            raise ValueError(f"--layers takes all, or stage numbers from 1; got {','.join(self.layers)}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown --schedule {self.schedule!r}; use one of {', '.join(SCHEDULES)}")
         configuration.require_at_least_one(self, "seeds", "epochs", "patience", "batch_size", "mlp_hidden", "knn_k",
@@ -72,7 +76,7 @@ class EvalConfig(RunData):
     def protocol(self) -> dict:
         """The settings that decide the numbers (a saved result is reused only if they match)."""
         protocol = {k: v for k, v in configuration.to_dict(self).items()
-                    if k not in ("baselines", "data_dir", "download", "device", "threads")}
+                    if k not in ("baselines", "layers", "data_dir", "download", "device", "threads")}
         if protocol["schedule"] == "constant":  # results from before the option: constant lr
             del protocol["schedule"]
         return protocol
@@ -227,7 +231,7 @@ def _evaluate_run(run: Run, cfg: EvalConfig) -> dict:
               "git_sha": configuration.git_sha(), "class_names": previous.get("class_names"),
               "representations": done}
     pixels = None
-    for name in ["encoder", *cfg.baselines]:
+    for name in ["encoder", *layer_names(run, cfg.layers, cfg.pool), *cfg.baselines]:
         if name in done:
             print(f"{run_dir}: {name} already evaluated under this protocol", flush=True)
             continue

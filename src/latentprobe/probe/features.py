@@ -53,28 +53,48 @@ def _save_cache(path: Path, key: dict, feature_set: FeatureSet) -> None:
     tmp.replace(path)
 
 
-def _encode_splits(model, run: Run, device, label_type) -> FeatureSet:
+def _encode_splits(encode, run: Run, device, label_type) -> FeatureSet:
     splits = run.splits(label_type)
     normalizer = Normalizer(run.train_config["dataset"], device)
-    features = {name: extract(model.encode, split.images.to(device), normalizer).cpu()
+    features = {name: extract(encode, split.images.to(device), normalizer).cpu()
                 for name, split in splits.items()}
     labels = {name: split.labels for name, split in splits.items()}
     return FeatureSet(features, labels, splits["train"].class_names)
 
 
 def run_features(run: Run, device: torch.device, label_type: str = "fine",
-                 pool: str | None = None) -> FeatureSet:
-    """Cached features of a run's encoder, extracted on the first call (and again whenever
-    the weights, data, labels or pooling asked for differ from the cached ones)."""
+                 pool: str | None = None, layer: int | None = None) -> FeatureSet:
+    """Cached features of a run's encoder (or of its ``layer``-th stage, counted from 1),
+    extracted on the first call (and again whenever the weights, data, labels or pooling asked
+    for differ from the cached ones)."""
     run = Run.of(run)
     model = run.model(device, pool)
     key = {"epoch": run.probed_epoch, "label_type": label_type, "pool": getattr(model, "pool", None),
            "weights": weights_digest(model), "data": run.data_identity()}
-    feature_set = _load_cache(run.features_file("encoder"), key)
+    name = "encoder" if layer is None else f"layer_{layer}"
+    feature_set = _load_cache(run.features_file(name), key)
     if feature_set is None:
-        feature_set = _encode_splits(model, run, device, label_type)
-        _save_cache(run.features_file("encoder"), key, feature_set)
+        encode = model.encode if layer is None else (lambda images: model.stage_outputs(images)[layer - 1])
+        feature_set = _encode_splits(encode, run, device, label_type)
+        _save_cache(run.features_file(name), key, feature_set)
     return feature_set
+
+
+def layer_names(run: Run, layers: list[str], pool: str | None = None) -> list[str]:
+    """``["layer_1", …]`` for ``--layers all`` or a list of stage numbers, checked against the model."""
+    if not layers:
+        return []
+    model = run.untrained_model(pool).eval()
+    if not hasattr(model, "stage_outputs"):
+        raise ValueError(f"--layers: {run.model_name} does not expose its stages (a model's stage_outputs); "
+                         f"probe its latent without --layers")
+    with torch.no_grad():
+        count = len(model.stage_outputs(torch.zeros(1, 3, 32, 32)))
+    chosen = range(1, count + 1) if "all" in layers else sorted({int(layer) for layer in layers})
+    missing = [i for i in chosen if not 1 <= i <= count]
+    if missing:
+        raise ValueError(f"--layers {', '.join(map(str, missing))}: {run.model_name} has {count} layers, 1-{count}")
+    return [f"layer_{i}" for i in chosen]
 
 
 def random_encoder_features(run: Run, device: torch.device, label_type: str = "fine",
@@ -95,7 +115,7 @@ def random_encoder_features(run: Run, device: torch.device, label_type: str = "f
         model = run.untrained_model(pool).to(device).eval()
         train = run.splits()["train"]  # statistics fitted before training, as train does
         prepare_model(model, train.images.to(device), Normalizer(run.train_config["dataset"], device), seed)
-        feature_set = _encode_splits(model, run, device, label_type)
+        feature_set = _encode_splits(model.encode, run, device, label_type)
         _save_cache(run.features_file("random"), key, feature_set)
     return feature_set
 
@@ -138,6 +158,8 @@ def representation_features(run: Run, name: str, device: torch.device, label_typ
     run = Run.of(run)
     if name == "encoder":
         return run_features(run, device, label_type, pool)
+    if name.startswith("layer_"):
+        return run_features(run, device, label_type, pool, layer=int(name.split("_")[1]))
     if name == "random":
         return random_encoder_features(run, device, label_type, pool)
     if name not in REPRESENTATIONS:

@@ -19,8 +19,8 @@ from latentprobe.distributed import local_device
 from latentprobe.probe.evaluate import load_eval
 from latentprobe.probe.features import run_features
 from latentprobe.metrics import mean_std, most_confused, precision_recall
-from latentprobe.plots import confusion_heatmap, grouped_bars, scatter_maps
-from latentprobe.report.results import Row, collect_rows
+from latentprobe.plots import confusion_heatmap, grouped_bars, line_chart, scatter_maps
+from latentprobe.report.results import Row, collect_rows, layer_number
 from latentprobe.runs import RunData, write_json
 
 PROBE_NAMES = {"linear": "linear", "bn_linear": "linear+BN", "mlp": "MLP"}
@@ -152,6 +152,26 @@ def _header(evals: list[dict], cfg: CompareConfig) -> list:
     ]
 
 
+def _depth(rows: list[Row], probes: list[str], figures: Path) -> list:
+    """Where the knowledge lives: test accuracy against the encoder stage (``evaluate --layers``);
+    the last point of each curve is the stage the latent comes from."""
+    curves = {}
+    for row in rows:
+        stages = sorted((r for r in rows if r.encoder == row.label), key=layer_number)
+        for probe in probes:
+            points = [(layer_number(r), mean_std(r.accuracies[probe])[0]) for r in stages if r.accuracies.get(probe)]
+            if points:
+                curves[f"{row.label}: {probe_title(probe)}"] = tuple(map(list, zip(*points)))
+    if not curves:
+        return []
+    line_chart(curves, figures / "depth.png", title="Test accuracy by encoder stage", xlabel="stage (layer)",
+               ylabel="test accuracy")
+    return [Heading(2, "Where the knowledge lives: accuracy by depth"),
+            Paragraph("Each stage of an encoder probed with the same protocol (`evaluate --layers`): the rows "
+                      "'…, layer k' of the accuracy table, drawn against k."),
+            Figure("figures/depth.png", "Test accuracy of each probe by encoder stage")]
+
+
 def _per_class(rows: list[Row], class_names: list[str], figures: Path) -> list:
     many = len(class_names) > MANY_CLASSES
     confusions = {}  # label → (probe, (C, C) test confusion of the saved linear head)
@@ -257,6 +277,7 @@ def write_comparison(runs: list[Path], cfg: CompareConfig) -> Path:
                   "that each seed kept."),
         selection_table(rows, probes),
     ]
+    blocks += _depth(rows, probes, figures)
     blocks += _per_class(rows, class_names, figures)
     blocks += _tsne_maps(rows, cfg, figures)
     blocks += [Heading(2, "Runs"), Bullets([f"{row.label}: " + ", ".join(

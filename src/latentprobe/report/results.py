@@ -21,11 +21,12 @@ _NOT_IDENTITY = configuration.RUNTIME_OPTIONS | RECORDING_OPTIONS | {"seed"}
 class Row:
     """One line of the comparison: a model (runs pooled over seeds) or a baseline."""
     label: str
-    kind: str  # encoder, random, pca or pixels
+    kind: str  # encoder, layer_<k> (a stage of the encoder, from 1), random, pca or pixels
     dim: int
     evals: list[dict]  # the runs behind the row (the first one for a deduplicated baseline)
     accuracies: dict[str, list[float]] = field(default_factory=dict)  # probe → test acc per seed × run
     finetune: list[float] = field(default_factory=list)
+    encoder: str = ""  # a layer row: the label of its encoder's row
 
 
 def _identity(record: dict) -> str:
@@ -70,12 +71,21 @@ def collect_rows(evals: list[dict]) -> list[Row]:
         seen_labels.setdefault(label, first)
         rows.append(Row(label, "encoder", first["latent_dim"], members))
     baselines: dict[str, Row] = {}
+    layers: dict[str, list[Row]] = {row.label: [] for row in rows}  # an encoder's stages, probed by --layers
     counted = set()
     for row in list(rows):
         for record in row.evals:
             for kind, rep in record["representations"].items():
                 if kind == "encoder":
                     _pool(row, rep)
+                    continue
+                if kind.startswith("layer_"):
+                    layer = next((r for r in layers[row.label] if r.kind == kind), None)
+                    if layer is None:
+                        layer = Row(f"{row.label}, layer {kind.split('_')[1]}", kind, rep["latent_dim"], [record],
+                                    encoder=row.label)
+                        layers[row.label].append(layer)
+                    _pool(layer, rep)
                     continue
                 label = {"random": f"random-weight {row.label}",  # same architecture as its row
                          "pca": f"PCA of pixels {rep['latent_dim']}-d", "pixels": f"raw pixels {rep['latent_dim']}-d"}[kind]
@@ -94,7 +104,12 @@ def collect_rows(evals: list[dict]) -> list[Row]:
         if labels.count(row.label) > 1:
             row.label += f" ({row.evals[0]['train_config'].get('subset') or 'all'} train images)"
     order = {"encoder": 0, "random": 1, "pca": 2, "pixels": 3}
-    return rows + sorted(baselines.values(), key=lambda r: (order[r.kind], r.dim, r.label))
+    stages = [r for row in rows for r in [row, *sorted(layers[row.label], key=layer_number)]]
+    return stages + sorted(baselines.values(), key=lambda r: (order[r.kind], r.dim, r.label))
+
+
+def layer_number(row: Row) -> int:
+    return int(row.kind.split("_")[1])
 
 
 def _pool(row: Row, rep: dict) -> None:
