@@ -17,10 +17,10 @@ import torch
 
 from latentprobe.data.cifar import Normalizer, load_split
 from latentprobe.distributed import local_device
-from latentprobe.training.engine import Objective, autocast, train_one_epoch
-from latentprobe.probe.features import FeatureSet
 from latentprobe.models import create_model
+from latentprobe.probe.features import FeatureSet
 from latentprobe.probe.heads import ProbeConfig, train_probe
+from latentprobe.training.engine import Objective, autocast, train_one_epoch
 
 
 def sync(device):

@@ -36,10 +36,16 @@ from torch.profiler import ProfilerActivity, profile
 from latentprobe.config import _parse_mapping
 from latentprobe.data.cifar import Normalizer, load_split
 from latentprobe.distributed import local_device
-from latentprobe.training.engine import (COMPILE_MODES, Objective, build_optimizer, compile_objective, keep_freed_memory,
-                                train_one_epoch)
 from latentprobe.models import create_model
 from latentprobe.report.summary import count_macs
+from latentprobe.training.engine import (
+    COMPILE_MODES,
+    Objective,
+    build_optimizer,
+    compile_objective,
+    keep_freed_memory,
+    train_one_epoch,
+)
 
 
 def sync(device: torch.device) -> None:

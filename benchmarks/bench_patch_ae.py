@@ -2,7 +2,7 @@
 
     python benchmarks/bench_patch_ae.py [--filters 4000] [--images 50000] [--encoding soft_threshold]
 
-Times what feature extraction does (`features.extract` over `model.encode`: every 6×6 patch of
+Times what feature extraction does (`engine.extract` over `model.encode`: every 6×6 patch of
 each image contrast-normalised, whitened, encoded, and sum-pooled per quadrant) on real CIFAR-10
 training images, and reports the features' size (N × latent_dim float32) beside the process's
 peak resident memory, to show that K = 4,000 fits a 24 GiB machine. The filters are untrained
@@ -19,9 +19,8 @@ import torch
 
 from latentprobe.data.cifar import Normalizer, load_split
 from latentprobe.distributed import local_device
-from latentprobe.training.engine import keep_freed_memory, prepare_model
-from latentprobe.training.engine import extract
 from latentprobe.models import create_model
+from latentprobe.training.engine import extract, keep_freed_memory, prepare_model
 
 
 def main() -> None:

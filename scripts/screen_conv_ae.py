@@ -19,9 +19,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from latentprobe.data.cifar import Normalizer, load_split, train_val_split
-from latentprobe.training.engine import Objective, train_one_epoch
-from latentprobe.training.engine import extract
 from latentprobe.models import create_model
+from latentprobe.training.engine import Objective, extract, train_one_epoch
 
 PROBE_EPOCHS = {1, 2, 4, 6, 8, 10, 15, 20}
 

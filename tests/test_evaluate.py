@@ -8,10 +8,10 @@ from latentprobe.checkpoint import load_checkpoint
 from latentprobe.data.cifar import Normalizer
 from latentprobe.probe.evaluate import evaluate_run, load_eval
 from latentprobe.probe.features import FeatureSet, pca_features, random_encoder_features
-from latentprobe.training.engine import extract
-from latentprobe.runs import Run, run_splits
-from latentprobe.training.pretrain import TrainConfig, build_model
 from latentprobe.probe.heads import MLPHead, fit_head
+from latentprobe.runs import Run, run_splits
+from latentprobe.training.engine import extract
+from latentprobe.training.pretrain import TrainConfig, build_model
 
 
 @pytest.fixture(scope="module")
@@ -130,8 +130,7 @@ def test_unknown_probe_or_baseline_is_a_clear_error():
 def test_run_info_reports_the_reconstruction_of_the_epoch_the_probes_read(tmp_path):
     from latentprobe.checkpoint import save_checkpoint
     from latentprobe.probe.evaluate import run_info
-    from latentprobe.runs import Run
-    from latentprobe.runs import write_jsonl
+    from latentprobe.runs import Run, write_jsonl
 
     run = train_tiny_run(write_cifar10(tmp_path / "data", per_batch=40, test=60), tmp_path / "run")
     checkpoint = load_checkpoint(run / "checkpoint.pt")

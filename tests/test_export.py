@@ -7,7 +7,6 @@ from latentprobe.cli import main
 from latentprobe.probe.evaluate import evaluate_run
 from latentprobe.probe.export import export_features, load_image, predict_files
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 

@@ -2,16 +2,16 @@
 
 import pytest
 import torch
+from report_helpers import assert_html_matches_markdown
 
 from latentprobe.checkpoint import CheckpointError, load_checkpoint
 from latentprobe.probe.features import run_features
-from latentprobe.training.finetune import FinetuneConfig, finetune
-from latentprobe.report.mae_report import write_mae_report
-from report_helpers import assert_html_matches_markdown
-from latentprobe.training.pretrain import TrainConfig, train
 from latentprobe.probe.heads import ProbeConfig
+from latentprobe.report.mae_report import write_mae_report
 from latentprobe.runs import read_jsonl
 from latentprobe.study import probe_and_save
+from latentprobe.training.finetune import FinetuneConfig, finetune
+from latentprobe.training.pretrain import TrainConfig, train
 
 TINY_MAE = {"embed_dim": 32, "depth": 2, "num_heads": 2, "decoder_embed_dim": 32, "decoder_depth": 1,
             "decoder_num_heads": 2}

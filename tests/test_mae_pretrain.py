@@ -7,12 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_finetune import TINY_MAE, _pretrain, interrupt_after_first_epoch
 
 from latentprobe.checkpoint import load_checkpoint
-from latentprobe.runs import Run
-from latentprobe.runs import read_jsonl
-
-from test_finetune import TINY_MAE, _pretrain, interrupt_after_first_epoch
+from latentprobe.runs import Run, read_jsonl
 
 
 def test_mae_run_resumes_to_the_same_result_and_keeps_grids(cifar10_root, tmp_path, monkeypatch):

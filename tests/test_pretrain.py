@@ -2,11 +2,11 @@ import pytest
 import torch
 
 from latentprobe.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from latentprobe.training.engine import TrainingError
 from latentprobe.models import create_model
 from latentprobe.models.conv_ae import ConvAutoencoder
-from latentprobe.training.pretrain import TrainConfig, train
 from latentprobe.runs import read_jsonl
+from latentprobe.training.engine import TrainingError
+from latentprobe.training.pretrain import TrainConfig, train
 
 
 def _config(root, out, **overrides) -> TrainConfig:

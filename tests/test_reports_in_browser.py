@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 from report_helpers import assert_renders_in_chromium, chromium, rendered
 
-from latentprobe.report.document import Figure, Heading, Paragraph, Table, write_report
 from latentprobe.plots import line_chart
+from latentprobe.report.document import Figure, Heading, Paragraph, Table, write_report
 
 pytestmark = pytest.mark.skipif(chromium() is None, reason="headless Chromium (and playwright) not installed")
 DOCS = Path(__file__).parents[1] / "docs"

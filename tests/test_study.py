@@ -2,9 +2,9 @@
 
 import pytest
 import yaml
+from report_helpers import assert_html_matches_markdown
 
 from latentprobe.cli import main
-from report_helpers import assert_html_matches_markdown
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 

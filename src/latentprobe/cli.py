@@ -23,8 +23,8 @@ from pathlib import Path
 from latentprobe import config as configuration
 from latentprobe.checkpoint import CheckpointError
 from latentprobe.data.cifar import DataError
-from latentprobe.training.engine import TrainingError, keep_freed_memory
 from latentprobe.runs import RunInUse
+from latentprobe.training.engine import TrainingError, keep_freed_memory
 
 # Errors that mean "the input is wrong": shown as one line, without a traceback.
 USER_ERRORS = (DataError, CheckpointError, TrainingError, RunInUse, FileNotFoundError, ValueError)
@@ -114,9 +114,9 @@ def cmd_mae_report(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from latentprobe.training.pretrain import TrainConfig
     from latentprobe.probe.heads import ProbeConfig
     from latentprobe.study import StudyConfig
+    from latentprobe.training.pretrain import TrainConfig
 
     parser = argparse.ArgumentParser(prog="latentprobe", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

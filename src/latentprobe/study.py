@@ -12,10 +12,10 @@ from pathlib import Path
 from latentprobe import config as configuration
 from latentprobe.distributed import local_device
 from latentprobe.probe.features import pixel_features, run_features
-from latentprobe.training.pretrain import TrainConfig, train
 from latentprobe.probe.heads import ProbeConfig, probe_and_save
 from latentprobe.report.study_report import write_study_report
 from latentprobe.runs import run_splits
+from latentprobe.training.pretrain import TrainConfig, train
 
 PRESETS = {
     # a first look: a 4,000-image subset, few epochs (< 5 min on a 2-core CPU)

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from latentprobe.runs import Run
 from latentprobe.models.patch_ae import PatchAutoencoder
+from latentprobe.runs import Run
 from latentprobe.training.pretrain import TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -50,7 +50,4 @@ def create_model(name: str, **kwargs) -> nn.Module:
 
 
 # Importing the model files fills the registry.
-from latentprobe.models import conv_ae  # noqa: E402,F401
-from latentprobe.models import mae  # noqa: E402,F401
-from latentprobe.models import patch_ae  # noqa: E402,F401
-from latentprobe.models import deep_conv_ae  # noqa: E402,F401
+from latentprobe.models import conv_ae, deep_conv_ae, mae, patch_ae  # noqa: E402,F401

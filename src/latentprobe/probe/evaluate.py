@@ -29,12 +29,13 @@ import torch
 from latentprobe import config as configuration
 from latentprobe.checkpoint import CLASSIFIER, save_checkpoint, weights_digest
 from latentprobe.distributed import local_device
-from latentprobe.training.engine import SCHEDULES
-from latentprobe.probe.features import FeatureSet, layer_names, pixel_features, representation_features
-from latentprobe.probe.knn import knn_predict
 from latentprobe.metrics import confusion_matrix, mean_std
+from latentprobe.probe.features import FeatureSet, layer_names, pixel_features, representation_features
 from latentprobe.probe.heads import HEADS, fit_head, predict
+from latentprobe.probe.knn import knn_predict
 from latentprobe.runs import Run, RunData, write_json
+from latentprobe.training.engine import SCHEDULES
+
 
 @dataclass
 class EvalConfig(RunData):

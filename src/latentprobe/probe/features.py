@@ -13,8 +13,8 @@ import torch
 
 from latentprobe.checkpoint import weights_digest
 from latentprobe.data.cifar import Normalizer, Split
-from latentprobe.training.engine import extract, prepare_model
 from latentprobe.runs import Run
+from latentprobe.training.engine import extract, prepare_model
 
 
 @dataclass

@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from latentprobe.config import require_at_least_one
 from latentprobe.data.cifar import batch_indices
 from latentprobe.distributed import local_device
-from latentprobe.training.engine import lr_at
-from latentprobe.probe.features import FeatureSet, run_features
 from latentprobe.metrics import confusion_matrix, precision_recall
+from latentprobe.probe.features import FeatureSet, run_features
 from latentprobe.runs import Run, RunData, write_json
+from latentprobe.training.engine import lr_at
 
 
 class LinearHead(nn.Module):

@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from latentprobe import config as configuration
-from latentprobe.report.document import Bullets, Figure, Heading, Paragraph, Table, confusion_table, write_report
 from latentprobe.distributed import local_device
-from latentprobe.probe.evaluate import load_eval
-from latentprobe.probe.features import run_features
 from latentprobe.metrics import mean_std, most_confused, precision_recall
 from latentprobe.plots import confusion_heatmap, grouped_bars, line_chart, scatter_maps
+from latentprobe.probe.evaluate import load_eval
+from latentprobe.probe.features import run_features
+from latentprobe.report.document import Bullets, Figure, Heading, Paragraph, Table, confusion_table, write_report
 from latentprobe.report.results import Row, collect_rows, layer_number
 from latentprobe.runs import RunData, write_json
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from latentprobe import config as configuration
-from latentprobe.report.document import Figure, Heading, Paragraph, Table, write_report
 from latentprobe.plots import confusion_heatmap, grouped_bars, line_chart
+from latentprobe.report.document import Figure, Heading, Paragraph, Table, write_report
 from latentprobe.runs import Run
 
 # (label in the report, how the number was made, the result file in RUN)

@@ -9,10 +9,18 @@ import numpy as np
 import torch
 
 from latentprobe import config as configuration
-from latentprobe.report.document import (Bullets, Figure, Heading, Paragraph, Table, confusion_table, to_markdown,
-                                  write_report)
 from latentprobe.metrics import most_confused
 from latentprobe.plots import confusion_heatmap, grouped_bars, image_grid, line_chart
+from latentprobe.report.document import (
+    Bullets,
+    Figure,
+    Heading,
+    Paragraph,
+    Table,
+    confusion_table,
+    to_markdown,
+    write_report,
+)
 from latentprobe.runs import Run, read_jsonl
 
 

@@ -26,13 +26,28 @@ import torch.nn.functional as F
 from latentprobe import config as configuration
 from latentprobe.checkpoint import CLASSIFIER, CheckpointError, load_checkpoint, save_checkpoint
 from latentprobe.data.cifar import Normalizer, batch_indices, take
-from latentprobe.distributed import (barrier, check_device, init_distributed, is_main_process, local_device,
-                                     mean_across_ranks)
-from latentprobe.training.engine import (COMPILE_MODES, autocast, explained_divergence, lr_at, parallel_objective,
-                                param_groups, resume, seed_epoch, train_one_epoch)
+from latentprobe.distributed import (
+    barrier,
+    check_device,
+    init_distributed,
+    is_main_process,
+    local_device,
+    mean_across_ranks,
+)
 from latentprobe.metrics import confusion_matrix, precision_recall
 from latentprobe.models import create_model
 from latentprobe.runs import CHECKPOINT, METRICS, Run, RunData, append_jsonl, write_json, write_jsonl
+from latentprobe.training.engine import (
+    COMPILE_MODES,
+    autocast,
+    explained_divergence,
+    lr_at,
+    parallel_objective,
+    param_groups,
+    resume,
+    seed_epoch,
+    train_one_epoch,
+)
 
 
 @dataclass

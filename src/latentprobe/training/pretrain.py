@@ -15,15 +15,33 @@ import torch
 from latentprobe import config as configuration
 from latentprobe.checkpoint import AUTOENCODER, save_checkpoint, unwrap
 from latentprobe.data.cifar import Normalizer, load_split, take, train_val_split
-from latentprobe.distributed import (barrier, check_device, init_distributed, is_main_process, local_device,
-                                     mean_across_ranks)
-from latentprobe.training.engine import (COMPILE_MODES, OPTIMIZERS, SCHEDULES, Objective, build_optimizer,
-                                         evaluate_reconstruction, explained_divergence, linear_separability, lr_at,
-                                         parallel_objective, prepare_model, resume, seed_epoch, train_one_epoch)
+from latentprobe.distributed import (
+    barrier,
+    check_device,
+    init_distributed,
+    is_main_process,
+    local_device,
+    mean_across_ranks,
+)
 from latentprobe.models import create_model
 from latentprobe.plots import image_grid, line_chart
 from latentprobe.runs import CHECKPOINT, METRICS, Run, TensorBoard, append_jsonl, exclusive, read_jsonl, write_jsonl
-
+from latentprobe.training.engine import (
+    COMPILE_MODES,
+    OPTIMIZERS,
+    SCHEDULES,
+    Objective,
+    build_optimizer,
+    evaluate_reconstruction,
+    explained_divergence,
+    linear_separability,
+    lr_at,
+    parallel_objective,
+    prepare_model,
+    resume,
+    seed_epoch,
+    train_one_epoch,
+)
 
 # Options that decide what is recorded along the way, not what is learned: they may change when a
 # run is continued, and runs that differ only in them are the same model.
