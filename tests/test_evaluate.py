@@ -1,3 +1,5 @@
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +9,7 @@ from eval_helpers import fast_config, train_tiny_run
 from latentprobe.checkpoint import load_checkpoint
 from latentprobe.data.cifar import Normalizer
 from latentprobe.probe.evaluate import evaluate_run, load_eval
-from latentprobe.probe.features import FeatureSet, pca_features, random_encoder_features
+from latentprobe.probe.features import FeatureSet, pca_features, random_encoder_features, run_features
 from latentprobe.probe.heads import MLPHead, fit_head
 from latentprobe.runs import Run, run_splits
 from latentprobe.training.engine import extract
@@ -92,6 +94,26 @@ def test_random_baseline_is_the_initialisation_pretraining_started_from(evaluate
     expected = extract(start.encode, splits["test"].images, Normalizer("cifar10"))
     got = random_encoder_features(Run(run, str(data)), torch.device("cpu"))
     assert torch.allclose(got.features["test"], expected)
+
+
+def test_flipped_training_images_double_the_probes_training_set_only(evaluated, tmp_path):
+    run, data, record = evaluated
+    flipped_run = tmp_path / "run"
+    shutil.copytree(run, flipped_run)
+    cfg = fast_config(data_dir=str(data), probes=["bn_linear"], baselines=["pixels"], flip_train=True)
+    flipped = evaluate_run(flipped_run, cfg)
+    for name in ("encoder", "pixels"):  # a new protocol: evaluated again, not read from the plain one
+        assert flipped["representations"][name]["sizes"] == {"train": 280, "val": 60, "test": 60}
+    assert flipped["protocol"]["flip_train"] is True and "flip_train" not in record["protocol"]
+    features = run_features(Run(flipped_run, str(data)), torch.device("cpu"), flip_train=True)
+    model = Run(flipped_run, str(data)).model("cpu")
+    train = run_splits(load_checkpoint(run / "checkpoint.pt")["train_config"], str(data))["train"]
+    mirrored = extract(model.encode, train.images.flip(-1), Normalizer("cifar10"))
+    assert torch.allclose(features.features["train"][140:], mirrored, atol=1e-5)
+    assert torch.equal(features.labels["train"], train.labels.repeat(2))
+    plain = run_features(Run(flipped_run, str(data)), torch.device("cpu"))  # its own cache, untouched
+    assert torch.allclose(plain.features["train"], features.features["train"][:140], atol=1e-5)
+    assert torch.equal(plain.features["val"], features.features["val"])
 
 
 @pytest.mark.parametrize("n_train", [40, 400])  # fewer and more images than pixel values

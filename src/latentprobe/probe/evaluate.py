@@ -49,6 +49,9 @@ class EvalConfig(RunData):
     epochs: int = field(default=30, metadata={"help": "most epochs per probe (best val epoch kept)"})
     patience: int = field(default=5, metadata={"help": "stop after this many epochs without val gain"})
     schedule: str = field(default="constant", metadata={"help": "probe lr: constant, or cosine (to 0 over --epochs)"})
+    flip_train: bool = field(default=False, metadata={"help": "probes also train on the training images "
+                                                              "mirrored left to right (validation and test "
+                                                              "are read as they are)"})
     batch_size: int = 256
     mlp_hidden: int = 512
     knn_k: list[int] = field(default_factory=lambda: [20, 200])
@@ -78,8 +81,9 @@ class EvalConfig(RunData):
         """The settings that decide the numbers (a saved result is reused only if they match)."""
         protocol = {k: v for k, v in configuration.to_dict(self).items()
                     if k not in ("baselines", "layers", "data_dir", "download", "device", "threads")}
-        if protocol["schedule"] == "constant":  # results from before the option: constant lr
-            del protocol["schedule"]
+        for option, default in (("schedule", "constant"), ("flip_train", False)):
+            if protocol[option] == default:  # results from before the option were made with its default
+                del protocol[option]
         return protocol
 
 
@@ -238,9 +242,9 @@ def _evaluate_run(run: Run, cfg: EvalConfig) -> dict:
             continue
         started, cpu_started = time.perf_counter(), time.process_time()
         if name in ("pca", "pixels") and pixels is None:  # one pixel FeatureSet serves both
-            pixels = pixel_features(run.splits(cfg.label_type), device)
-        data = representation_features(run, name, device, cfg.label_type, pixels=pixels,
-                                       pool=cfg.pool)
+            pixels = pixel_features(run.splits(cfg.label_type), device, cfg.flip_train)
+        data = representation_features(run, name, device, cfg.label_type, pixels=pixels, pool=cfg.pool,
+                                       flip_train=cfg.flip_train)
         result, heads = evaluate_features(data, cfg, device)
         # wall and CPU (all threads) seconds: on a shared machine the two tell different stories
         result["seconds"], result["cpu_seconds"] = time.perf_counter() - started, time.process_time() - cpu_started

@@ -53,30 +53,39 @@ def _save_cache(path: Path, key: dict, feature_set: FeatureSet) -> None:
     tmp.replace(path)
 
 
-def _encode_splits(encode, run: Run, device, label_type) -> FeatureSet:
-    splits = run.splits(label_type)
-    normalizer = Normalizer(run.train_config["dataset"], device)
-    features = {name: extract(encode, split.images.to(device), normalizer).cpu()
-                for name, split in splits.items()}
-    labels = {name: split.labels for name, split in splits.items()}
+def encode_splits(encode, splits: dict[str, Split], device, flip_train: bool = False) -> FeatureSet:
+    """``encode`` over every split's images, on the device. ``flip_train``: the training split is
+    read twice, as it is and mirrored left to right (labels repeated), so a probe trains on both
+    views; validation and test are read as they are."""
+    normalizer = Normalizer(splits["train"].dataset, device)
+    features, labels = {}, {}
+    for name, split in splits.items():
+        images, labels[name] = split.images.to(device), split.labels
+        if flip_train and name == "train":
+            images, labels[name] = torch.cat([images, images.flip(-1)]), split.labels.repeat(2)
+        features[name] = extract(encode, images, normalizer).cpu()
     return FeatureSet(features, labels, splits["train"].class_names)
 
 
-def run_features(run: Run, device: torch.device, label_type: str = "fine",
-                 pool: str | None = None, layer: int | None = None) -> FeatureSet:
+def _cache_name(name: str, flip_train: bool) -> str:
+    return f"{name}_flip" if flip_train else name
+
+
+def run_features(run: Run, device: torch.device, label_type: str = "fine", pool: str | None = None,
+                 layer: int | None = None, flip_train: bool = False) -> FeatureSet:
     """Cached features of a run's encoder (or of its ``layer``-th stage, counted from 1),
     extracted on the first call (and again whenever the weights, data, labels or pooling asked
-    for differ from the cached ones)."""
+    for differ from the cached ones); ``flip_train`` as in ``encode_splits``, cached apart."""
     run = Run.of(run)
     model = run.model(device, pool)
     key = {"epoch": run.probed_epoch, "label_type": label_type, "pool": getattr(model, "pool", None),
            "weights": weights_digest(model), "data": run.data_identity()}
-    name = "encoder" if layer is None else f"layer_{layer}"
-    feature_set = _load_cache(run.features_file(name), key)
+    path = run.features_file(_cache_name("encoder" if layer is None else f"layer_{layer}", flip_train))
+    feature_set = _load_cache(path, key)
     if feature_set is None:
         encode = model.encode if layer is None else (lambda images: model.stage_outputs(images)[layer - 1])
-        feature_set = _encode_splits(encode, run, device, label_type)
-        _save_cache(run.features_file(name), key, feature_set)
+        feature_set = encode_splits(encode, run.splits(label_type), device, flip_train)
+        _save_cache(path, key, feature_set)
     return feature_set
 
 
@@ -98,7 +107,7 @@ def layer_names(run: Run, layers: list[str], pool: str | None = None) -> list[st
 
 
 def random_encoder_features(run: Run, device: torch.device, label_type: str = "fine",
-                            pool: str | None = None) -> FeatureSet:
+                            pool: str | None = None, flip_train: bool = False) -> FeatureSet:
     """Baseline: the run's encoder with untrained weights, cached in ``features_random.pt``.
 
     The model is rebuilt from the checkpoint's ``model_config`` after seeding torch with the
@@ -109,23 +118,21 @@ def random_encoder_features(run: Run, device: torch.device, label_type: str = "f
     seed = run.train_config["seed"]
     key = {"init_seed": seed, "model_name": run.model_name, "model_config": run.model_config(pool),
            "label_type": label_type, "data": run.data_identity()}
-    feature_set = _load_cache(run.features_file("random"), key)
+    path = run.features_file(_cache_name("random", flip_train))
+    feature_set = _load_cache(path, key)
     if feature_set is None:
         torch.manual_seed(seed)
         model = run.untrained_model(pool).to(device).eval()
         train = run.splits()["train"]  # statistics fitted before training, as train does
         prepare_model(model, train.images.to(device), Normalizer(run.train_config["dataset"], device), seed)
-        feature_set = _encode_splits(model.encode, run, device, label_type)
-        _save_cache(run.features_file("random"), key, feature_set)
+        feature_set = encode_splits(model.encode, run.splits(label_type), device, flip_train)
+        _save_cache(path, key, feature_set)
     return feature_set
 
 
-def pixel_features(splits: dict[str, Split], device: torch.device) -> FeatureSet:
+def pixel_features(splits: dict[str, Split], device: torch.device, flip_train: bool = False) -> FeatureSet:
     """The raw-pixel baseline: normalised pixels, flattened to 3072 values."""
-    normalizer = Normalizer(splits["train"].dataset, device)
-    features = {name: extract(lambda x: x.flatten(1), split.images.to(device), normalizer).cpu()
-                for name, split in splits.items()}
-    return FeatureSet(features, {n: s.labels for n, s in splits.items()}, splits["train"].class_names)
+    return encode_splits(lambda images: images.flatten(1), splits, device, flip_train)
 
 
 def pca_features(pixels: FeatureSet, dim: int) -> FeatureSet:
@@ -150,22 +157,23 @@ REPRESENTATIONS = ("encoder", "random", "pca", "pixels")
 
 
 def representation_features(run: Run, name: str, device: torch.device, label_type: str = "fine",
-                            pixels: FeatureSet | None = None, pool: str | None = None) -> FeatureSet:
+                            pixels: FeatureSet | None = None, pool: str | None = None,
+                            flip_train: bool = False) -> FeatureSet:
     """Features of a run under one representation: its trained ``encoder``, the ``random``
     (untrained) encoder, ``pca`` of the pixels to the run's latent size, or raw ``pixels``.
-    ``pixels`` may be passed in when the caller already has them; ``pool`` is the ViT token
-    pooling of the two encoders (None: the run's own)."""
+    ``pixels`` may be passed in when the caller already has them (made with the same
+    ``flip_train``); ``pool`` is the ViT token pooling of the two encoders (None: the run's own)."""
     run = Run.of(run)
     if name == "encoder":
-        return run_features(run, device, label_type, pool)
+        return run_features(run, device, label_type, pool, flip_train=flip_train)
     if name.startswith("layer_"):
-        return run_features(run, device, label_type, pool, layer=int(name.split("_")[1]))
+        return run_features(run, device, label_type, pool, layer=int(name.split("_")[1]), flip_train=flip_train)
     if name == "random":
-        return random_encoder_features(run, device, label_type, pool)
+        return random_encoder_features(run, device, label_type, pool, flip_train)
     if name not in REPRESENTATIONS:
         raise ValueError(f"unknown representation {name!r}; use one of {', '.join(REPRESENTATIONS)}")
     if pixels is None:
-        pixels = pixel_features(run.splits(label_type), device)
+        pixels = pixel_features(run.splits(label_type), device, flip_train)
     if name == "pixels":
         return pixels
     return pca_features(pixels, run.untrained_model().latent_dim)
