@@ -50,7 +50,20 @@ def test_dense_encoding_equals_the_patch_encoder_at_every_position():
     # sum-pooled per quadrant (rows/columns 0-2 and 3-5 of the 6×6 map), filter-major
     latent = model.encode(image)
     assert latent.shape == (1, 16)
-    torch.testing.assert_close(latent[0, 1::4].view(4), maps[0, :, :3, 3:].sum(dim=(-2, -1)))
+    for quadrant, (rows, cols) in enumerate([(slice(0, 3), slice(0, 3)), (slice(0, 3), slice(3, 6)),
+                                             (slice(3, 6), slice(0, 3)), (slice(3, 6), slice(3, 6))]):
+        torch.testing.assert_close(latent[0, quadrant::4], maps[0, :, rows, cols].sum(dim=(-2, -1)))
+
+
+def test_an_odd_map_gives_its_middle_row_and_column_to_the_first_quadrants():
+    # 8 filters, both polarities: 16 codes on a 7×7 map; the quadrants are rows/columns 0-3 and 4-6
+    model = tiny(latent_dim=64, encoding="soft_threshold", img_size=9)
+    images = torch.rand(2, 3, 9, 9)
+    maps = model.feature_map(images)  # (2, 16, 7, 7)
+    latent = model.encode(images, chunk=1)
+    expected = torch.stack([maps[..., :4, :4].sum((-2, -1)), maps[..., :4, 4:].sum((-2, -1)),
+                            maps[..., 4:, :4].sum((-2, -1)), maps[..., 4:, 4:].sum((-2, -1))], dim=-1)
+    torch.testing.assert_close(latent, expected.flatten(1))
 
 
 def test_training_lowers_the_loss_and_evaluation_rebuilds_the_image():

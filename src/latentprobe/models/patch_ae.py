@@ -137,10 +137,15 @@ class PatchAutoencoder(nn.Module):
 
     def latent_codes(self, whitened: torch.Tensor) -> torch.Tensor:
         """(N, D) whitened patches → the codes the latent pools, by ``encoding``: (N, K) or (N, 2K)."""
-        if self.encoding == "relu":
-            return F.relu(whitened @ self._filters().T - self.bias)
+        return torch.cat(self._code_parts(whitened), dim=-1)
+
+    def _code_parts(self, whitened: torch.Tensor) -> list[torch.Tensor]:
+        """The codes of ``latent_codes`` as parts of K columns each (pooled part by part, so the
+        (…, 2K) map of both polarities is never written out whole)."""
         responses = whitened @ self._filters().T
-        return torch.cat([F.relu(responses - self.threshold), F.relu(-responses - self.threshold)], dim=-1)
+        if self.encoding == "relu":
+            return [F.relu(responses - self.bias)]
+        return [F.relu(responses - self.threshold), F.relu(-responses - self.threshold)]
 
     def decode_patches(self, codes: torch.Tensor) -> torch.Tensor:
         return codes @ self._filters()  # tied weights: (N, K) → (N, D)
@@ -192,16 +197,22 @@ class PatchAutoencoder(nn.Module):
         return self.feature_map(images)
 
     def encode(self, images: torch.Tensor, chunk: int = CHUNK) -> torch.Tensor:
-        """(B, latent_dim): each code summed over the four quadrants of the map, code-major;
+        """(B, latent_dim): each code summed over the four quadrants of the map (the middle row and
+        column, when the map's side is odd, go to the first half), code-major: code k's sums over
+        the top-left, top-right, bottom-left and bottom-right quadrants are values 4k … 4k+3.
         ``chunk`` images at a time, since the map holds K × 27 × 27 values per image."""
+        side = self.img_size - self.patch_size + 1
+        half = (side + 1) // 2
         pooled = []
         for part in images.split(chunk):
-            maps = self.feature_map(part)  # (b, K, M, M)
-            half = (maps.shape[-1] + 1) // 2  # the middle row / column goes to the first half
-            quadrants = [maps[..., rows, cols].sum(dim=(-2, -1))
-                         for rows in (slice(0, half), slice(half, None))
-                         for cols in (slice(0, half), slice(half, None))]
-            pooled.append(torch.stack(quadrants, dim=-1).flatten(1))  # (b, K·4), filter-major
+            whitened = self._whiten(self._patches(part))  # (b, L, D), positions row by row
+            quadrant_sums = []
+            for codes in self._code_parts(whitened):
+                grid = codes.view(len(part), side, side, -1)  # (b, rows, cols, K): no copy
+                rows = torch.stack([grid[:, :half].sum(1), grid[:, half:].sum(1)], dim=1)  # (b, 2, cols, K)
+                quadrants = torch.stack([rows[:, :, :half].sum(2), rows[:, :, half:].sum(2)], dim=2)  # (b, 2, 2, K)
+                quadrant_sums.append(quadrants.flatten(1, 2))  # (b, 4, K)
+            pooled.append(torch.cat(quadrant_sums, dim=-1).transpose(1, 2).flatten(1))  # (b, K·4), code-major
         return torch.cat(pooled)
 
 
