@@ -8,12 +8,13 @@ from eval_helpers import fast_config, train_tiny_run
 
 from latentprobe.checkpoint import load_checkpoint
 from latentprobe.data.cifar import Normalizer
+from latentprobe.models import create_model
 from latentprobe.probe.evaluate import evaluate_run, load_eval
 from latentprobe.probe.features import FeatureSet, pca_features, random_encoder_features, run_features
 from latentprobe.probe.heads import MLPHead, fit_head
 from latentprobe.runs import Run, run_splits
-from latentprobe.training.engine import extract
-from latentprobe.training.pretrain import TrainConfig, build_model
+from latentprobe.training.engine import extract, prepare_model
+from latentprobe.training.pretrain import TrainConfig, build_model, train
 
 
 @pytest.fixture(scope="module")
@@ -250,3 +251,23 @@ def test_layer_wise_probes_give_one_result_per_stage_and_a_depth_curve(tmp_path)
         evaluate_run(train_tiny_run(data, tmp_path / "shallow"), fast_config(baselines=[], layers=["all"]))
     with pytest.raises(ValueError, match="--layers takes all, or stage numbers from 1"):
         fast_config(layers=["0"])
+
+
+def test_kmeans_reference_is_a_baseline_of_patch_runs_only(tmp_path, evaluated):
+    data = write_cifar10(tmp_path / "data", per_batch=40, test=60)
+    run = train(TrainConfig(model="patch_ae", latent_dim=64, data_dir=str(data), download=False, val_size=60,
+                            model_args={"encoding": "soft_threshold", "whitening_patches": 5000}, epochs=1,
+                            batch_size=32, device="cpu", out=str(tmp_path / "patch")))
+    record = evaluate_run(run, fast_config(data_dir=str(data), probes=["bn_linear"], baselines=["kmeans"]))
+    assert record["representations"]["kmeans"]["latent_dim"] == 32  # 8 centroids (as the run's 8 filters) × 4
+    reference = Run(run, str(data))
+    kmeans = create_model("patch_ae", **{**reference.model_config(), "encoding": "triangle", "latent_dim": 32,
+                                         "kmeans_iterations": 10})
+    torch.manual_seed(0)
+    prepare_model(kmeans, reference.splits()["train"].images, Normalizer("cifar10"), seed=0)
+    cached = torch.load(run / "features_kmeans.pt", weights_only=True)
+    expected = extract(kmeans.eval().encode, reference.splits()["test"].images, Normalizer("cifar10"))
+    torch.testing.assert_close(cached["features"]["test"], expected)  # the run's whitening, k-means, triangle
+    conv_run, conv_data, _ = evaluated
+    with pytest.raises(ValueError, match="baseline of patch_ae runs"):
+        evaluate_run(conv_run, fast_config(data_dir=str(conv_data), baselines=["kmeans"]))

@@ -144,3 +144,37 @@ def test_winner_take_all_keeps_the_strongest_responses_and_soft_threshold_splits
 def test_bad_winner_take_all_options_get_one_line(options, message):
     with pytest.raises(ValueError, match=message):
         tiny(**options)
+
+
+def test_kmeans_dictionary_finds_the_clusters_and_triangle_encodes_by_distance():
+    from latentprobe.models.patch_ae import _lloyd_step
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.randn(4, 27, generator=gen) * 5
+    points = centres.repeat(50, 1) + 0.1 * torch.randn(200, 27, generator=gen)
+    found = points[:4] + 2.0  # one start off each cluster (rows cycle through the four)
+    far = torch.full((1, 27), 1e3)  # nearest to no point: it restarts on one
+    found = _lloyd_step(points, torch.cat([found, far]), gen)
+    assert (points == found[4]).all(dim=1).any()
+    for _ in range(3):
+        found = _lloyd_step(points, found, gen)
+    assert torch.cdist(centres, found).min(dim=1).values.max() < 0.1  # every cluster has its centroid
+
+    model = tiny(latent_dim=32, encoding="triangle", kmeans_iterations=5)  # 8 centroids, 4 sums each
+    images = correlated_images(300)
+    model.prepare(images, generator=torch.Generator().manual_seed(0))
+    whitened = model._whiten(model._patches(images[:20]).flatten(0, 1))
+    starts = tiny(latent_dim=32, encoding="triangle")  # the same sample, the centroids' starting points
+    starts.prepare(images, generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(model.weight, starts.weight)  # moved off the sampled patches
+
+    def quantisation_error(filters):
+        return torch.cdist(whitened, filters).min(dim=1).values.pow(2).mean()
+
+    assert quantisation_error(model.weight) < 0.9 * quantisation_error(
+        model._whiten(model._sample(images, 8, torch.Generator().manual_seed(1))[:8]))
+    distances = torch.cdist(whitened, model.weight)  # (N, K)
+    expected = F.relu(distances.mean(dim=1, keepdim=True) - distances)
+    torch.testing.assert_close(model.latent_codes(whitened), expected, atol=1e-4, rtol=1e-4)
+    assert model.encode(images[:3]).shape == (3, 32)
+    with pytest.raises(ValueError, match="kmeans_iterations"):
+        tiny(kmeans_iterations=-1)

@@ -17,7 +17,14 @@ The pipeline of Coates, Lee & Ng (AISTATS 2011), with a trained autoencoder as i
    quadrants of the map. ``encoding``: ``relu`` (the training code without its top-k, K values per
    position, ``latent_dim = 4K``) or ``soft_threshold``, both polarities of the response past a
    fixed threshold α: ``relu(W x - α)`` and ``relu(-W x - α)`` (2K values, ``latent_dim = 8K``),
-   the encoding that reads a patch dictionary best in Coates & Ng (ICML 2011).
+   the encoding that reads a patch dictionary best in Coates & Ng (ICML 2011); or ``triangle``,
+   the 2011 paper's k-means encoding, ``relu(mean(z) - z_k)`` with ``z_k`` the distance of the
+   whitened patch to filter k as stored (K values per position, ``latent_dim = 4K``).
+
+The reference point, k-means with the triangle encoding, shares this pipeline:
+``kmeans_iterations=N`` makes ``prepare`` replace the starting filters by the centroids of N
+Lloyd iterations over the whitening sample. It is a dictionary fitted, not an autoencoder
+trained: ``evaluate --baselines kmeans`` builds it from a run's own options and whitening.
 
 Whitening statistics are buffers, so they travel in the checkpoint with the filters and
 ``encode`` gives the same latent wherever the checkpoint is loaded.
@@ -31,7 +38,7 @@ from latentprobe.models import register_model
 
 QUADRANTS = 4
 ACTIVATIONS = ("relu", "winner_take_all")
-ENCODINGS = ("relu", "soft_threshold")
+ENCODINGS = ("relu", "soft_threshold", "triangle")
 
 
 class PatchAutoencoder(nn.Module):
@@ -41,7 +48,7 @@ class PatchAutoencoder(nn.Module):
     def __init__(self, *, latent_dim: int = 6400, patch_size: int = 6, img_size: int = 32, in_chans: int = 3,
                  sparsity: float = 0.1, threshold: float = 0.25, contrast_eps: float = 0.0025,
                  zca_eps: float = 0.1, whitening_patches: int = 400_000, patches_per_image: int = 32,
-                 activation: str = "relu", winners: int = 1, encoding: str = "relu"):
+                 activation: str = "relu", winners: int = 1, encoding: str = "relu", kmeans_iterations: int = 0):
         super().__init__()
         if activation not in ACTIVATIONS or encoding not in ENCODINGS:
             raise ValueError(f"unknown activation {activation!r} or encoding {encoding!r}; activation: "
@@ -53,15 +60,19 @@ class PatchAutoencoder(nn.Module):
                              f"multiple of {per_filter} such as {per_filter * 1600} (1,600 filters)")
         if not 1 <= winners <= latent_dim // per_filter:
             raise ValueError(f"winners {winners} must be 1 … the number of filters ({latent_dim // per_filter})")
+        if kmeans_iterations < 0:
+            raise ValueError(f"kmeans_iterations must be 0 (no k-means) or more, got {kmeans_iterations}")
         if not 1 <= patch_size <= img_size // 2:
             raise ValueError(f"patch_size {patch_size} does not fit a {img_size}x{img_size} image split in "
                              f"quadrants; use 1 … {img_size // 2} (6 is the reference)")
         self.config = dict(latent_dim=latent_dim, patch_size=patch_size, img_size=img_size, in_chans=in_chans,
                            sparsity=sparsity, threshold=threshold, contrast_eps=contrast_eps, zca_eps=zca_eps,
                            whitening_patches=whitening_patches, patches_per_image=patches_per_image,
-                           activation=activation, winners=winners, encoding=encoding)
+                           activation=activation, winners=winners, encoding=encoding,
+                           kmeans_iterations=kmeans_iterations)
         self.latent_dim, self.num_filters = latent_dim, latent_dim // per_filter
         self.activation, self.winners, self.encoding, self.threshold = activation, winners, encoding, threshold
+        self.kmeans_iterations = kmeans_iterations
         self.patch_size, self.img_size, self.in_chans = patch_size, img_size, in_chans
         self.sparsity, self.contrast_eps, self.zca_eps = sparsity, contrast_eps, zca_eps
         self.whitening_patches, self.patches_per_image = whitening_patches, patches_per_image
@@ -100,7 +111,8 @@ class PatchAutoencoder(nn.Module):
         training split, normalised): eigenvectors U and eigenvalues S of their covariance give
         ``U diag(1/sqrt(S + zca_eps)) Uᵀ``. A winner-take-all autoencoder also starts each filter
         on one of these patches, whitened (so its untrained baseline is a dictionary of random
-        patches, itself a strong one: Coates & Ng 2011)."""
+        patches, itself a strong one: Coates & Ng 2011); ``kmeans_iterations`` then moves them to
+        the k-means centroids of the whitened sample."""
         patch_dim = self.zca_matrix.shape[0]
         per_image = max(1, -(-self.whitening_patches // len(images)))
         samples = torch.cat([self._sample(images[i:i + 500], per_image, generator)
@@ -114,9 +126,14 @@ class PatchAutoencoder(nn.Module):
         matrix = vectors @ torch.diag((values.clamp(min=0) + self.zca_eps).rsqrt()) @ vectors.T
         self.zca_mean.copy_(mean.float())
         self.zca_matrix.copy_(matrix.float())
-        if self.activation == "winner_take_all":  # start every filter on a patch: none starts dead
+        if self.activation == "winner_take_all" or self.kmeans_iterations:  # filters start on patches: none dead
             picked = torch.randint(0, len(samples), (self.num_filters,), generator=generator).to(samples.device)
-            self.weight.copy_(self._whiten(samples[picked].float()).to(self.weight.device))
+            centroids = self._whiten(samples[picked].float())
+            if self.kmeans_iterations:
+                whitened = self._whiten(samples.float())
+                for _ in range(self.kmeans_iterations):
+                    centroids = _lloyd_step(whitened, centroids, generator)
+            self.weight.copy_(centroids.to(self.weight.device))
 
     def _sample(self, images: torch.Tensor, count: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``count`` random patches of each image, contrast-normalised, (B·count, D)."""
@@ -142,6 +159,9 @@ class PatchAutoencoder(nn.Module):
     def _code_parts(self, whitened: torch.Tensor) -> list[torch.Tensor]:
         """The codes of ``latent_codes`` as parts of K columns each (pooled part by part, so the
         (…, 2K) map of both polarities is never written out whole)."""
+        if self.encoding == "triangle":
+            distances = _distances(whitened, self.weight)  # (…, K), to the filters as stored
+            return [F.relu(distances.mean(dim=-1, keepdim=True) - distances)]
         responses = whitened @ self._filters().T
         if self.encoding == "relu":
             return [F.relu(responses - self.bias)]
@@ -214,6 +234,27 @@ class PatchAutoencoder(nn.Module):
                 quadrant_sums.append(quadrants.flatten(1, 2))  # (b, 4, K)
             pooled.append(torch.cat(quadrant_sums, dim=-1).transpose(1, 2).flatten(1))  # (b, K·4), code-major
         return torch.cat(pooled)
+
+
+def _distances(points: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Euclidean distances (…, K) of points (…, D) to centroids (K, D), by one matrix product."""
+    squared = points.pow(2).sum(-1, keepdim=True) - 2 * points @ centroids.T + centroids.pow(2).sum(-1)
+    return squared.clamp(min=0).sqrt()
+
+
+def _lloyd_step(points: torch.Tensor, centroids: torch.Tensor, generator: torch.Generator | None,
+                chunk: int = 20_000) -> torch.Tensor:
+    """One k-means iteration over points (N, D): each point to its nearest centroid (in chunks: N × K
+    distances would not fit), each centroid to the mean of its points; an empty one restarts on a
+    random point."""
+    nearest = torch.cat([_distances(part, centroids).argmin(-1) for part in points.split(chunk)])
+    sums = torch.zeros_like(centroids).index_add_(0, nearest, points)
+    counts = torch.bincount(nearest, minlength=len(centroids)).unsqueeze(1).to(points.dtype)
+    empty = counts.squeeze(1) == 0
+    restart = torch.randint(0, len(points), (int(empty.sum()),), generator=generator).to(points.device)
+    updated = sums / counts.clamp(min=1)
+    updated[empty] = points[restart]
+    return updated
 
 
 @register_model

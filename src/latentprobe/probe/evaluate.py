@@ -30,11 +30,19 @@ from latentprobe import config as configuration
 from latentprobe.checkpoint import CLASSIFIER, save_checkpoint, weights_digest
 from latentprobe.distributed import local_device
 from latentprobe.metrics import confusion_matrix, mean_std
-from latentprobe.probe.features import FeatureSet, layer_names, pixel_features, representation_features
+from latentprobe.probe.features import (
+    REPRESENTATIONS,
+    FeatureSet,
+    layer_names,
+    pixel_features,
+    representation_features,
+)
 from latentprobe.probe.heads import HEADS, fit_head, predict
 from latentprobe.probe.knn import knn_predict
 from latentprobe.runs import Run, RunData, write_json
 from latentprobe.training.engine import SCHEDULES
+
+BASELINES = tuple(name for name in REPRESENTATIONS if name != "encoder")
 
 
 @dataclass
@@ -43,7 +51,7 @@ class EvalConfig(RunData):
     probes: list[str] = field(default_factory=lambda: ["linear", "bn_linear", "mlp", "knn"],
                               metadata={"help": "linear, bn_linear, mlp, knn"})
     baselines: list[str] = field(default_factory=lambda: ["random", "pca", "pixels"],
-                                 metadata={"help": "random, pca, pixels (or none)"})
+                                 metadata={"help": "random, pca, pixels, kmeans (patch_ae runs; or none)"})
     lrs: list[float] = field(default_factory=lambda: [1e-3, 3e-3], metadata={"help": "Adam lr grid"})
     weight_decays: list[float] = field(default_factory=lambda: [0.0, 1e-4], metadata={"help": "L2 grid"})
     epochs: int = field(default=30, metadata={"help": "most epochs per probe (best val epoch kept)"})
@@ -66,10 +74,10 @@ class EvalConfig(RunData):
     def __post_init__(self):
         self.baselines = [b for b in self.baselines if b != "none"]
         unknown = sorted(set(self.probes) - set(HEADS) - {"knn"}) + sorted(
-            set(self.baselines) - {"random", "pca", "pixels"})
+            set(self.baselines) - set(BASELINES))
         if unknown:
             raise ValueError(f"unknown probe(s) or baseline(s) {unknown}; probes: {', '.join(HEADS)}, knn; "
-                             f"baselines: random, pca, pixels")
+                             f"baselines: {', '.join(BASELINES)}")
         if any(layer != "all" and not (layer.isdigit() and int(layer) >= 1) for layer in self.layers):
             raise ValueError(f"--layers takes all, or stage numbers from 1; got {','.join(self.layers)}")
         if self.schedule not in SCHEDULES:

@@ -31,7 +31,7 @@ LABEL_TYPES = ("fine", "coarse")
 @dataclass
 class ExportConfig(RunData):
     split: str = field(default="test", metadata={"help": "train, val or test"})
-    source: str = field(default="encoder", metadata={"help": "encoder, random, pca or pixels"})
+    source: str = field(default="encoder", metadata={"help": "encoder, random, kmeans (patch_ae), pca or pixels"})
     out: str | None = field(default=None, metadata={"help": "file to write (default: RUN/features_SPLIT.npz)"})
     label_type: str = field(default="fine", metadata={"help": "fine, or coarse (CIFAR-100)"})
     device: str = "auto"

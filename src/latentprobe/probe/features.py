@@ -13,6 +13,7 @@ import torch
 
 from latentprobe.checkpoint import weights_digest
 from latentprobe.data.cifar import Normalizer, Split
+from latentprobe.models import create_model
 from latentprobe.runs import Run
 from latentprobe.training.engine import extract, prepare_model
 
@@ -115,14 +116,41 @@ def random_encoder_features(run: Run, device: torch.device, label_type: str = "f
     started from; the trained weights are not loaded.
     """
     run = Run.of(run)
+    return _fitted_features(run, "random", run.model_config(pool), device, label_type, flip_train)
+
+
+KMEANS_ITERATIONS = 10  # Coates, Lee & Ng (2011) ran k-means for 10 iterations
+
+
+def kmeans_features(run: Run, device: torch.device, label_type: str = "fine",
+                    flip_train: bool = False) -> FeatureSet:
+    """Baseline of the patch autoencoder: the 2011 reference, k-means (10 Lloyd iterations, as
+    Coates, Lee & Ng) on the run's own whitened patches, with as many centroids as the run has
+    filters, read with the triangle encoding (4 values per centroid). Cached in
+    ``features_kmeans.pt``."""
+    run = Run.of(run)
+    if run.model_name != "patch_ae":
+        raise ValueError(f"--baselines kmeans is the patch dictionary of Coates et al., a baseline of patch_ae "
+                         f"runs; {run.path} holds {run.model_name}: leave kmeans out")
+    filters = run.untrained_model().num_filters
+    config = {**run.model_config(), "encoding": "triangle", "kmeans_iterations": KMEANS_ITERATIONS,
+              "latent_dim": 4 * filters}
+    return _fitted_features(run, "kmeans", config, device, label_type, flip_train)
+
+
+
+def _fitted_features(run: Run, name: str, model_config: dict, device: torch.device, label_type: str,
+                     flip_train: bool) -> FeatureSet:
+    """Latents of a model built from ``model_config`` with the run's seed and fitted to the run's
+    training split as ``train`` fits one before its first step (``prepare_model``), never trained."""
     seed = run.train_config["seed"]
-    key = {"init_seed": seed, "model_name": run.model_name, "model_config": run.model_config(pool),
+    key = {"init_seed": seed, "model_name": run.model_name, "model_config": model_config,
            "label_type": label_type, "data": run.data_identity()}
-    path = run.features_file(_cache_name("random", flip_train))
+    path = run.features_file(_cache_name(name, flip_train))
     feature_set = _load_cache(path, key)
     if feature_set is None:
         torch.manual_seed(seed)
-        model = run.untrained_model(pool).to(device).eval()
+        model = create_model(run.model_name, **model_config).to(device).eval()
         train = run.splits()["train"]  # statistics fitted before training, as train does
         prepare_model(model, train.images.to(device), Normalizer(run.train_config["dataset"], device), seed)
         feature_set = encode_splits(model.encode, run.splits(label_type), device, flip_train)
@@ -153,14 +181,14 @@ def pca_features(pixels: FeatureSet, dim: int) -> FeatureSet:
     return FeatureSet(features, pixels.labels, pixels.class_names)
 
 
-REPRESENTATIONS = ("encoder", "random", "pca", "pixels")
+REPRESENTATIONS = ("encoder", "random", "kmeans", "pca", "pixels")
 
 
 def representation_features(run: Run, name: str, device: torch.device, label_type: str = "fine",
                             pixels: FeatureSet | None = None, pool: str | None = None,
                             flip_train: bool = False) -> FeatureSet:
     """Features of a run under one representation: its trained ``encoder``, the ``random``
-    (untrained) encoder, ``pca`` of the pixels to the run's latent size, or raw ``pixels``.
+    (untrained) encoder, the ``kmeans`` reference (patch models), ``pca`` of the pixels to the run's latent size, or raw ``pixels``.
     ``pixels`` may be passed in when the caller already has them (made with the same
     ``flip_train``); ``pool`` is the ViT token pooling of the two encoders (None: the run's own)."""
     run = Run.of(run)
@@ -170,6 +198,8 @@ def representation_features(run: Run, name: str, device: torch.device, label_typ
         return run_features(run, device, label_type, pool, layer=int(name.split("_")[1]), flip_train=flip_train)
     if name == "random":
         return random_encoder_features(run, device, label_type, pool, flip_train)
+    if name == "kmeans":
+        return kmeans_features(run, device, label_type, flip_train)
     if name not in REPRESENTATIONS:
         raise ValueError(f"unknown representation {name!r}; use one of {', '.join(REPRESENTATIONS)}")
     if pixels is None:

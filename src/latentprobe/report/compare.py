@@ -26,6 +26,8 @@ from latentprobe.runs import RunData, write_json
 PROBE_NAMES = {"linear": "linear", "bn_linear": "linear+BN", "mlp": "MLP"}
 BASELINE_TEXTS = {
     "random": "the same encoder with its untrained initial weights (the seed pretraining started from)",
+    "kmeans": "the 2011 reference: k-means centroids of the run's own whitened patches (as many as its filters), "
+              "read with the triangle encoding",
     "pca": "PCA of the normalised pixels fitted on the training split to the latent size",
     "pixels": "raw pixels",
 }
@@ -106,8 +108,9 @@ def selection_table(rows: list[Row], probes: list[str]) -> Table:
 
 def _header(evals: list[dict], cfg: CompareConfig) -> list:
     protocol = evals[0]["protocol"]
-    differ = [f"{Path(e['run']).name} (" + ", ".join(f"{k}={v}" for k, v in e["protocol"].items()
-                                                    if protocol.get(k) != v) + ")"
+    differ = [f"{Path(e['run']).name} (" + ", ".join(f"{k}={e['protocol'].get(k, 'default')}"
+                                                    for k in sorted(set(protocol) | set(e["protocol"]))
+                                                    if protocol.get(k) != e["protocol"].get(k)) + ")"
               for e in evals if e["protocol"] != protocol]
     ks = ", ".join(str(k) for k in protocol["knn_k"])
     where = sorted({f"{e['device']} on {e['host']}" for e in evals})
@@ -140,7 +143,11 @@ def _header(evals: list[dict], cfg: CompareConfig) -> list:
             f"weight decay ∈ {{{', '.join(map(str, protocol['weight_decays']))}}}, epochs = best validation "
             f"epoch up to {protocol['epochs']} (stop after {protocol['patience']} epochs without gain), "
             f"chosen with seed 0; the chosen setting is then trained with {protocol['seeds']} probe seeds and "
-            f"each reads the test set once.",
+            f"each reads the test set once. "
+            + ("The lr decays to 0 by a cosine over the epochs. " if protocol.get("schedule") == "cosine" else "")
+            + ("The probes also train on the training images mirrored left to right (`--flip-train`: the "
+               "training count above holds both views); validation and test images are read as they are."
+               if protocol.get("flip_train") else ""),
             "Cells are test accuracy **mean ± std (n)**: n counts probe seeds × pretraining runs (runs that "
             "differ only in their seed share a row); std is the sample std. kNN is deterministic, so its n "
             "counts pretraining runs only, and one run has std 0.",

@@ -21,7 +21,7 @@ _NOT_IDENTITY = configuration.RUNTIME_OPTIONS | RECORDING_OPTIONS | {"seed"}
 class Row:
     """One line of the comparison: a model (runs pooled over seeds) or a baseline."""
     label: str
-    kind: str  # encoder, layer_<k> (a stage of the encoder, from 1), random, pca or pixels
+    kind: str  # encoder, layer_<k> (a stage of the encoder, from 1), random, kmeans, pca or pixels
     dim: int
     evals: list[dict]  # the runs behind the row (the first one for a deduplicated baseline)
     accuracies: dict[str, list[float]] = field(default_factory=dict)  # probe → test acc per seed × run
@@ -88,6 +88,7 @@ def collect_rows(evals: list[dict]) -> list[Row]:
                     _pool(layer, rep)
                     continue
                 label = {"random": f"random-weight {row.label}",  # same architecture as its row
+                         "kmeans": f"k-means triangle {rep['latent_dim']}-d ({row.label} whitening)",
                          "pca": f"PCA of pixels {rep['latent_dim']}-d", "pixels": f"raw pixels {rep['latent_dim']}-d"}[kind]
                 data = _data_key(record)
                 key = json.dumps([label, data], sort_keys=True)
@@ -103,7 +104,7 @@ def collect_rows(evals: list[dict]) -> list[Row]:
     for row in baselines.values():
         if labels.count(row.label) > 1:
             row.label += f" ({row.evals[0]['train_config'].get('subset') or 'all'} train images)"
-    order = {"encoder": 0, "random": 1, "pca": 2, "pixels": 3}
+    order = {"encoder": 0, "random": 1, "kmeans": 2, "pca": 3, "pixels": 4}
     stages = [r for row in rows for r in [row, *sorted(layers[row.label], key=layer_number)]]
     return stages + sorted(baselines.values(), key=lambda r: (order[r.kind], r.dim, r.label))
 
