@@ -23,15 +23,26 @@ from pathlib import Path
 from latentprobe import config as configuration
 from latentprobe.checkpoint import CheckpointError
 from latentprobe.data.cifar import DataError
+from latentprobe.models import describe_model, list_models
+from latentprobe.probe.evaluate import EvalConfig, evaluate_run
+from latentprobe.probe.export import ExportConfig, PredictConfig, export_features, predict_files
+from latentprobe.probe.heads import ProbeConfig, probe_run
+from latentprobe.report.compare import CompareConfig, write_comparison
+from latentprobe.report.mae_report import write_mae_report
+from latentprobe.report.render import render
+from latentprobe.report.study_report import write_probe_figures
+from latentprobe.report.summary import SummaryConfig, model_summary
 from latentprobe.runs import RunInUse
+from latentprobe.study import StudyConfig, run_study
 from latentprobe.training.engine import TrainingError, keep_freed_memory
+from latentprobe.training.finetune import FinetuneConfig, finetune
+from latentprobe.training.pretrain import TrainConfig, train
 
 # Errors that mean "the input is wrong": shown as one line, without a traceback.
 USER_ERRORS = (DataError, CheckpointError, TrainingError, RunInUse, FileNotFoundError, ValueError)
 
 
 def cmd_train(args) -> None:
-    from latentprobe.training.pretrain import TrainConfig, train
     cfg = configuration.resolve(TrainConfig, args)
     if args.seeds is None:
         train(cfg)
@@ -43,9 +54,6 @@ def cmd_train(args) -> None:
 
 
 def cmd_probe(args) -> None:
-    from latentprobe.probe.heads import ProbeConfig, probe_run
-    from latentprobe.report.study_report import write_probe_figures
-
     cfg = configuration.resolve(ProbeConfig, args)
     record = probe_run(args.run, cfg)
     write_probe_figures(Path(args.run), record)
@@ -54,35 +62,28 @@ def cmd_probe(args) -> None:
 
 
 def cmd_study(args) -> None:
-    from latentprobe.study import StudyConfig, run_study
     run_study(configuration.resolve(StudyConfig, args))
 
 
 def cmd_report(args) -> None:
-    from latentprobe.report.compare import CompareConfig
-    from latentprobe.report.render import render
     print(render([Path(path) for path in args.paths], configuration.resolve(CompareConfig, args)))
 
 
 def cmd_evaluate(args) -> None:
-    from latentprobe.probe.evaluate import EvalConfig, evaluate_run
     cfg = configuration.resolve(EvalConfig, args)
     for run in args.runs:
         evaluate_run(Path(run), cfg)
 
 
 def cmd_compare(args) -> None:
-    from latentprobe.report.compare import CompareConfig, write_comparison
     print(write_comparison([Path(run) for run in args.runs], configuration.resolve(CompareConfig, args)))
 
 
 def cmd_export(args) -> None:
-    from latentprobe.probe.export import ExportConfig, export_features
     export_features(Path(args.run), **configuration.to_dict(configuration.resolve(ExportConfig, args)))
 
 
 def cmd_predict(args) -> None:
-    from latentprobe.probe.export import PredictConfig, predict_files
     cfg = configuration.resolve(PredictConfig, args)
     failed = predict_files(Path(args.run), [Path(p) for p in args.images], **configuration.to_dict(cfg))
     if failed:
@@ -90,33 +91,25 @@ def cmd_predict(args) -> None:
 
 
 def cmd_models(args) -> None:
-    from latentprobe.models import describe_model, list_models
     for name in list_models():
         print(f"{name:28s} {describe_model(name)}")
 
 
 def cmd_summary(args) -> None:
-    from latentprobe.report.summary import SummaryConfig, model_summary
     print(model_summary(args.model, **configuration.to_dict(configuration.resolve(SummaryConfig, args))))
 
 
 def cmd_finetune(args) -> None:
-    from latentprobe.training.finetune import FinetuneConfig, finetune
     finetune(Path(args.run), configuration.resolve(FinetuneConfig, args))
     if os.environ.get("RANK", "0") == "0":  # rank 0 (or no torchrun) writes the report
-        from latentprobe.report.mae_report import write_mae_report
         print(f"report: {write_mae_report(Path(args.run))}")
 
 
 def cmd_mae_report(args) -> None:
-    from latentprobe.report.mae_report import write_mae_report
     print(write_mae_report(Path(args.run)))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from latentprobe.probe.heads import ProbeConfig
-    from latentprobe.study import StudyConfig
-    from latentprobe.training.pretrain import TrainConfig
 
     parser = argparse.ArgumentParser(prog="latentprobe", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -137,15 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     configuration.add_config_arguments(study, StudyConfig)
     study.set_defaults(handler=cmd_study)
 
-    from latentprobe.report.compare import CompareConfig
     report = commands.add_parser("report", help="the report of what the paths hold: a study, evaluated runs "
                                                 "(comparison), or one run's frozen / fine-tuned classifiers")
     report.add_argument("paths", nargs="+", help="a study directory, or run directories")
     configuration.add_config_arguments(report, CompareConfig)  # they shape a comparison
     report.set_defaults(handler=cmd_report)
 
-    from latentprobe.probe.evaluate import EvalConfig
-    from latentprobe.probe.export import ExportConfig, PredictConfig
     evaluate = commands.add_parser("evaluate", help="linear / MLP / kNN probes and baselines, repeated seeds")
     evaluate.add_argument("runs", nargs="+", help="run directories made by `latentprobe train`")
     configuration.add_config_arguments(evaluate, EvalConfig)
@@ -173,11 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     summary = commands.add_parser("summary", help="torchinfo summary of a model: layers, shapes, parameters, MACs")
     summary.add_argument("model", help="model name (latentprobe models)")
-    from latentprobe.report.summary import SummaryConfig
     configuration.add_config_arguments(summary, SummaryConfig)
     summary.set_defaults(handler=cmd_summary)
 
-    from latentprobe.training.finetune import FinetuneConfig
     finetune = commands.add_parser("finetune", help="classifier on a run's encoder, fine-tuned end to end "
                                                     "(or frozen); torchrun-ready")
     finetune.add_argument("run", help="run directory made by `latentprobe train`")
