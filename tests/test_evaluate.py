@@ -271,3 +271,15 @@ def test_kmeans_reference_is_a_baseline_of_patch_runs_only(tmp_path, evaluated):
     conv_run, conv_data, _ = evaluated
     with pytest.raises(ValueError, match="baseline of patch_ae runs"):
         evaluate_run(conv_run, fast_config(data_dir=str(conv_data), baselines=["kmeans"]))
+
+
+@pytest.mark.parametrize("command", ["evaluate", "finetune"])
+def test_a_mistyped_run_path_is_one_line_and_leaves_no_folder(tmp_path, command):
+    from latentprobe.cli import main
+
+    typo = tmp_path / "runz" / "ae64"
+    with pytest.raises(SystemExit) as stop:
+        main([command, str(typo), "--device", "cpu"])
+    assert str(stop.value.code) == f"error: no checkpoint at {typo / 'checkpoint.pt'}; train the run first " \
+                                   f"(latentprobe train)"
+    assert not (tmp_path / "runz").exists()

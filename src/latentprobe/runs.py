@@ -178,6 +178,8 @@ class Run:
         return self.read_result(path)
 
     def exclusive(self):
+        """The one-writer lock of a run that exists: a mistyped path is refused, no folder made."""
+        self.checkpoint  # noqa: B018 - read (and cached) here, so a missing or foreign one stops us first
         return exclusive(self.path)
 
 
