@@ -100,9 +100,13 @@ def _summary(values: list[float]) -> dict:
 
 
 def _fit(kind: str, train, val, num_classes: int, cfg: EvalConfig, *, lr: float, weight_decay: float, seed: int):
-    return fit_head(kind, train, val, num_classes, lr=lr, weight_decay=weight_decay, epochs=cfg.epochs,
-                    batch_size=cfg.batch_size, seed=seed, patience=cfg.patience, hidden=cfg.mlp_hidden,
-                    schedule=cfg.schedule)
+    started = time.perf_counter()
+    fit = fit_head(kind, train, val, num_classes, lr=lr, weight_decay=weight_decay, epochs=cfg.epochs,
+                   batch_size=cfg.batch_size, seed=seed, patience=cfg.patience, hidden=cfg.mlp_hidden,
+                   schedule=cfg.schedule)
+    print(f"  {kind} lr {lr:g} weight decay {weight_decay:g} seed {seed}: validation {100 * fit.val_acc:.2f}% "
+          f"(epoch {fit.best_epoch}), {time.perf_counter() - started:.0f} s", flush=True)
+    return fit
 
 
 def trained_probe(kind: str, train, val, test, num_classes: int, cfg: EvalConfig) -> tuple[dict, tuple]:
