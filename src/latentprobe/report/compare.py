@@ -228,7 +228,9 @@ def _tsne_maps(rows: list[Row], cfg: CompareConfig, figures: Path) -> list:
     device = local_device(cfg.device)
     maps, class_names = {}, None
     for row in (r for r in rows if r.kind == "encoder"):
-        data = run_features(cfg.run(row.evals[0]["run"]), device, cfg.label_type)
+        record = row.evals[0]  # the cache its probes read (test latents are the same with or without flips)
+        data = run_features(cfg.run(record["run"]), device, cfg.label_type, record.get("pool"),
+                            flip_train=record["protocol"].get("flip_train", False))
         class_names = data.class_names
         generator = torch.Generator().manual_seed(0)  # the same test images in every map
         take = torch.randperm(len(data.labels["test"]), generator=generator)[:cfg.tsne_points]
