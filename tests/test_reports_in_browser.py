@@ -1,6 +1,8 @@
 """The HTML reports as a reader sees them: opened in headless Chromium, offline. Skipped (saying
-so) where Chromium is not installed: `apt-get install chromium` and `pip install playwright`."""
+so) where Chromium is not installed: `apt-get install chromium` and `pip install playwright`;
+in CI, which installs them, a missing browser is a failure."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,8 @@ from report_helpers import assert_renders_in_chromium, chromium, rendered
 from latentprobe.plots import line_chart
 from latentprobe.report.document import Figure, Heading, Paragraph, Table, write_report
 
+if chromium() is None and os.environ.get("CI"):  # CI installs it (.ci/run): there a skip would hide a failure
+    pytest.fail("headless Chromium or playwright missing in CI; .ci/run installs both", pytrace=False)
 pytestmark = pytest.mark.skipif(chromium() is None, reason="headless Chromium (and playwright) not installed")
 DOCS = Path(__file__).parents[1] / "docs"
 
