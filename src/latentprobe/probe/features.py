@@ -138,7 +138,6 @@ def kmeans_features(run: Run, device: torch.device, label_type: str = "fine",
     return _fitted_features(run, "kmeans", config, device, label_type, flip_train)
 
 
-
 def _fitted_features(run: Run, name: str, model_config: dict, device: torch.device, label_type: str,
                      flip_train: bool) -> FeatureSet:
     """Latents of a model built from ``model_config`` with the run's seed and fitted to the run's
@@ -151,9 +150,10 @@ def _fitted_features(run: Run, name: str, model_config: dict, device: torch.devi
     if feature_set is None:
         torch.manual_seed(seed)
         model = create_model(run.model_name, **model_config).to(device).eval()
-        train = run.splits()["train"]  # statistics fitted before training, as train does
-        prepare_model(model, train.images.to(device), Normalizer(run.train_config["dataset"], device), seed)
-        feature_set = encode_splits(model.encode, run.splits(label_type), device, flip_train)
+        splits = run.splits(label_type)  # read once: the label type changes no image
+        # statistics fitted on the training images before training, as train does
+        prepare_model(model, splits["train"].images.to(device), Normalizer(run.train_config["dataset"], device), seed)
+        feature_set = encode_splits(model.encode, splits, device, flip_train)
         _save_cache(path, key, feature_set)
     return feature_set
 
