@@ -111,13 +111,14 @@ def test_probe_time_pooling_reads_other_tokens_and_keys_the_cache(mae_run, cifar
 
     cls = run_features(mae_run, torch.device("cpu"))  # the run's own pooling: cls
     mean = run_features(mae_run, torch.device("cpu"), pool="mean")
-    assert torch.load(Run(mae_run).features_file(), weights_only=True)["key"]["pool"] == "mean"  # cache rewritten
-    assert not torch.allclose(cls.features["test"], mean.features["test"])
+    meta = json.loads((Run(mae_run).features_dir() / "meta.json").read_text())
+    assert meta["key"]["pool"] == "mean"  # cache rewritten
+    assert not torch.allclose(cls.features["test"][:], mean.features["test"][:])
     model = Run(mae_run).model("cpu")
     images = load_split("cifar10", "test", cifar10_root, download=False).images[:8]
     with torch.no_grad():
         expected = model.encode(Normalizer("cifar10")(images), pool="mean")
-    torch.testing.assert_close(mean.features["test"][:8], expected)
+    torch.testing.assert_close(mean.features["test"][:8], expected, rtol=1e-3, atol=1e-3)  # cached as float16
 
     record = probe_and_save(mean, ProbeConfig(head="bn_linear", epochs=1), mae_run, "cpu")
     (mae_run / "probe_bn_linear.json").write_text(json.dumps({**record, "pool": "mean"}))  # as `probe --pool`

@@ -83,9 +83,10 @@ class Run:
     def metrics_file(self) -> Path:
         return self.path / METRICS
 
-    def features_file(self, representation: str = "encoder") -> Path:
-        """The cache of the trained encoder's latents, or of the ``random`` (untrained) one's."""
-        return self.path / ("features.pt" if representation == "encoder" else f"features_{representation}.pt")
+    def features_dir(self, representation: str = "encoder") -> Path:
+        """The cache of a representation's features (the trained ``encoder``'s, the untrained
+        ``random`` one's, …): a folder of float16 files (probe/store.py)."""
+        return self.path / "features" / representation
 
     def eval_file(self, label_type: str = "fine") -> Path:
         return self.path / ("eval.json" if label_type == "fine" else f"eval_{label_type}.json")

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from latentprobe.models.patch_ae import PatchAutoencoder
+from latentprobe.models.patch_ae import PatchAutoencoder, latent_codes
 from latentprobe.runs import Run
 from latentprobe.training.pretrain import TrainConfig, train
 
@@ -44,7 +44,7 @@ def test_dense_encoding_equals_the_patch_encoder_at_every_position():
     for row in range(6):
         for col in range(6):
             patch = image[0, :, row:row + 3, col:col + 3].reshape(-1)
-            patch = (patch - patch.mean()) / ((patch - patch.mean()).pow(2).mean() + model.contrast_eps).sqrt()
+            patch = (patch - patch.mean()) / (patch.var() + model.contrast_eps).sqrt()  # unbiased var, as MATLAB's
             codes = F.relu(model._whiten(patch) @ F.normalize(model.weight, dim=1).T - model.bias)
             torch.testing.assert_close(maps[0, :, row, col], codes, atol=1e-5, rtol=1e-5)
     # sum-pooled per quadrant (rows/columns 0-2 and 3-5 of the 6×6 map), filter-major
@@ -124,8 +124,10 @@ def test_winner_take_all_keeps_the_strongest_responses_and_soft_threshold_splits
     assert ((codes != 0).sum(dim=1) == 2).all()  # two winners per patch, with their sign
     strongest = responses.abs().topk(2, dim=1).indices
     torch.testing.assert_close(codes.gather(1, strongest), responses.gather(1, strongest))
-    latent_codes = model.latent_codes(whitened)  # both polarities past the threshold: (72, 16)
-    torch.testing.assert_close(latent_codes, torch.cat([F.relu(responses - 0.25), F.relu(-responses - 0.25)], 1))
+    codes_at_positions = torch.cat(latent_codes(responses, model.encoding, model.bias, model.threshold), dim=1)
+    # both polarities past the threshold: (72, 16)
+    torch.testing.assert_close(codes_at_positions,
+                               torch.cat([F.relu(responses - 0.25), F.relu(-responses - 0.25)], 1))
     assert model.encode(correlated_images(3)).shape == (3, 64)
     before = model._patch_loss(whitened)[0]
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -146,26 +148,32 @@ def test_bad_winner_take_all_options_get_one_line(options, message):
         tiny(**options)
 
 
+def test_lloyd_step_moves_centroids_to_means_and_zeroes_an_empty_one():
+    """The released 2011 code's k-means step on a hand-computed case."""
+    from latentprobe.models.patch_ae import lloyd_step
+    points = torch.tensor([[0.0, 0.0], [2.0, 0.0], [10.0, 10.0], [12.0, 10.0]])
+    centroids = torch.tensor([[1.0, 1.0], [11.0, 9.0], [-50.0, 50.0]])
+    moved = lloyd_step(points, centroids, chunk=3)  # chunks must not change the answer
+    torch.testing.assert_close(moved, torch.tensor([[1.0, 0.0], [11.0, 10.0], [0.0, 0.0]]))
+
+
 def test_kmeans_dictionary_finds_the_clusters_and_triangle_encodes_by_distance():
-    from latentprobe.models.patch_ae import _lloyd_step
+    from latentprobe.models.patch_ae import lloyd_step
     gen = torch.Generator().manual_seed(0)
     centres = torch.randn(4, 27, generator=gen) * 5
     points = centres.repeat(50, 1) + 0.1 * torch.randn(200, 27, generator=gen)
     found = points[:4] + 2.0  # one start off each cluster (rows cycle through the four)
-    far = torch.full((1, 27), 1e3)  # nearest to no point: it restarts on one
-    found = _lloyd_step(points, torch.cat([found, far]), gen)
-    assert (points == found[4]).all(dim=1).any()
     for _ in range(3):
-        found = _lloyd_step(points, found, gen)
+        found = lloyd_step(points, found)
     assert torch.cdist(centres, found).min(dim=1).values.max() < 0.1  # every cluster has its centroid
 
-    model = tiny(latent_dim=32, encoding="triangle", kmeans_iterations=5)  # 8 centroids, 4 sums each
+    model = tiny(latent_dim=32, encoding="triangle", kmeans_iterations=50)  # 8 centroids, 4 sums each
     images = correlated_images(300)
     model.prepare(images, generator=torch.Generator().manual_seed(0))
     whitened = model._whiten(model._patches(images[:20]).flatten(0, 1))
-    starts = tiny(latent_dim=32, encoding="triangle")  # the same sample, the centroids' starting points
-    starts.prepare(images, generator=torch.Generator().manual_seed(0))
-    assert not torch.equal(model.weight, starts.weight)  # moved off the sampled patches
+    # started at randn · 0.1 with the generator, as the released code starts them
+    start = 0.1 * torch.randn(8, 27, generator=torch.Generator().manual_seed(0))
+    assert not torch.allclose(model.weight, start)
 
     def quantisation_error(filters):
         return torch.cdist(whitened, filters).min(dim=1).values.pow(2).mean()
@@ -174,7 +182,56 @@ def test_kmeans_dictionary_finds_the_clusters_and_triangle_encodes_by_distance()
         model._whiten(model._sample(images, 8, torch.Generator().manual_seed(1))[:8]))
     distances = torch.cdist(whitened, model.weight)  # (N, K)
     expected = F.relu(distances.mean(dim=1, keepdim=True) - distances)
-    torch.testing.assert_close(model.latent_codes(whitened), expected, atol=1e-4, rtol=1e-4)
+    codes = model.feature_map(images[:20]).flatten(2).transpose(1, 2).flatten(0, 1)  # (N, K), positions row-major
+    torch.testing.assert_close(codes, expected, atol=1e-4, rtol=1e-4)
     assert model.encode(images[:3]).shape == (3, 32)
     with pytest.raises(ValueError, match="kmeans_iterations"):
         tiny(kmeans_iterations=-1)
+
+
+def test_a_flat_patch_is_contrast_normalised_to_zero_in_pixel_values():
+    """A grey patch is flat in pixel values, not after the data layer's per-channel normalisation:
+    the model undoes that normalisation first (Coates et al. normalise raw pixels)."""
+    from latentprobe.data.cifar import Normalizer
+    model = PatchAutoencoder(latent_dim=16, whitening_patches=500)
+    normalizer = Normalizer("cifar10")
+    grey = torch.full((4, 3, 32, 32), 128, dtype=torch.uint8)
+    model.prepare(normalizer(torch.randint(0, 256, (50, 3, 32, 32), dtype=torch.uint8)),
+                  generator=torch.Generator().manual_seed(0), normalizer=normalizer)
+    assert model._patches(normalizer(grey)).abs().max() < 1e-4  # 0 up to float rounding of the undoing
+    before = PatchAutoencoder(latent_dim=16, contrast_eps=0.0025)  # the old pipeline: on normalised values
+    assert before._patches(normalizer(grey)).norm(dim=-1).min() > 5
+
+
+def test_winner_take_all_loss_from_the_winners_equals_the_dense_code_and_gradient():
+    torch.manual_seed(0)
+    model = tiny(latent_dim=64, activation="winner_take_all", winners=2)
+    model.prepare(correlated_images(300), generator=torch.Generator().manual_seed(0))
+    whitened = model._whiten(model._patches(correlated_images(4, seed=2)).flatten(0, 1))
+    loss, _ = model._patch_loss(whitened)
+    (fast,) = torch.autograd.grad(loss, model.weight)
+    dense = (model.decode_patches(model.encode_patches(whitened)) - whitened).pow(2).sum(-1).mean()
+    (slow,) = torch.autograd.grad(dense, model.weight)
+    torch.testing.assert_close(loss, dense)
+    torch.testing.assert_close(fast, slow)
+
+
+def test_the_evaluation_tiling_covers_every_pixel_and_rebuilds_the_image():
+    model = tiny(latent_dim=27 * 4, activation="winner_take_all", winners=27)  # as many winners as dimensions
+    model.prepare(correlated_images(300), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model.weight.copy_(torch.eye(27))  # an orthonormal basis of the whitened space decodes any patch
+    images = correlated_images(3, seed=3)
+    loss, rebuilt = model.eval().loss(images)
+    assert loss < 1e-6
+    torch.testing.assert_close(rebuilt, images, atol=1e-4, rtol=1e-4)
+
+
+def test_the_fused_pass_equals_the_eager_one(monkeypatch):
+    import latentprobe.models.patch_ae as patch_ae
+    model = tiny(latent_dim=64, encoding="soft_threshold")
+    model.prepare(correlated_images(300), generator=torch.Generator().manual_seed(0))
+    images = correlated_images(16, seed=4)
+    eager = model.encode(images, chunk=8)
+    monkeypatch.setattr(patch_ae, "FUSE_ABOVE", 0)
+    torch.testing.assert_close(model.encode(images, chunk=8), eager, atol=1e-5, rtol=1e-5)

@@ -8,8 +8,9 @@ training, probing and reports never need to know which model they hold:
 - ``model.loss(images) -> (loss, reconstruction)``: the pretraining objective;
 - ``model.reconstruct(images) -> dict`` of image batches to show in grids
   (always ``"reconstruction"``, optionally e.g. ``"masked"``);
-- optionally ``model.prepare(images, generator)``: statistics fitted once on the training split
-  before training (patch whitening), kept in buffers so checkpoints carry them.
+- optionally ``model.prepare(images, generator, normalizer)``: statistics fitted once on the
+  training split before training (patch whitening; the data layer's pixel statistics), kept in
+  buffers so checkpoints carry them.
 
 Images are float tensors ``(B, 3, H, W)`` already normalised by the data layer.
 """

@@ -2,9 +2,10 @@
 
 The pipeline of Coates, Lee & Ng (AISTATS 2011), with a trained autoencoder as its dictionary:
 
-1. every p×p patch is brightness/contrast normalised (its own mean subtracted, divided by its
-   own standard deviation) and ZCA-whitened with statistics fitted once on random patches of the
-   training split (``prepare``);
+1. every p×p patch of the image in 0–255 pixel values (the data layer's normalisation undone) is
+   brightness/contrast normalised, ``(x - mean(x)) / sqrt(var(x) + contrast_eps)`` as in the
+   paper's released code (a flat patch becomes 0), and ZCA-whitened with statistics fitted once
+   on random patches of the training split (``prepare``);
 2. the autoencoder reads one whitened patch x (D = 3·p·p values) with K unit-norm filters W (K, D)
    and a tied decoder ``Wᵀ h``; the loss is the squared error on the whitened patch. Its code h,
    by ``activation``:
@@ -22,13 +23,24 @@ The pipeline of Coates, Lee & Ng (AISTATS 2011), with a trained autoencoder as i
    whitened patch to filter k as stored (K values per position, ``latent_dim = 4K``).
 
 The reference point, k-means with the triangle encoding, shares this pipeline:
-``kmeans_iterations=N`` makes ``prepare`` replace the starting filters by the centroids of N
-Lloyd iterations over the whitening sample. It is a dictionary fitted, not an autoencoder
-trained: ``evaluate --baselines kmeans`` builds it from a run's own options and whitening.
+``kmeans_iterations=N`` makes ``prepare`` replace the filters by k-means centroids of the
+whitening sample, as the paper's released code fits them: started at ``randn · 0.1``, N Lloyd
+iterations (50 in that code), a centroid left without points set to 0. It is a dictionary
+fitted, not an autoencoder trained: ``evaluate --baselines kmeans`` builds it from a run's own
+options and whitening.
 
-Whitening statistics are buffers, so they travel in the checkpoint with the filters and
-``encode`` gives the same latent wherever the checkpoint is loaded.
+Cost and memory: the dense encoding is one matrix product per chunk of ``CHUNK`` images, then
+the codes and their quadrant sums in one pass over the responses, compiled by ``torch.compile``
+when the chunk is large (``FUSE_ABOVE``), so no transient tensor grows past ~100 MB at K = 4,000.
+Training reads ``patches_per_image`` random positions per image and decodes only the winners;
+evaluation (the validation loss and the pictures) reads a fixed tiling of positions that covers
+every pixel, not all of them.
+
+Whitening statistics and the data layer's pixel statistics are buffers, so they travel in the
+checkpoint with the filters and ``encode`` gives the same latent wherever the checkpoint is loaded.
 """
+
+import warnings
 
 import torch
 import torch.nn as nn
@@ -39,14 +51,15 @@ from latentprobe.models import register_model
 QUADRANTS = 4
 ACTIVATIONS = ("relu", "winner_take_all")
 ENCODINGS = ("relu", "soft_threshold", "triangle")
+FUSE_ABOVE = 2**24  # responses per chunk above which the code + pooling pass is compiled (fused)
 
 
 class PatchAutoencoder(nn.Module):
-    # images at a time wherever every position is read: the map holds K × 27 × 27 codes per image
-    CHUNK = 50
+    CHUNK = 8  # images per dense pass: their responses are CHUNK × (S-p+1)² × K floats (93 MB at K = 4,000)
+    PATCH_CHUNK = 4096  # patches per matrix product where every filter's response is needed at once
 
     def __init__(self, *, latent_dim: int = 6400, patch_size: int = 6, img_size: int = 32, in_chans: int = 3,
-                 sparsity: float = 0.1, threshold: float = 0.25, contrast_eps: float = 0.0025,
+                 sparsity: float = 0.1, threshold: float = 0.25, contrast_eps: float = 10.0,
                  zca_eps: float = 0.1, whitening_patches: int = 400_000, patches_per_image: int = 32,
                  activation: str = "relu", winners: int = 1, encoding: str = "relu", kmeans_iterations: int = 0):
         super().__init__()
@@ -65,6 +78,13 @@ class PatchAutoencoder(nn.Module):
         if not 1 <= patch_size <= img_size // 2:
             raise ValueError(f"patch_size {patch_size} does not fit a {img_size}x{img_size} image split in "
                              f"quadrants; use 1 … {img_size // 2} (6 is the reference)")
+        for name, value in (("contrast_eps", contrast_eps), ("zca_eps", zca_eps), ("threshold", threshold),
+                            ("sparsity", sparsity)):
+            if not value >= 0 or value == float("inf"):
+                raise ValueError(f"{name} must be a finite number ≥ 0, got {value}")
+        if whitening_patches < 1 or patches_per_image < 1:
+            raise ValueError(f"whitening_patches and patches_per_image must be at least 1, got "
+                             f"{whitening_patches} and {patches_per_image}")
         self.config = dict(latent_dim=latent_dim, patch_size=patch_size, img_size=img_size, in_chans=in_chans,
                            sparsity=sparsity, threshold=threshold, contrast_eps=contrast_eps, zca_eps=zca_eps,
                            whitening_patches=whitening_patches, patches_per_image=patches_per_image,
@@ -79,22 +99,33 @@ class PatchAutoencoder(nn.Module):
         patch_dim = in_chans * patch_size * patch_size
         self.weight = nn.Parameter(torch.randn(self.num_filters, patch_dim) / patch_dim**0.5)  # (K, D)
         self.bias = nn.Parameter(torch.full((self.num_filters,), float(threshold)))
+        # The data layer's per-channel normalisation (0–255 units), undone before contrast
+        # normalisation; identity until ``prepare`` is given the normaliser.
+        self.register_buffer("pixel_mean", torch.zeros(in_chans))
+        self.register_buffer("pixel_std", torch.ones(in_chans))
         # ZCA: whitened = (patch - zca_mean) @ zca_matrix; identity until ``prepare`` fits them.
         self.register_buffer("zca_mean", torch.zeros(patch_dim))
         self.register_buffer("zca_matrix", torch.eye(patch_dim))
 
+    @property
+    def map_side(self) -> int:
+        return self.img_size - self.patch_size + 1
+
     # ---- patches
 
     def _normalised_patches(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(B, C, H, W) → patches at every position, each minus its mean and over its contrast,
+        """(B, C, H, W) → the patch at every position, in pixel values, minus its mean and over its
+        contrast ``sqrt(var + contrast_eps)`` (unbiased variance, as the released code's ``var``),
         (B, L, D) with L = (S-p+1)²; and those means and contrasts, (B, L, 1) each."""
         if images.shape[1:] != (self.in_chans, self.img_size, self.img_size):
             raise ValueError(f"expected images of shape ({self.in_chans}, {self.img_size}, {self.img_size}), "
                              f"got {tuple(images.shape[1:])}")
-        patches = F.unfold(images.float(), self.patch_size).transpose(1, 2)
+        pixels = images.float() * self.pixel_std.view(1, -1, 1, 1) + self.pixel_mean.view(1, -1, 1, 1)
+        patches = F.unfold(pixels, self.patch_size).transpose(1, 2)
         mean = patches.mean(dim=-1, keepdim=True)
-        scale = ((patches - mean).pow(2).mean(dim=-1, keepdim=True) + self.contrast_eps).sqrt()
-        return (patches - mean) / scale, mean, scale
+        centred = patches - mean
+        scale = (centred.pow(2).sum(dim=-1, keepdim=True) / max(patches.shape[-1] - 1, 1) + self.contrast_eps).sqrt()
+        return centred / scale, mean, scale
 
     def _patches(self, images: torch.Tensor) -> torch.Tensor:
         return self._normalised_patches(images)[0]
@@ -105,18 +136,29 @@ class PatchAutoencoder(nn.Module):
     def _filters(self) -> torch.Tensor:
         return F.normalize(self.weight, dim=1)  # (K, D), unit norm: the threshold has one scale
 
+    def _tiles(self) -> torch.Tensor:
+        """Positions (indices into the L of a map) of a tiling that covers every pixel: every p-th
+        row and column, and the last one."""
+        side, p = self.map_side, self.patch_size
+        starts = sorted(set(range(0, side, p)) | {side - 1})
+        return torch.tensor([row * side + col for row in starts for col in starts])
+
     @torch.no_grad()
-    def prepare(self, images: torch.Tensor, generator: torch.Generator | None = None) -> None:
+    def prepare(self, images: torch.Tensor, generator: torch.Generator | None = None, normalizer=None) -> None:
         """Fit the ZCA whitening on ``whitening_patches`` random patches of ``images`` (the
-        training split, normalised): eigenvectors U and eigenvalues S of their covariance give
-        ``U diag(1/sqrt(S + zca_eps)) Uᵀ``. A winner-take-all autoencoder also starts each filter
-        on one of these patches, whitened (so its untrained baseline is a dictionary of random
-        patches, itself a strong one: Coates & Ng 2011); ``kmeans_iterations`` then moves them to
-        the k-means centroids of the whitened sample."""
+        training split, normalised by ``normalizer``, whose per-channel mean and std are kept so
+        patches are contrast-normalised in pixel values): eigenvectors U and eigenvalues S of their
+        covariance give ``U diag(1/sqrt(S + zca_eps)) Uᵀ``. A winner-take-all autoencoder also
+        starts each filter on one of these patches, whitened (so its untrained baseline is a
+        dictionary of random patches, itself a strong one: Coates & Ng 2011); ``kmeans_iterations``
+        instead fits k-means centroids of the whitened sample, as the released 2011 code does."""
+        if normalizer is not None:
+            self.pixel_mean.copy_(normalizer.mean.flatten().to(self.pixel_mean))
+            self.pixel_std.copy_(normalizer.std.flatten().to(self.pixel_std))
         patch_dim = self.zca_matrix.shape[0]
         per_image = max(1, -(-self.whitening_patches // len(images)))
-        samples = torch.cat([self._sample(images[i:i + 500], per_image, generator)
-                             for i in range(0, len(images), 500)])[:self.whitening_patches].double()
+        samples = torch.cat([self._sample(images[i:i + 100], per_image, generator).double()
+                             for i in range(0, len(images), 100)])[:self.whitening_patches]
         if len(samples) < 2 * patch_dim:
             raise ValueError(f"whitening {patch_dim}-value patches needs at least {2 * patch_dim} patches, "
                              f"got {len(samples)}; use more training images or a larger whitening_patches")
@@ -126,14 +168,15 @@ class PatchAutoencoder(nn.Module):
         matrix = vectors @ torch.diag((values.clamp(min=0) + self.zca_eps).rsqrt()) @ vectors.T
         self.zca_mean.copy_(mean.float())
         self.zca_matrix.copy_(matrix.float())
-        if self.activation == "winner_take_all" or self.kmeans_iterations:  # filters start on patches: none dead
-            picked = torch.randint(0, len(samples), (self.num_filters,), generator=generator).to(samples.device)
-            centroids = self._whiten(samples[picked].float())
-            if self.kmeans_iterations:
-                whitened = self._whiten(samples.float())
-                for _ in range(self.kmeans_iterations):
-                    centroids = _lloyd_step(whitened, centroids, generator)
+        if self.kmeans_iterations:
+            whitened = self._whiten(samples.float())
+            centroids = 0.1 * torch.randn(self.num_filters, patch_dim, generator=generator).to(whitened)
+            for _ in range(self.kmeans_iterations):
+                centroids = lloyd_step(whitened, centroids)
             self.weight.copy_(centroids.to(self.weight.device))
+        elif self.activation == "winner_take_all":  # filters start on patches: none dead
+            picked = torch.randint(0, len(samples), (self.num_filters,), generator=generator).to(samples.device)
+            self.weight.copy_(self._whiten(samples[picked].float()).to(self.weight.device))
 
     def _sample(self, images: torch.Tensor, count: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``count`` random patches of each image, contrast-normalised, (B·count, D)."""
@@ -144,72 +187,89 @@ class PatchAutoencoder(nn.Module):
 
     # ---- the autoencoder on one patch
 
+    def _winners(self, whitened: torch.Tensor) -> torch.Tensor:
+        """(N, D) whitened patches → (N, winners) indices of the largest responses |W x| (no gradient
+        flows through the choice, as none flows through a top-k)."""
+        filters = self._filters().detach()
+        with torch.no_grad():
+            return torch.cat([(part @ filters.T).abs().topk(self.winners, dim=-1).indices
+                              for part in whitened.split(self.PATCH_CHUNK)])
+
     def encode_patches(self, whitened: torch.Tensor) -> torch.Tensor:
         """(N, D) whitened patches → (N, K) sparse codes: the autoencoder's own ``activation``."""
         responses = whitened @ self._filters().T
         if self.activation == "relu":
             return F.relu(responses - self.bias)
-        kept = responses.abs().topk(self.winners, dim=-1).indices  # winner-take-all, per patch
+        kept = self._winners(whitened)  # winner-take-all, per patch
         return torch.zeros_like(responses).scatter(-1, kept, responses.gather(-1, kept))
-
-    def latent_codes(self, whitened: torch.Tensor) -> torch.Tensor:
-        """(N, D) whitened patches → the codes the latent pools, by ``encoding``: (N, K) or (N, 2K)."""
-        return torch.cat(self._code_parts(whitened), dim=-1)
-
-    def _code_parts(self, whitened: torch.Tensor) -> list[torch.Tensor]:
-        """The codes of ``latent_codes`` as parts of K columns each (pooled part by part, so the
-        (…, 2K) map of both polarities is never written out whole)."""
-        if self.encoding == "triangle":
-            distances = _distances(whitened, self.weight)  # (…, K), to the filters as stored
-            return [F.relu(distances.mean(dim=-1, keepdim=True) - distances)]
-        responses = whitened @ self._filters().T
-        if self.encoding == "relu":
-            return [F.relu(responses - self.bias)]
-        return [F.relu(responses - self.threshold), F.relu(-responses - self.threshold)]
 
     def decode_patches(self, codes: torch.Tensor) -> torch.Tensor:
         return codes @ self._filters()  # tied weights: (N, K) → (N, D)
 
     def _patch_loss(self, whitened: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        codes = self.encode_patches(whitened)
-        decoded = self.decode_patches(codes)
-        penalty = self.sparsity * codes.mean() if self.activation == "relu" else 0.0  # top-k is sparse by itself
+        """Squared error of the decoded patches (+ the sparsity penalty of the relu code). The
+        winner-take-all code decodes from its winners' filters alone: (N, winners, D) instead of an
+        (N, K) code times the whole dictionary, the same values and gradients at a fraction of the work."""
+        if self.activation == "relu":
+            codes = self.encode_patches(whitened)
+            decoded = self.decode_patches(codes)
+            penalty = self.sparsity * codes.mean()
+        else:
+            chosen = self._filters()[self._winners(whitened)]  # (N, winners, D)
+            codes = (chosen @ whitened.unsqueeze(-1)).squeeze(-1)  # (N, winners), with their sign
+            decoded = (codes.unsqueeze(-1) * chosen).sum(dim=1)
+            penalty = 0.0  # top-k is sparse by itself
         return (decoded - whitened).pow(2).sum(dim=-1).mean() + penalty, decoded
 
     def loss(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Squared error on whitened patches + sparsity · mean code. Training reads
+        """Squared error on whitened patches (+ the sparsity penalty). Training reads
         ``patches_per_image`` random positions per image (and returns the input as its
-        "reconstruction"); evaluation reads every position and puts the image back together."""
+        "reconstruction"); evaluation reads the fixed tiling of positions that covers every pixel
+        and puts the image back together from it."""
         if self.training:
             return self._patch_loss(self._whiten(self._sample(images, self.patches_per_image)))[0], images
-        losses, images_back = zip(*(self._whole_image_loss(part) for part in images.split(self.CHUNK)))
-        sizes = torch.tensor([len(part) for part in images_back], device=images.device)
-        return (torch.stack(losses) * sizes).sum() / len(images), torch.cat(images_back)
+        return self._tiled_loss(images)
 
-    def _whole_image_loss(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        patches, mean, scale = self._normalised_patches(images)
-        loss, decoded = self._patch_loss(self._whiten(patches))
-        return loss, self._image(decoded, mean, scale)
+    def _tiled_loss(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss over the tiling's patches, and the images rebuilt from them."""
+        tiles = self._tiles().to(images.device)
+        patches, mean, scale = (t[:, tiles] for t in self._normalised_patches(images))  # (B, T, ·)
+        loss, decoded = self._patch_loss(self._whiten(patches.flatten(0, 1)))
+        return loss, self._image(decoded.view_as(patches), mean, scale)
 
     def _image(self, decoded: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        """Decoded whitened patches (B, L, D) un-whitened, given back their own mean and contrast,
-        and the overlapping patches averaged into images (B, C, S, S)."""
+        """Decoded whitened patches (B, T, D) at the tiling's positions un-whitened, given back their
+        own mean and contrast, and the overlapping patches averaged into images (B, C, S, S),
+        normalised as the input was."""
         patches = (decoded @ torch.linalg.pinv(self.zca_matrix) + self.zca_mean) * scale + mean
-        size = (self.img_size, self.img_size)
-        summed = F.fold(patches.transpose(1, 2), size, self.patch_size)
-        counts = F.fold(torch.ones_like(patches).transpose(1, 2), size, self.patch_size)
-        return summed / counts
+        side, size = self.map_side, (self.img_size, self.img_size)
+        full = patches.new_zeros(len(patches), side * side, patches.shape[-1])
+        full[:, self._tiles().to(patches.device)] = patches
+        covered = torch.zeros_like(full[..., :1])
+        covered[:, self._tiles().to(patches.device)] = 1.0
+        summed = F.fold(full.transpose(1, 2), size, self.patch_size)
+        counts = F.fold(covered.expand_as(full).transpose(1, 2), size, self.patch_size)
+        pixels = summed / counts.clamp(min=1)
+        return (pixels - self.pixel_mean.view(1, -1, 1, 1)) / self.pixel_std.view(1, -1, 1, 1)
 
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor) -> dict:
-        return {"reconstruction": torch.cat([self._whole_image_loss(part)[1] for part in images.split(self.CHUNK)])}
+        return {"reconstruction": self._tiled_loss(images)[1]}
 
     # ---- the latent of an image
 
+    def _responses(self, whitened: torch.Tensor) -> torch.Tensor:
+        """(…, D) whitened patches → (…, K): ``W x`` for the filters (unit norm), or the squared
+        distances to the filters as stored for the triangle code."""
+        if self.encoding == "triangle":
+            return whitened.pow(2).sum(-1, keepdim=True) - 2 * whitened @ self.weight.T + self.weight.pow(2).sum(-1)
+        return whitened @ self._filters().T
+
     def feature_map(self, images: torch.Tensor) -> torch.Tensor:
         """Latent codes at every position: (B, K or 2K, S-p+1, S-p+1)."""
-        side = self.img_size - self.patch_size + 1
-        codes = self.latent_codes(self._whiten(self._patches(images)))  # (B, L, K or 2K)
+        side = self.map_side
+        codes = torch.cat(latent_codes(self._responses(self._whiten(self._patches(images))), self.encoding,
+                                       self.bias, self.threshold), dim=-1)  # (B, L, K or 2K)
         return codes.transpose(1, 2).reshape(len(images), codes.shape[-1], side, side)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -220,41 +280,67 @@ class PatchAutoencoder(nn.Module):
         """(B, latent_dim): each code summed over the four quadrants of the map (the middle row and
         column, when the map's side is odd, go to the first half), code-major: code k's sums over
         the top-left, top-right, bottom-left and bottom-right quadrants are values 4k … 4k+3.
-        ``chunk`` images at a time, since the map holds K × 27 × 27 values per image."""
-        side = self.img_size - self.patch_size + 1
-        half = (side + 1) // 2
+        ``chunk`` images at a time: one matrix product, then one pass for codes and sums."""
+        side = self.map_side
         pooled = []
         for part in images.split(chunk):
-            whitened = self._whiten(self._patches(part))  # (b, L, D), positions row by row
-            quadrant_sums = []
-            for codes in self._code_parts(whitened):
-                grid = codes.view(len(part), side, side, -1)  # (b, rows, cols, K): no copy
-                rows = torch.stack([grid[:, :half].sum(1), grid[:, half:].sum(1)], dim=1)  # (b, 2, cols, K)
-                quadrants = torch.stack([rows[:, :, :half].sum(2), rows[:, :, half:].sum(2)], dim=2)  # (b, 2, 2, K)
-                quadrant_sums.append(quadrants.flatten(1, 2))  # (b, 4, K)
-            pooled.append(torch.cat(quadrant_sums, dim=-1).transpose(1, 2).flatten(1))  # (b, K·4), code-major
+            responses = self._responses(self._whiten(self._patches(part))).view(len(part), side, side, -1)
+            pool = _fused_pool if responses.numel() >= FUSE_ABOVE and len(part) == chunk else pooled_codes
+            pooled.append(pool(responses, self.encoding, self.bias, self.threshold))
         return torch.cat(pooled)
 
 
-def _distances(points: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
-    """Euclidean distances (…, K) of points (…, D) to centroids (K, D), by one matrix product."""
-    squared = points.pow(2).sum(-1, keepdim=True) - 2 * points @ centroids.T + centroids.pow(2).sum(-1)
-    return squared.clamp(min=0).sqrt()
+def latent_codes(responses: torch.Tensor, encoding: str, bias: torch.Tensor, threshold: float) -> list[torch.Tensor]:
+    """The codes the latent pools, by ``encoding``, as parts of K columns each (pooled part by part):
+    ``relu(r - b)``; both polarities ``relu(r - α)``, ``relu(-r - α)``; or the triangle code of
+    squared distances d², ``relu(mean(d) - d)``."""
+    if encoding == "triangle":
+        distances = responses.clamp(min=0).sqrt()
+        return [F.relu(distances.mean(dim=-1, keepdim=True) - distances)]
+    if encoding == "relu":
+        return [F.relu(responses - bias)]
+    return [F.relu(responses - threshold), F.relu(-responses - threshold)]
 
 
-def _lloyd_step(points: torch.Tensor, centroids: torch.Tensor, generator: torch.Generator | None,
-                chunk: int = 20_000) -> torch.Tensor:
-    """One k-means iteration over points (N, D): each point to its nearest centroid (in chunks: N × K
-    distances would not fit), each centroid to the mean of its points; an empty one restarts on a
-    random point."""
-    nearest = torch.cat([_distances(part, centroids).argmin(-1) for part in points.split(chunk)])
+def pooled_codes(responses: torch.Tensor, encoding: str, bias: torch.Tensor, threshold: float) -> torch.Tensor:
+    """(b, S', S', K) responses → (b, latent_dim): the codes summed over the four quadrants,
+    code-major (the first half takes the middle row and column of an odd map)."""
+    half = (responses.shape[1] + 1) // 2
+    sums = []
+    for codes in latent_codes(responses, encoding, bias, threshold):
+        sums.append(torch.stack([codes[:, :half, :half].sum((1, 2)), codes[:, :half, half:].sum((1, 2)),
+                                 codes[:, half:, :half].sum((1, 2)), codes[:, half:, half:].sum((1, 2))], dim=-1))
+    return torch.cat(sums, dim=1).flatten(1)  # (b, K·parts, 4) → code-major
+
+
+_compiled = None
+
+
+def _fused_pool(*args) -> torch.Tensor:
+    """``pooled_codes`` compiled into one pass over the responses (2-4× faster on a CPU than the
+    separate passes of eager mode); eager where compilation is unavailable (no C++ compiler)."""
+    global _compiled
+    if _compiled is None:
+        _compiled = torch.compile(pooled_codes, dynamic=False)
+    if _compiled is pooled_codes:
+        return pooled_codes(*args)
+    try:
+        return _compiled(*args)
+    except Exception as err:  # noqa: BLE001 - any compiler failure: the eager pass computes the same
+        warnings.warn(f"torch.compile unavailable ({type(err).__name__}); the patch encoding runs eager", stacklevel=2)
+        _compiled = pooled_codes
+        return pooled_codes(*args)
+
+
+def lloyd_step(points: torch.Tensor, centroids: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """One k-means iteration over points (N, D), as in the released 2011 code: each point to its
+    nearest centroid (``argmax c·x - |c|²/2``, in chunks: N × K would not fit), each centroid to
+    the mean of its points; a centroid with no points becomes 0."""
+    half_norms = 0.5 * centroids.pow(2).sum(-1)
+    nearest = torch.cat([(part @ centroids.T - half_norms).argmax(-1) for part in points.split(chunk)])
     sums = torch.zeros_like(centroids).index_add_(0, nearest, points)
     counts = torch.bincount(nearest, minlength=len(centroids)).unsqueeze(1).to(points.dtype)
-    empty = counts.squeeze(1) == 0
-    restart = torch.randint(0, len(points), (int(empty.sum()),), generator=generator).to(points.device)
-    updated = sums / counts.clamp(min=1)
-    updated[empty] = points[restart]
-    return updated
+    return torch.where(counts > 0, sums / counts.clamp(min=1), torch.zeros_like(sums))
 
 
 @register_model

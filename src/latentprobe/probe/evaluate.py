@@ -37,7 +37,7 @@ from latentprobe.probe.features import (
     pixel_features,
     representation_features,
 )
-from latentprobe.probe.heads import HEADS, fit_head, predict
+from latentprobe.probe.heads import HEADS, fit_heads, predict
 from latentprobe.probe.knn import knn_predict
 from latentprobe.runs import Run, RunData, write_json
 from latentprobe.training.engine import SCHEDULES
@@ -99,35 +99,37 @@ def _summary(values: list[float]) -> dict:
     return dict(zip(("mean", "std", "n"), mean_std(values)))
 
 
-def _fit(kind: str, train, val, num_classes: int, cfg: EvalConfig, *, lr: float, weight_decay: float, seed: int):
+def _fit(kind: str, train, val, num_classes: int, cfg: EvalConfig, *, settings: list[tuple[float, float]],
+         seed: int, device) -> list:
+    """``fit_heads`` under the protocol's options, printing each head's outcome as it ends."""
     started = time.perf_counter()
-    fit = fit_head(kind, train, val, num_classes, lr=lr, weight_decay=weight_decay, epochs=cfg.epochs,
-                   batch_size=cfg.batch_size, seed=seed, patience=cfg.patience, hidden=cfg.mlp_hidden,
-                   schedule=cfg.schedule)
-    print(f"  {kind} lr {lr:g} weight decay {weight_decay:g} seed {seed}: validation {100 * fit.val_acc:.2f}% "
-          f"(epoch {fit.best_epoch}), {time.perf_counter() - started:.0f} s", flush=True)
-    return fit
+    fits = fit_heads(kind, train, val, num_classes, settings=settings, epochs=cfg.epochs, batch_size=cfg.batch_size,
+                     seed=seed, patience=cfg.patience, hidden=cfg.mlp_hidden, schedule=cfg.schedule, device=device,
+                     desc=f"{kind} seed {seed}")
+    for fit, (lr, weight_decay) in zip(fits, settings):
+        print(f"  {kind} lr {lr:g} weight decay {weight_decay:g} seed {seed}: validation {100 * fit.val_acc:.2f}% "
+              f"(epoch {fit.best_epoch}), {time.perf_counter() - started:.0f} s", flush=True)
+    return fits
 
 
-def trained_probe(kind: str, train, val, test, num_classes: int, cfg: EvalConfig) -> tuple[dict, tuple]:
-    """Grid on validation (seed 0), then every seed at the chosen point reads the test set once.
-    Returns the record and (seed-0 head, chosen setting)."""
-    grid = []
-    for lr, weight_decay in itertools.product(cfg.lrs, cfg.weight_decays):
-        fit = _fit(kind, train, val, num_classes, cfg, lr=lr, weight_decay=weight_decay, seed=0)
-        grid.append((fit, {"lr": lr, "weight_decay": weight_decay, "best_epoch": fit.best_epoch,
-                           "val_acc": fit.val_acc}))
-    chosen_fit, chosen = max(grid, key=lambda item: item[1]["val_acc"])  # first of equals wins
+def trained_probe(kind: str, train, val, test, num_classes: int, cfg: EvalConfig, device) -> tuple[dict, tuple]:
+    """The grid on validation (seed 0, every setting in one pass over the features), then every
+    seed at the chosen point reads the test set once. Returns the record and (seed-0 head, chosen setting)."""
+    settings = list(itertools.product(cfg.lrs, cfg.weight_decays))
+    fits = _fit(kind, train, val, num_classes, cfg, settings=settings, seed=0, device=device)
+    grid = [{"lr": lr, "weight_decay": weight_decay, "best_epoch": fit.best_epoch, "val_acc": fit.val_acc}
+            for fit, (lr, weight_decay) in zip(fits, settings)]
+    chosen_fit, chosen = max(zip(fits, grid), key=lambda item: item[1]["val_acc"])  # first of equals wins
     seeds = []
     for seed in range(cfg.seeds):
-        fit = chosen_fit if seed == 0 else _fit(kind, train, val, num_classes, cfg, lr=chosen["lr"],
-                                                weight_decay=chosen["weight_decay"], seed=seed)
+        fit = chosen_fit if seed == 0 else _fit(kind, train, val, num_classes, cfg, seed=seed, device=device,
+                                                settings=[(chosen["lr"], chosen["weight_decay"])])[0]
         predictions = predict(fit.head, test[0]).cpu()  # the one reading of the test set
         seeds.append({"seed": seed, "best_epoch": fit.best_epoch, "val_acc": fit.val_acc,
                       "test_acc": (predictions == test[1]).float().mean().item()})
         if seed == 0:
             confusion = confusion_matrix(test[1], predictions, num_classes)
-    record = {"grid": [g for _, g in grid], "chosen": {k: chosen[k] for k in ("lr", "weight_decay")},
+    record = {"grid": grid, "chosen": {k: chosen[k] for k in ("lr", "weight_decay")},
               "seeds": seeds, "test": _summary([s["test_acc"] for s in seeds]), "confusion": confusion.tolist()}
     return record, (chosen_fit.head.cpu(), chosen)
 
@@ -156,7 +158,7 @@ def evaluate_features(data: FeatureSet, cfg: EvalConfig, device: torch.device) -
     num_classes = len(data.class_names)
     probes, heads = {}, {}
     for kind in (p for p in cfg.probes if p != "knn"):
-        probes[kind], heads[kind] = trained_probe(kind, train, val, test, num_classes, cfg)
+        probes[kind], heads[kind] = trained_probe(kind, train, val, test, num_classes, cfg, device)
     if "knn" in cfg.probes:
         probes.update(knn_probes(train, val, test, num_classes, cfg))
     sizes = {split: len(labels) for split, labels in data.labels.items()}

@@ -70,7 +70,7 @@ def export_features(run: Run | Path | str, split: str = "test", source: str = "e
     suffix += "" if label_type == "fine" else f"_{label_type}"
     out = Path(out) if out else run_dir / f"features_{split}{suffix}.npz"
     out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, features=data.features[split].cpu().numpy().astype(np.float32),
+    np.savez(out, features=data.features[split][:].cpu().numpy().astype(np.float32),
              labels=data.labels[split].cpu().numpy().astype(np.int64),
              class_names=np.array(data.class_names, dtype=str), split=np.array(split),
              source=np.array(source), run=np.array(str(run_dir)))

@@ -1,27 +1,29 @@
 """Latents are extracted once (eval mode, no grad, in batches on the device) and cached.
 
 ``run_features`` reads a pretraining run (``Run``): its model at the probed epoch, its own
-train/validation split and the test split; it caches the features in the run directory, keyed by
-what made them (weights, images, labels, pooling).
+train/validation split and the test split; it caches the features in the run directory
+(``RUN/features/<name>/``, float16 files read in row batches: store.py), keyed by what made them
+(weights, images, labels, pooling).
 """
 
-import os
+import itertools
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from latentprobe.checkpoint import weights_digest
 from latentprobe.data.cifar import Normalizer, Split
 from latentprobe.models import create_model
+from latentprobe.probe.store import CacheWriter, FeatureMatrix, read_cache, sweep
 from latentprobe.runs import Run
-from latentprobe.training.engine import extract, prepare_model
+from latentprobe.training.engine import extract, extract_batches, prepare_model
 
 
 @dataclass
 class FeatureSet:
-    """Features (N, D) float32 and labels (N,) per split, plus class names."""
-    features: dict[str, torch.Tensor]
+    """Features (N, D) per split, float32 tensors in memory or ``FeatureMatrix`` files read in row
+    batches (both give float32 rows for ``features[index]``), labels (N,) per split, class names."""
+    features: dict[str, "torch.Tensor | FeatureMatrix"]
     labels: dict[str, torch.Tensor]
     class_names: list[str]
 
@@ -30,34 +32,14 @@ class FeatureSet:
         return self.features["train"].shape[1]
 
     def to(self, device) -> "FeatureSet":
-        return FeatureSet({k: v.to(device) for k, v in self.features.items()},
+        """In-memory features moved to ``device``; files stay where they are (their batches move)."""
+        return FeatureSet({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.features.items()},
                           {k: v.to(device) for k, v in self.labels.items()}, self.class_names)
 
 
-def _load_cache(path: Path, key: dict) -> FeatureSet | None:
-    """The cached FeatureSet at ``path`` if it was made under ``key``; None otherwise (or unreadable)."""
-    if not path.exists():
-        return None
-    try:
-        cached = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - a broken cache is recomputed, never trusted
-        return None
-    if not isinstance(cached, dict) or cached.get("key") != key:
-        return None
-    return FeatureSet(cached["features"], cached["labels"], cached["class_names"])
-
-
-def _save_cache(path: Path, key: dict, feature_set: FeatureSet) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    torch.save({"key": key, "features": feature_set.features, "labels": feature_set.labels,
-                "class_names": feature_set.class_names}, tmp)
-    tmp.replace(path)
-
-
 def encode_splits(encode, splits: dict[str, Split], device, flip_train: bool = False) -> FeatureSet:
-    """``encode`` over every split's images, on the device. ``flip_train``: the training split is
-    read twice, as it is and mirrored left to right (labels repeated), so a probe trains on both
-    views; validation and test are read as they are."""
+    """``encode`` over every split's images, on the device, held in memory (small representations:
+    raw pixels; tests). ``flip_train`` as in ``cache_features``."""
     normalizer = Normalizer(splits["train"].dataset, device)
     features, labels = {}, {}
     for name, split in splits.items():
@@ -68,6 +50,33 @@ def encode_splits(encode, splits: dict[str, Split], device, flip_train: bool = F
     return FeatureSet(features, labels, splits["train"].class_names)
 
 
+def cached_features(folder, key: dict, device, flip_train: bool, make) -> FeatureSet:
+    """The cached FeatureSet in ``folder`` if it was made under ``key``. Else ``make()`` gives
+    ``(encode, splits)``, and ``encode`` runs over every split's images, on the device, written to
+    ``folder`` batch by batch (never held whole). ``flip_train``: the training split is read twice,
+    as it is and mirrored left to right (labels repeated), so a probe trains on both views;
+    validation and test are read as they are."""
+    cached = read_cache(folder, key)
+    if cached is not None:
+        return FeatureSet(*cached)
+    encode, splits = make()
+    sweep(folder.parent)
+    normalizer = Normalizer(splits["train"].dataset, device)
+    writer = CacheWriter(folder)
+    try:
+        for name, split in splits.items():
+            images = split.images.to(device)
+            views = [images, images.flip(-1)] if flip_train and name == "train" else [images]
+            batches = itertools.chain.from_iterable(
+                extract_batches(encode, view, normalizer, desc=f"{folder.name} {name}") for view in views)
+            writer.add(name, len(views) * len(images), batches, split.labels.repeat(len(views)))
+        writer.commit(key, splits["train"].class_names)
+    except BaseException:
+        writer.abort()
+        raise
+    return FeatureSet(*read_cache(folder, key))
+
+
 def _cache_name(name: str, flip_train: bool) -> str:
     return f"{name}_flip" if flip_train else name
 
@@ -76,18 +85,14 @@ def run_features(run: Run, device: torch.device, label_type: str = "fine", pool:
                  layer: int | None = None, flip_train: bool = False) -> FeatureSet:
     """Cached features of a run's encoder (or of its ``layer``-th stage, counted from 1),
     extracted on the first call (and again whenever the weights, data, labels or pooling asked
-    for differ from the cached ones); ``flip_train`` as in ``encode_splits``, cached apart."""
+    for differ from the cached ones); ``flip_train`` as in ``cache_features``, cached apart."""
     run = Run.of(run)
     model = run.model(device, pool)
     key = {"epoch": run.probed_epoch, "label_type": label_type, "pool": getattr(model, "pool", None),
            "weights": weights_digest(model), "data": run.data_identity()}
-    path = run.features_file(_cache_name("encoder" if layer is None else f"layer_{layer}", flip_train))
-    feature_set = _load_cache(path, key)
-    if feature_set is None:
-        encode = model.encode if layer is None else (lambda images: model.stage_outputs(images)[layer - 1])
-        feature_set = encode_splits(encode, run.splits(label_type), device, flip_train)
-        _save_cache(path, key, feature_set)
-    return feature_set
+    encode = model.encode if layer is None else (lambda images: model.stage_outputs(images)[layer - 1])
+    folder = run.features_dir(_cache_name("encoder" if layer is None else f"layer_{layer}", flip_train))
+    return cached_features(folder, key, device, flip_train, lambda: (encode, run.splits(label_type)))
 
 
 def layer_names(run: Run, layers: list[str], pool: str | None = None) -> list[str]:
@@ -109,7 +114,7 @@ def layer_names(run: Run, layers: list[str], pool: str | None = None) -> list[st
 
 def random_encoder_features(run: Run, device: torch.device, label_type: str = "fine",
                             pool: str | None = None, flip_train: bool = False) -> FeatureSet:
-    """Baseline: the run's encoder with untrained weights, cached in ``features_random.pt``.
+    """Baseline: the run's encoder with untrained weights, cached as ``random``.
 
     The model is rebuilt from the checkpoint's ``model_config`` after seeding torch with the
     run's own seed, as ``latentprobe train`` does, so these are the very weights pretraining
@@ -119,15 +124,15 @@ def random_encoder_features(run: Run, device: torch.device, label_type: str = "f
     return _fitted_features(run, "random", run.model_config(pool), device, label_type, flip_train)
 
 
-KMEANS_ITERATIONS = 10  # Coates, Lee & Ng (2011) ran k-means for 10 iterations
+KMEANS_ITERATIONS = 50  # the Lloyd iterations of Coates, Lee & Ng's released code (run_kmeans, 50)
 
 
 def kmeans_features(run: Run, device: torch.device, label_type: str = "fine",
                     flip_train: bool = False) -> FeatureSet:
-    """Baseline of the patch autoencoder: the 2011 reference, k-means (10 Lloyd iterations, as
-    Coates, Lee & Ng) on the run's own whitened patches, with as many centroids as the run has
-    filters, read with the triangle encoding (4 values per centroid). Cached in
-    ``features_kmeans.pt``."""
+    """Baseline of the patch autoencoder: the 2011 reference as released by Coates, Lee & Ng
+    (k-means from ``randn · 0.1``, 50 Lloyd iterations, empty centroids zeroed) on the run's own
+    whitened patches, with as many centroids as the run has filters, read with the triangle
+    encoding (4 values per centroid)."""
     run = Run.of(run)
     if run.model_name != "patch_ae":
         raise ValueError(f"--baselines kmeans is the patch dictionary of Coates et al., a baseline of patch_ae "
@@ -145,17 +150,16 @@ def _fitted_features(run: Run, name: str, model_config: dict, device: torch.devi
     seed = run.train_config["seed"]
     key = {"init_seed": seed, "model_name": run.model_name, "model_config": model_config,
            "label_type": label_type, "data": run.data_identity()}
-    path = run.features_file(_cache_name(name, flip_train))
-    feature_set = _load_cache(path, key)
-    if feature_set is None:
+
+    def make():
         torch.manual_seed(seed)
         model = create_model(run.model_name, **model_config).to(device).eval()
         splits = run.splits(label_type)  # read once: the label type changes no image
         # statistics fitted on the training images before training, as train does
         prepare_model(model, splits["train"].images.to(device), Normalizer(run.train_config["dataset"], device), seed)
-        feature_set = encode_splits(model.encode, splits, device, flip_train)
-        _save_cache(path, key, feature_set)
-    return feature_set
+        return model.encode, splits
+
+    return cached_features(run.features_dir(_cache_name(name, flip_train)), key, device, flip_train, make)
 
 
 def pixel_features(splits: dict[str, Split], device: torch.device, flip_train: bool = False) -> FeatureSet:

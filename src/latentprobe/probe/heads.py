@@ -5,12 +5,14 @@
 parameters before the Linear, so the features' scale does not decide the result.
 ``mlp`` adds one hidden layer.
 
-One trainer, ``fit_head``, serves every probe: it never sees the test set and returns the head
-of the epoch with the best *validation* accuracy. ``train_probe`` (the study, ``latentprobe
-probe``) and the evaluation suite (evaluate.py, with its grid and seeds) then read the test set
-once with that head.
+One trainer, ``fit_heads``, serves every probe: it trains several heads of one kind, one per
+(lr, weight decay), in one pass over the features per epoch, never sees the test set and returns
+each head at the epoch of its best *validation* accuracy. ``train_probe`` (the study,
+``latentprobe probe``) and the evaluation suite (evaluate.py, with its grid and seeds) then read
+the test set once with the chosen head.
 """
 
+import copy
 import dataclasses
 import time
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from latentprobe.config import require_at_least_one
 from latentprobe.data.cifar import batch_indices
@@ -35,6 +38,10 @@ class LinearHead(nn.Module):
         self.norm = nn.BatchNorm1d(in_dim, affine=False) if batch_norm else nn.Identity()
         self.linear = nn.Linear(in_dim, num_classes)
 
+    def layers(self) -> tuple[nn.Linear, nn.Module]:
+        """(first Linear, what follows it): how ``HeadBank`` runs several heads as one."""
+        return self.linear, nn.Identity()
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return F.log_softmax(self.linear(self.norm(features)), dim=1)  # (B, C) log-probabilities
 
@@ -47,6 +54,9 @@ class MLPHead(nn.Module):
         self.norm = nn.BatchNorm1d(in_dim, affine=False)  # as bn_linear: feature scale is irrelevant
         self.hidden = nn.Sequential(nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU())
         self.linear = nn.Linear(hidden, num_classes)
+
+    def layers(self) -> tuple[nn.Linear, nn.Module]:
+        return self.hidden[0], nn.Sequential(*self.hidden[1:], self.linear)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return F.log_softmax(self.linear(self.hidden(self.norm(features))), dim=1)  # (B, C)
@@ -62,6 +72,25 @@ def build_head(kind: str, in_dim: int, num_classes: int, *, hidden: int = 512) -
     if kind in ("linear", "bn_linear"):
         return LinearHead(in_dim, num_classes, batch_norm=kind == "bn_linear")
     raise ValueError(f"unknown probe head {kind!r}; use one of {', '.join(HEADS)}")
+
+
+class HeadBank(nn.Module):
+    """Several heads of one kind over the same batches, run as one: their input normalisation once
+    (BatchNorm without affine has no parameters, so every head's would compute the same), their
+    first layers as one matrix product, then each head's own rest. A head's parameters get the
+    gradient of its own loss only, so training the bank is training each head on its own."""
+
+    def __init__(self, heads: list[nn.Module]):
+        super().__init__()
+        self.heads = nn.ModuleList(heads)
+        self.norm = copy.deepcopy(heads[0].norm)
+        self.firsts, self.rests = zip(*(head.layers() for head in heads))
+
+    def forward(self, features: torch.Tensor) -> list[torch.Tensor]:
+        weight = torch.cat([layer.weight for layer in self.firsts])  # (G·H, D): one product for all heads
+        bias = torch.cat([layer.bias for layer in self.firsts])
+        hidden = F.linear(self.norm(features), weight, bias).split([layer.out_features for layer in self.firsts], 1)
+        return [F.log_softmax(rest(h), dim=1) for rest, h in zip(self.rests, hidden)]  # G × (B, C)
 
 
 @dataclass
@@ -99,13 +128,20 @@ class ProbeResult:
 
 
 @torch.no_grad()
-def predict(head: nn.Module, features: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+def predict(head: nn.Module, features, batch_size: int = 1024) -> torch.Tensor:
+    """Predicted classes of ``features`` (a tensor, or a FeatureMatrix read in batches), on the
+    head's device."""
     head.eval()
-    return torch.cat([head(features[i:i + batch_size]).argmax(1) for i in range(0, len(features), batch_size)])
+    device = next(head.parameters()).device
+    parts = []
+    for start in range(0, len(features), batch_size):
+        output = head(features[start:start + batch_size].to(device))
+        parts.append(torch.stack([o.argmax(1) for o in output]) if isinstance(output, list) else output.argmax(1))
+    return torch.cat(parts, dim=-1)  # (N,), or (G, N) for a HeadBank
 
 
-def accuracy(head: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> float:
-    return (predict(head, features) == labels).float().mean().item()
+def accuracy(head: nn.Module, features, labels: torch.Tensor) -> float:
+    return (predict(head, features).to(labels.device) == labels).float().mean().item()
 
 
 @dataclass
@@ -116,53 +152,83 @@ class FitResult:
     history: list[dict]  # per epoch: train_loss, train_acc, val_acc (no test numbers)
 
 
-def fit_head(kind: str, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
-             num_classes: int, *, lr: float, weight_decay: float, epochs: int, batch_size: int = 256,
-             seed: int = 0, patience: int | None = 5, hidden: int = 512, schedule: str = "constant") -> FitResult:
-    """The one probe trainer. Train a head on ``train`` = (features (N, D), labels (N,)), already
-    on the device; keep the epoch with the best accuracy on ``val`` (``patience``: stop after that
-    many epochs without a gain; None trains every epoch). ``schedule``: Adam at a ``constant`` lr,
-    or ``cosine``, decaying to 0 over ``epochs`` (a probe that settles; on wide latents it reads
-    several points more, docs/RESULTS.md). The seed sets the head's init and the order of the
-    batches. The test set is never read here."""
-    x_train, y_train = train
-    device = x_train.device
-    torch.manual_seed(seed)
-    head = build_head(kind, x_train.shape[1], num_classes, hidden=hidden).to(device)
-    optimizer = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
+def fit_heads(kind: str, train, val, num_classes: int, *, settings: list[tuple[float, float]], epochs: int,
+              batch_size: int = 256, seed: int = 0, patience: int | None = 5, hidden: int = 512,
+              schedule: str = "constant", device=None, desc: str | None = None) -> list[FitResult]:
+    """The one probe trainer. One head of ``kind`` per (lr, weight decay) in ``settings``, all
+    trained on ``train`` = (features (N, D), labels (N,)) in one pass per epoch: the same batches
+    for every head, each with its own optimiser state. The features may be a tensor or a
+    FeatureMatrix read batch by batch; batches go to ``device`` (default: the labels'). Each head
+    keeps the epoch of its best accuracy on ``val`` and stops after ``patience`` epochs without a
+    gain (None: trains every epoch). ``schedule``: Adam at a ``constant`` lr, or ``cosine``,
+    decaying to 0 over ``epochs`` (a probe that settles; on wide latents it reads several points
+    more, docs/RESULTS.md). The seed sets every head's init (the same for all: each is the head a
+    fit of its setting alone would start from) and the order of the batches. The test set is never
+    read here."""
+    (x_train, y_train), (x_val, y_val) = train, val
+    device = torch.device(device) if device is not None else y_train.device
+    heads = []
+    for _ in settings:
+        torch.manual_seed(seed)
+        heads.append(build_head(kind, x_train.shape[1], num_classes, hidden=hidden))
+    bank = HeadBank(heads).to(device)
+    optimizer = torch.optim.Adam([{"params": list(head.parameters()), "lr": lr, "weight_decay": weight_decay}
+                                  for head, (lr, weight_decay) in zip(heads, settings)])
     generator = torch.Generator().manual_seed(seed)
     # a BatchNorm head cannot train on a batch of one: its last, short batch is dropped
     drop_last = kind != "linear" and len(x_train) > batch_size
     steps_per_epoch = len(x_train) // batch_size if drop_last else -(-len(x_train) // batch_size)
+    y_train, y_val = y_train.to(device), y_val.to(device)
+    count = len(heads)
+    histories = [[] for _ in heads]
+    best = [(-1.0, 0, None)] * count  # per head: (val acc, epoch, state incl. the norm's statistics)
+    active = [True] * count
     step = 0
-    history, best_acc, best_epoch, best_state = [], -1.0, 0, None
-    for epoch in range(1, epochs + 1):
-        head.train()
-        loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
-        for index in batch_indices(len(x_train), batch_size, shuffle=True, generator=generator,
-                                   drop_last=drop_last, device=device):
-            for group in optimizer.param_groups:
+    progress = tqdm(range(1, epochs + 1), desc=desc or f"{kind} probe", unit="epoch", leave=False, disable=None)
+    for epoch in progress:
+        bank.train()
+        loss_sums, corrects = torch.zeros(count, device=device), torch.zeros(count, device=device)
+        seen = 0
+        for index in batch_indices(len(x_train), batch_size, shuffle=True, generator=generator, drop_last=drop_last):
+            for group, (lr, _) in zip(optimizer.param_groups, settings):
                 group["lr"] = lr_at(step, epochs * steps_per_epoch, 0, lr, schedule)
-            output = head(x_train[index])
-            loss = F.nll_loss(output, y_train[index])
+            x, y = x_train[index].to(device), y_train[index.to(device)]
+            outputs = bank(x)
+            losses = torch.stack([F.nll_loss(out, y) for out in outputs])  # (G,)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            losses.sum().backward()  # each head's parameters get their own loss's gradient
             optimizer.step()
             step += 1
-            loss_sum += loss.detach() * len(index)
-            correct += (output.detach().argmax(1) == y_train[index]).sum()
+            loss_sums += losses.detach() * len(index)
+            corrects += torch.stack([(out.detach().argmax(1) == y).sum() for out in outputs])
             seen += len(index)
-        val_acc = accuracy(head, *val)
-        # train_acc: of the batches as they were trained (free; the weights move during the epoch)
-        history.append({"epoch": epoch, "train_loss": (loss_sum / seen).item(),
-                        "train_acc": (correct / seen).item(), "val_acc": val_acc})
-        if val_acc > best_acc:
-            best_acc, best_epoch = val_acc, epoch
-            best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
-        elif patience is not None and epoch - best_epoch >= patience:
+        val_accs = (predict(bank, x_val) == y_val).float().mean(dim=1).tolist()
+        for g in range(count):
+            if not active[g]:  # stopped: what it learns from here on is never kept, as if it had stopped alone
+                continue
+            # train_acc: of the batches as they were trained (free; the weights move during the epoch)
+            histories[g].append({"epoch": epoch, "train_loss": (loss_sums[g] / seen).item(),
+                                 "train_acc": (corrects[g] / seen).item(), "val_acc": val_accs[g]})
+            if val_accs[g] > best[g][0]:
+                state = {k: v.detach().clone() for k, v in heads[g].state_dict().items()}
+                state.update({f"norm.{k}": v.detach().clone() for k, v in bank.norm.state_dict().items()})
+                best[g] = (val_accs[g], epoch, state)
+            elif patience is not None and epoch - best[g][1] >= patience:
+                active[g] = False
+        progress.set_postfix(val=f"{max(b[0] for b in best):.4f}")
+        if not any(active):
             break
-    head.load_state_dict(best_state)
-    return FitResult(head=head.eval(), best_epoch=best_epoch, val_acc=best_acc, history=history)
+    progress.close()
+    results = []
+    for head, history, (val_acc, best_epoch, state) in zip(heads, histories, best):
+        head.load_state_dict(state)
+        results.append(FitResult(head=head.eval(), best_epoch=best_epoch, val_acc=val_acc, history=history))
+    return results
+
+
+def fit_head(kind: str, train, val, num_classes: int, *, lr: float, weight_decay: float, **options) -> FitResult:
+    """``fit_heads`` for one setting."""
+    return fit_heads(kind, train, val, num_classes, settings=[(lr, weight_decay)], **options)[0]
 
 
 def train_probe(data: FeatureSet, cfg: ProbeConfig, device: torch.device | str = "cpu") -> ProbeResult:

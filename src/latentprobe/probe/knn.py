@@ -12,31 +12,42 @@ import torch.nn.functional as F
 
 
 @torch.no_grad()
-def knn_predict(train_features: torch.Tensor, train_labels: torch.Tensor, queries: torch.Tensor,
-                num_classes: int, ks: tuple[int, ...] = (20, 200), temperature: float = 0.07,
-                batch_size: int = 512) -> dict[int, torch.Tensor]:
+def knn_predict(train_features, train_labels: torch.Tensor, queries, num_classes: int,
+                ks: tuple[int, ...] = (20, 200), temperature: float = 0.07, batch_size: int = 512,
+                bank_chunk: int = 16384) -> dict[int, torch.Tensor]:
     """Predicted labels of ``queries`` (Q, D) for every k in ``ks``: ``{k: (Q,) int64}``.
 
-    Runs on the device of ``train_features``; queries go through in batches so that the
-    (batch, N) similarity matrix, not a (Q, N) one, bounds the memory.
+    The features may be tensors or FeatureMatrix files. Runs on the device of ``train_labels``;
+    the training features are read once, ``bank_chunk`` rows at a time, and every query keeps its
+    running top k; queries go through in batches so that a (batch, bank_chunk) similarity
+    matrix, not a (Q, N) one, bounds the memory.
     """
     if temperature <= 0:
         raise ValueError(f"kNN temperature must be positive, got {temperature}")
     if not ks or min(ks) < 1:
         raise ValueError(f"kNN needs k >= 1, got {list(ks)}")
-    device = train_features.device
-    bank = F.normalize(train_features.float(), dim=1)  # (N, D), unit rows
-    bank_labels = train_labels.to(device)
-    k_max = min(max(ks), len(bank))
-    predictions = {k: [] for k in ks}
-    for start in range(0, len(queries), batch_size):
-        query = F.normalize(queries[start:start + batch_size].to(device).float(), dim=1)  # (B, D)
-        similarity, index = (query @ bank.T).topk(k_max, dim=1)  # (B, k_max), most similar first
-        weights = (similarity / temperature).exp()
-        neighbour_labels = bank_labels[index]  # (B, k_max)
-        for k in ks:
-            k_used = min(k, k_max)
-            votes = torch.zeros(len(query), num_classes, device=device)
-            votes.scatter_add_(1, neighbour_labels[:, :k_used], weights[:, :k_used])  # (B, C)
-            predictions[k].append(votes.argmax(dim=1))
-    return {k: torch.cat(parts).cpu() for k, parts in predictions.items()}
+    device = train_labels.device
+    k_max = min(max(ks), len(train_features))
+    query = torch.cat([F.normalize(queries[i:i + batch_size].to(device).float(), dim=1)
+                       for i in range(0, len(queries), batch_size)])  # (Q, D), unit rows
+    best = torch.full((len(query), 0), -float("inf"), device=device)  # (Q, ≤ k_max) most similar first
+    best_labels = torch.zeros((len(query), 0), dtype=torch.long, device=device)
+    for start in range(0, len(train_features), bank_chunk):
+        bank = F.normalize(train_features[start:start + bank_chunk].to(device).float(), dim=1)  # (b, D)
+        bank_labels = train_labels[start:start + bank_chunk].to(device)
+        tops, top_labels = [], []
+        for q in range(0, len(query), batch_size):
+            similarity = torch.cat([best[q:q + batch_size], query[q:q + batch_size] @ bank.T], dim=1)
+            labels = torch.cat([best_labels[q:q + batch_size], bank_labels.expand(len(similarity), -1)], dim=1)
+            top, index = similarity.topk(min(k_max, similarity.shape[1]), dim=1)
+            tops.append(top)
+            top_labels.append(labels.gather(1, index))
+        best, best_labels = torch.cat(tops), torch.cat(top_labels)
+    weights = (best / temperature).exp()
+    predictions = {}
+    for k in ks:
+        k_used = min(k, k_max)
+        votes = torch.zeros(len(query), num_classes, device=device)
+        votes.scatter_add_(1, best_labels[:, :k_used], weights[:, :k_used])  # (Q, C)
+        predictions[k] = votes.argmax(dim=1).cpu()
+    return predictions

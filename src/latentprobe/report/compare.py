@@ -234,7 +234,7 @@ def _tsne_maps(rows: list[Row], cfg: CompareConfig, figures: Path) -> list:
         class_names = data.class_names
         generator = torch.Generator().manual_seed(0)  # the same test images in every map
         take = torch.randperm(len(data.labels["test"]), generator=generator)[:cfg.tsne_points]
-        points = data.features["test"][take].numpy()
+        points = data.features["test"][take].cpu().numpy()
         perplexity = min(30.0, (len(points) - 1) / 3)
         embedded = TSNE(2, init="pca", learning_rate="auto", perplexity=perplexity,
                         random_state=0).fit_transform(points)

@@ -63,7 +63,7 @@ def prepare_model(model: nn.Module, images: torch.Tensor, normalizer: Normalizer
     patch autoencoder's whitening) on ``images`` (uint8, the training split); seeded, so the
     untrained baseline of a run gets the very same statistics."""
     if hasattr(model, "prepare"):
-        model.prepare(normalizer(images), generator=torch.Generator().manual_seed(seed))
+        model.prepare(normalizer(images), generator=torch.Generator().manual_seed(seed), normalizer=normalizer)
 
 
 def autocast(device: torch.device):
@@ -241,17 +241,29 @@ def explained_divergence(run_dir: Path, lr_option: str):
 
 
 @torch.no_grad()
-def extract(encode, images: torch.Tensor, normalizer: Normalizer, batch_size: int = 1000) -> torch.Tensor:
-    """``encode`` over uint8 ``images`` (on the device) in batches → (N, D) float32, written into
-    one tensor allocated after the first batch (a list of batches joined at the end would hold
-    every latent twice: 23 GB for 90,000 latents of 32,000 values)."""
-    output = None
+def extract_batches(encode, images: torch.Tensor, normalizer: Normalizer, batch_size: int = 1000,
+                    desc: str = "latents"):
+    """``encode`` over uint8 ``images`` (on the device) in batches: yields (b, D) float32 latents,
+    with a progress bar on a terminal."""
+    progress = tqdm(total=len(images), desc=desc, unit="img", leave=False, disable=None)
     for start in range(0, len(images), batch_size):
         with autocast(images.device):
             batch = encode(normalizer(images[start:start + batch_size])).float()
+        progress.update(len(batch))
+        yield batch
+    progress.close()
+
+
+def extract(encode, images: torch.Tensor, normalizer: Normalizer, batch_size: int = 1000) -> torch.Tensor:
+    """``extract_batches`` written into one (N, D) float32 tensor, allocated after the first batch
+    (a list of batches joined at the end would hold every latent twice)."""
+    output = None
+    start = 0
+    for batch in extract_batches(encode, images, normalizer, batch_size):
         if output is None:
             output = torch.empty((len(images), *batch.shape[1:]), dtype=batch.dtype, device=batch.device)
         output[start:start + len(batch)] = batch
+        start += len(batch)
     return output
 
 
