@@ -9,8 +9,8 @@ from latentprobe.probe.evaluate import EvalConfig
 from latentprobe.training.pretrain import TrainConfig, train
 
 # A protocol small enough for tests: every code path, a few seconds.
-FAST = dict(seeds=2, epochs=4, patience=2, lrs=[1e-2], weight_decays=[0.0, 1e-4], knn_k=[3, 10],
-            mlp_hidden=32, device="cpu", threads=1)
+FAST = dict(probe_seeds=2, probe_epochs=4, probe_patience=2, probe_lrs=[1e-2], probe_weight_decays=[0.0, 1e-4],
+            knn_k=[3, 10], mlp_hidden=32, device="cpu", threads=1)
 
 
 def fast_config(**overrides) -> EvalConfig:

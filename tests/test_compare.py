@@ -79,7 +79,7 @@ def test_cifar100_fine_and_coarse_labels_run_through_compare(tmp_path):
     data = write_cifar100(tmp_path / "data", train=400, test=200)
     run = train_tiny_run(data, tmp_path / "run100", dataset="cifar100", val_size=100)
     for label_type, classes in (("fine", 100), ("coarse", 20)):
-        record = evaluate_run(run, fast_config(data_dir=str(data), label_type=label_type, seeds=1,
+        record = evaluate_run(run, fast_config(data_dir=str(data), label_type=label_type, probe_seeds=1,
                                                baselines=["pca"], probes=["bn_linear", "knn"]))
         assert len(record["class_names"]) == classes
         out = tmp_path / f"report_{label_type}"

@@ -56,7 +56,7 @@ def test_the_command_keeps_freed_memory_unless_told_not_to(monkeypatch, capsys, 
     from latentprobe import cli
 
     calls = []
-    monkeypatch.setattr(cli, "keep_freed_memory", lambda: calls.append(True))
+    monkeypatch.setattr(engine, "keep_freed_memory", lambda: calls.append(True))  # the command imports it on start
     if opt_out:
         monkeypatch.setenv("LATENTPROBE_SYSTEM_MALLOC", "1")
     else:

@@ -105,7 +105,7 @@ def test_flipped_training_images_double_the_probes_training_set_only(evaluated, 
     flipped = evaluate_run(flipped_run, cfg)
     for name in ("encoder", "pixels"):  # a new protocol: evaluated again, not read from the plain one
         assert flipped["representations"][name]["sizes"] == {"train": 280, "val": 60, "test": 60}
-    assert flipped["protocol"]["flip_train"] is True and "flip_train" not in record["protocol"]
+    assert flipped["protocol"]["flip_train"] is True and record["protocol"]["flip_train"] is False
     features = run_features(Run(flipped_run, str(data)), torch.device("cpu"), flip_train=True)
     model = Run(flipped_run, str(data)).model("cpu")
     train = run_splits(load_checkpoint(run / "checkpoint.pt")["train_config"], str(data))["train"]
@@ -144,10 +144,10 @@ def test_unknown_probe_or_baseline_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown probe"):
         fast_config(probes=["svm"])
     assert fast_config(baselines=["none"]).baselines == []
-    with pytest.raises(ValueError, match="unknown --schedule 'step'"):
-        fast_config(schedule="step")
-    assert "schedule" not in fast_config().protocol()  # results made before the option stay valid
-    assert fast_config(schedule="cosine").protocol()["schedule"] == "cosine"
+    with pytest.raises(ValueError, match="unknown --probe-schedule 'step'"):
+        fast_config(probe_schedule="step")
+    assert fast_config().protocol()["probe_schedule"] == "constant"
+    assert fast_config(probe_schedule="cosine").protocol()["probe_schedule"] == "cosine"
 
 
 def test_run_info_reports_the_reconstruction_of_the_epoch_the_probes_read(tmp_path):
@@ -173,7 +173,7 @@ def test_retraining_in_the_same_folder_refreshes_every_cache(tmp_path, capsys):
 
     data = write_cifar10(tmp_path / "data", per_batch=40, test=60)
     run = train_tiny_run(data, tmp_path / "run", latent_dim=8)
-    cfg = fast_config(data_dir=str(data), probes=["linear"], baselines=[], seeds=1)
+    cfg = fast_config(data_dir=str(data), probes=["linear"], baselines=[], probe_seeds=1)
     evaluate_run(run, cfg)
     assert run_features(run, torch.device("cpu")).dim == 8
     (run / "checkpoint.pt").unlink()
@@ -193,10 +193,10 @@ def test_retraining_in_the_same_folder_refreshes_every_cache(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("command, flags, message", [
-    ("evaluate", ["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+    ("evaluate", ["--probe-batch-size", "0"], "--probe-batch-size must be at least 1, got 0"),
     ("evaluate", ["--knn-k", "0,20"], "--knn-k must be at least 1, got [0, 20]"),
-    ("probe", ["--epochs", "0"], "--epochs must be at least 1, got 0"),
-    ("probe", ["--head", "svm"], "unknown probe head 'svm'"),
+    ("probe", ["--probe-epochs", "0"], "--probe-epochs must be at least 1, got 0"),
+    ("probe", ["--head", "svm"], "unknown --head 'svm'"),
     ("finetune", ["--epochs", "0"], "--epochs must be at least 1, got 0"),
     ("probe", ["--pool", "max"], "unknown --pool 'max'"),
     ("export", ["--label-type", "medium"], "unknown --label-type 'medium'"),
@@ -237,7 +237,7 @@ def test_layer_wise_probes_give_one_result_per_stage_and_a_depth_curve(tmp_path)
     run = train(TrainConfig(model="deep_conv_ae", latent_dim=16, model_args={"width": 4}, data_dir=str(data),
                             download=False, val_size=60, epochs=1, batch_size=64, device="cpu",
                             out=str(tmp_path / "deep")))
-    record = evaluate_run(run, fast_config(probes=["linear"], baselines=[], seeds=1, layers=["all"]))
+    record = evaluate_run(run, fast_config(probes=["linear"], baselines=[], probe_seeds=1, layers=["all"]))
     layers = {k: v for k, v in record["representations"].items() if k.startswith("layer_")}
     assert sorted(layers) == ["layer_1", "layer_2", "layer_3", "layer_4"]
     assert [layers[f"layer_{i}"]["latent_dim"] for i in range(1, 5)] == [16, 32, 64, 16]
@@ -246,7 +246,7 @@ def test_layer_wise_probes_give_one_result_per_stage_and_a_depth_curve(tmp_path)
     markdown = (tmp_path / "report" / "report.md").read_text()
     assert "figures/depth.png" in markdown and "deep_conv_ae 16-d, layer 3" in markdown and html.is_file()
     with pytest.raises(ValueError, match="--layers 5: deep_conv_ae has 4 layers, 1-4"):
-        evaluate_run(run, fast_config(probes=["linear"], baselines=[], seeds=1, layers=["2", "5"]))
+        evaluate_run(run, fast_config(probes=["linear"], baselines=[], probe_seeds=1, layers=["2", "5"]))
     with pytest.raises(ValueError, match="conv_ae does not expose its stages"):
         evaluate_run(train_tiny_run(data, tmp_path / "shallow"), fast_config(baselines=[], layers=["all"]))
     with pytest.raises(ValueError, match="--layers takes all, or stage numbers from 1"):

@@ -15,9 +15,10 @@ def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     data = write_noisy_cifar10(root / "data")
     run_dir = train_tiny_run(data, root / "run", val_size=400)
-    record = evaluate_run(run_dir, fast_config(data_dir=str(data), probes=["linear", "bn_linear"], seeds=1,
-                                               epochs=60, patience=15, lrs=[1e-2], weight_decays=[0.0],
-                                               batch_size=64, baselines=[]))
+    record = evaluate_run(run_dir, fast_config(data_dir=str(data), probes=["linear", "bn_linear"], probe_seeds=1,
+                                               probe_epochs=60, probe_patience=15, probe_lrs=[1e-2],
+                                               probe_weight_decays=[0.0],
+                                               probe_batch_size=64, baselines=[]))
     return run_dir, data, record
 
 

@@ -42,7 +42,7 @@ def _encoder_state(path, prefix=""):
 def test_frozen_training_keeps_the_encoder_bit_identical_and_fine_tuning_changes_it(mae_run):
     pretrained = _encoder_state(mae_run / "checkpoint.pt")
     before = (mae_run / "checkpoint.pt").read_bytes()
-    probe_and_save(run_features(mae_run, torch.device("cpu")), ProbeConfig(head="bn_linear", epochs=2),
+    probe_and_save(run_features(mae_run, torch.device("cpu")), ProbeConfig(head="bn_linear", probe_epochs=2),
                    mae_run, "cpu")  # the cached-latent probe never touches the checkpoint
     assert (mae_run / "checkpoint.pt").read_bytes() == before
 
@@ -120,7 +120,7 @@ def test_probe_time_pooling_reads_other_tokens_and_keys_the_cache(mae_run, cifar
         expected = model.encode(Normalizer("cifar10")(images), pool="mean")
     torch.testing.assert_close(mean.features["test"][:8], expected, rtol=1e-3, atol=1e-3)  # cached as float16
 
-    record = probe_and_save(mean, ProbeConfig(head="bn_linear", epochs=1), mae_run, "cpu")
+    record = probe_and_save(mean, ProbeConfig(head="bn_linear", probe_epochs=1), mae_run, "cpu")
     (mae_run / "probe_bn_linear.json").write_text(json.dumps({**record, "pool": "mean"}))  # as `probe --pool`
     assert "| frozen, BN + linear | frozen | mean |" in write_mae_report(mae_run).read_text()
 
@@ -135,7 +135,7 @@ def test_evaluate_with_mean_pooling_saves_it_and_predict_reads_the_same_tokens(m
     from latentprobe.probe.export import load_classifier, load_image, predict_files
     from latentprobe.runs import Run
 
-    record = evaluate_run(mae_run, fast_config(data_dir=str(cifar10_root), probes=["linear"], seeds=1,
+    record = evaluate_run(mae_run, fast_config(data_dir=str(cifar10_root), probes=["linear"], probe_seeds=1,
                                                baselines=[], pool="mean"))
     head, saved = load_classifier(mae_run)
     assert record["pool"] == "mean" and record["protocol"]["pool"] == "mean" and saved["pool"] == "mean"

@@ -17,7 +17,7 @@ def test_linear_probe_separates_a_separable_set():
     data = FeatureSet({k: v[0] for k, v in splits.items()}, {k: v[1] for k, v in splits.items()},
                       ["a", "b", "c", "d"])
     for head in ("linear", "bn_linear"):
-        result = train_probe(data, ProbeConfig(head=head, epochs=20, batch_size=32, seed=0))
+        result = train_probe(data, ProbeConfig(head=head, probe_epochs=20, probe_batch_size=32, probe_seed=0))
         assert result.test_acc > 0.95, head
         assert result.val_acc == max(h["val_acc"] for h in result.history)
         assert result.confusion.sum() == 400 and result.confusion.trace() == round(result.test_acc * 400)

@@ -65,8 +65,8 @@ def _features(dim: int = 6) -> FeatureSet:
 
 def test_probe_results_round_trip_one_file_per_head(tmp_path):
     run = Run(tmp_path)
-    linear = probe_and_save(_features(), ProbeConfig(head="linear", epochs=3), tmp_path, "cpu")
-    bn = probe_and_save(_features(), ProbeConfig(head="bn_linear", epochs=3), tmp_path, "cpu")
+    linear = probe_and_save(_features(), ProbeConfig(head="linear", probe_epochs=3), tmp_path, "cpu")
+    bn = probe_and_save(_features(), ProbeConfig(head="bn_linear", probe_epochs=3), tmp_path, "cpu")
     assert run.probe_result("linear") == json.loads(json.dumps(linear))  # the second head did not overwrite it
     assert run.probe_result("bn_linear")["probe_config"]["head"] == "bn_linear" == bn["probe_config"]["head"]
     assert run.probe_result("linear")["latent_dim"] == 6 and run.probe_result("mlp") is None
@@ -77,15 +77,25 @@ def test_old_result_files_read_in_the_one_schema(tmp_path):
     run = Run(tmp_path)
     write_json(tmp_path / "probe.json", {"feature_dim": 8, "test_acc": 0.5, "probe_config": {"head": "bn_linear"}})
     assert run.probe_result("bn_linear")["latent_dim"] == 8 and run.probe_result("linear") is None
-    write_json(run.eval_file(), {"latent_dim": 8, "representations": {"pixels": {"dim": 3072, "probes": {}}}})
-    assert run.read_result(run.eval_file())["representations"]["pixels"]["latent_dim"] == 3072
+    write_json(run.eval_file(), {"latent_dim": 8, "representations": {"pixels": {"dim": 3072, "probes": {}}},
+                                 "protocol": {"seeds": 3, "epochs": 15, "lrs": [1e-3], "schedule": "cosine"}})
+    record = run.read_result(run.eval_file())
+    assert record["representations"]["pixels"]["latent_dim"] == 3072 and record["schema"] == 2
+    assert record["protocol"] == {"probe_seeds": 3, "probe_epochs": 15, "probe_lrs": [1e-3], "probe_schedule": "cosine",
+                                  "flip_train": False, "refit": False}  # version 1 options, named as now
+    write_json(run.eval_file(), {"schema": 7})
+    with pytest.raises(ValueError, match="result schema 7; this latentprobe reads 2 and older"):
+        run.read_result(run.eval_file())
+    write_json(run.eval_file(), [])
+    with pytest.raises(ValueError, match="eval.json holds a list, not a latentprobe result"):
+        run.read_result(run.eval_file())
 
 
 def test_a_study_written_before_one_file_per_head_still_rebuilds(tmp_path):
     data = write_cifar10(tmp_path / "data", per_batch=40, test=50)
     study = tmp_path / "study"
     run = Run(train_tiny_run(data, study / "latent_16"))
-    record = probe_and_save(_features(), ProbeConfig(head="linear", epochs=2), run.path, "cpu")
+    record = probe_and_save(_features(), ProbeConfig(head="linear", probe_epochs=2), run.path, "cpu")
     record["history"] = [{**h, "test_acc": 0.5} for h in record["history"]]  # old files kept test curves
     old = {("feature_dim" if k == "latent_dim" else k): v for k, v in record.items() if k != "probe_config"}
     run.probe_file("linear").rename(run.path / "probe.json")

@@ -17,13 +17,13 @@ __version__ = "0.1.0"
 # public name → (module, name in it)
 _API = {
     "Run": ("runs", "Run"),
-    "TrainConfig": ("training.pretrain", "TrainConfig"), "train": ("training.pretrain", "train"),
-    "ProbeConfig": ("probe.heads", "ProbeConfig"), "probe_run": ("probe.heads", "probe_run"),
-    "EvalConfig": ("probe.evaluate", "EvalConfig"), "evaluate_run": ("probe.evaluate", "evaluate_run"),
+    "TrainConfig": ("options", "TrainConfig"), "train": ("training.pretrain", "train"),
+    "ProbeConfig": ("options", "ProbeConfig"), "probe_run": ("probe.heads", "probe_run"),
+    "EvalConfig": ("options", "EvalConfig"), "evaluate_run": ("probe.evaluate", "evaluate_run"),
     "load_eval": ("probe.evaluate", "load_eval"),
-    "FinetuneConfig": ("training.finetune", "FinetuneConfig"), "finetune_run": ("training.finetune", "finetune"),
-    "CompareConfig": ("report.compare", "CompareConfig"), "write_comparison": ("report.compare", "write_comparison"),
-    "StudyConfig": ("study", "StudyConfig"), "run_study": ("study", "run_study"),
+    "FinetuneConfig": ("options", "FinetuneConfig"), "finetune_run": ("training.finetune", "finetune"),
+    "CompareConfig": ("options", "CompareConfig"), "write_comparison": ("report.compare", "write_comparison"),
+    "StudyConfig": ("options", "StudyConfig"), "run_study": ("study", "run_study"),
     "export_features": ("probe.export", "export_features"), "create_model": ("models", "create_model"),
     "list_models": ("models", "list_models"),
 }

@@ -70,7 +70,8 @@ def _is_bool(annotation) -> bool:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, config_cls) -> None:
-    """One ``--flag`` per dataclass field (underscores become dashes), plus ``--config``."""
+    """One ``--flag`` per dataclass field (underscores become dashes), plus ``--config``. A boolean
+    is a switch, ``--flag`` / ``--no-flag`` (``--flag true`` and ``--flag false`` still work)."""
     parser.add_argument("--config", type=Path, help="YAML file with any of the options below")
     hints = get_type_hints(config_cls)
     for field in dataclasses.fields(config_cls):
@@ -78,18 +79,18 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls) -> None:
             continue
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
         help_text = field.metadata.get("help", "")
-        parser.add_argument(
-            "--" + field.name.replace("_", "-"),
-            dest=field.name,
-            type=_field_parser(hints[field.name]),
-            default=argparse.SUPPRESS,
-            metavar=field.name.upper() if not _is_bool(hints[field.name]) else "BOOL",
-            help=help_text if "(default:" in help_text else f"{help_text} (default: {default})".strip(),
-        )
+        if "(default:" not in help_text:
+            shown = "none" if default is None else ",".join(map(str, default)) if isinstance(default, list) else default
+            help_text = f"{help_text} (default: {shown})".strip()
+        flag = "--" + field.name.replace("_", "-")
         if _is_bool(hints[field.name]):
-            parser.add_argument("--no-" + field.name.replace("_", "-"), dest=field.name,
-                                action="store_false", default=argparse.SUPPRESS,
-                                help=f"same as --{field.name.replace('_', '-')} false")
+            parser.add_argument(flag, dest=field.name, nargs="?", const=True, type=_parse_bool,
+                                default=argparse.SUPPRESS, metavar="true|false", help=help_text)
+            parser.add_argument("--no-" + field.name.replace("_", "-"), dest=field.name, action="store_false",
+                                default=argparse.SUPPRESS, help=f"turn {flag} off")
+            continue
+        parser.add_argument(flag, dest=field.name, type=_field_parser(hints[field.name]), default=argparse.SUPPRESS,
+                            metavar=field.name.upper(), help=help_text)
 
 
 def resolve(config_cls, args: argparse.Namespace | None = None, **overrides):
@@ -126,14 +127,6 @@ def _check_type(name: str, value, annotation) -> None:
         kinds += (int,)
     if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
         raise ValueError(f"option {name} must be {wanted}, got {value!r}")
-
-
-def require_at_least_one(config, *names: str) -> None:
-    """One clear line for a count or size option below 1 (lists: every item); None is allowed."""
-    for name in names:
-        value = getattr(config, name)
-        if any(v is not None and v < 1 for v in (value if isinstance(value, list) else [value])):
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
 
 
 def load_yaml(path: Path, names: set[str]) -> dict[str, Any]:

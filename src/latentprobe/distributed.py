@@ -9,6 +9,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from latentprobe.options import check_device
+
 
 def init_distributed(device: torch.device) -> tuple[int, int]:
     """Join the process group when launched by torchrun; returns (rank, world_size)."""
@@ -21,23 +23,12 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def check_device(requested: str) -> None:
-    """A clear error for a device name torch does not know, or CUDA on a machine without it."""
-    if requested == "auto":
-        return
-    try:
-        device = torch.device(requested)
-    except RuntimeError:
-        raise ValueError(f"unknown --device {requested!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {requested} asked for, but torch sees no CUDA GPU here; use --device cpu or auto")
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device {requested}: latentprobe runs on cpu or cuda; use auto, cpu, cuda or cuda:N")
-
-
 def local_device(requested: str) -> torch.device:
-    """``auto`` → CUDA if present (this rank's GPU under torchrun), else CPU."""
+    """``auto`` → CUDA if present (this rank's GPU under torchrun), else CPU; CUDA asked for on a
+    machine without it is one clear line."""
     check_device(requested)
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {requested} asked for, but torch sees no CUDA GPU here; use --device cpu or auto")
     if requested == "auto":
         requested = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(requested)

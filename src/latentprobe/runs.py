@@ -10,7 +10,6 @@ import fcntl
 import json
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -25,22 +24,14 @@ CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 LOCK = ".lock"
 SPLITS = ("train", "val", "test")
-# what a result file calls the size of the latent: ``latent_dim`` now; ``feature_dim`` (study
-# probe.json) and ``dim`` (eval.json) in runs made before one schema
-_OLD_SIZE_NAMES = ("feature_dim", "dim")
-
-
-@dataclass
-class RunData:
-    """Where a command that reads a run finds its images: the options every such command shares."""
-    data_dir: str | None = field(default=None, metadata={"help": "folder holding the CIFAR folders "
-                                                                 "(default: the run's)"})
-    download: bool | None = field(default=None, metadata={"help": "download missing data (default: "
-                                                                  "the run's setting)"})
-
-    def run(self, run: "Run | Path | str") -> "Run":
-        """The Run of ``run``, reading its images from here."""
-        return Run.of(run, self.data_dir, self.download)
+# The result files' schema. Version 2 names the probes' options probe_* (one word per idea across
+# commands); files without a version are version 1 and are read through ``upgrade``.
+SCHEMA = 2
+_OLD_SIZE_NAMES = ("feature_dim", "dim")  # the latent's size in version 1 (study probe.json, eval.json)
+_OLD_PROBE_OPTIONS = {"seeds": "probe_seeds", "epochs": "probe_epochs", "lrs": "probe_lrs",
+                      "weight_decays": "probe_weight_decays", "batch_size": "probe_batch_size",
+                      "schedule": "probe_schedule", "patience": "probe_patience", "lr": "probe_lr",
+                      "weight_decay": "probe_weight_decay", "seed": "probe_seed"}
 
 
 class Run:
@@ -165,8 +156,8 @@ class Run:
     # ---- results
 
     def read_result(self, path: Path) -> dict:
-        """A result file of this run, its latent size named ``latent_dim`` whatever its age."""
-        return with_latent_dim(read_json(path))
+        """A result file of this run, in the current schema whatever its age (``upgrade``)."""
+        return upgrade(read_json(path), Path(path))
 
     def probe_result(self, head: str = "linear") -> dict | None:
         """What ``latentprobe probe`` / the study wrote for ``head``, or None. Runs made before one
@@ -197,15 +188,31 @@ def run_splits(train_config: dict, data_dir: str | None = None, label_type: str 
     return {name: split.with_label_type(label_type) for name, split in zip(SPLITS, (train, val, test))}
 
 
-def with_latent_dim(record):
-    """One name for the latent's size in every result: ``latent_dim`` (older files said
-    ``feature_dim`` or ``dim``), in the record and in each of its representations."""
-    if isinstance(record, dict):
+def upgrade(record, path: Path):
+    """A result record in the current schema: version 1 files (no ``schema``) have their latent
+    size renamed ``latent_dim`` and their probe options ``probe_*``, with the defaults of options
+    that came later; a record of a newer version, or not a mapping, is refused in one line."""
+    if not isinstance(record, dict):
+        raise ValueError(f"{path} holds a {type(record).__name__}, not a latentprobe result; delete it and run the "
+                         f"command that wrote it again")
+    version = record.get("schema", 1)
+    if version == SCHEMA:
+        return record
+    if version != 1:
+        raise ValueError(f"{path} has result schema {version!r}; this latentprobe reads {SCHEMA} and older: "
+                         f"upgrade latentprobe, or run the command that wrote it again")
+    for holder in [record, *(record.get("representations") or {}).values()]:
         for old in _OLD_SIZE_NAMES:
-            if old in record and "latent_dim" not in record:
-                record["latent_dim"] = record.pop(old)
-        for value in record.get("representations", {}).values():
-            with_latent_dim(value)
+            if isinstance(holder, dict) and old in holder and "latent_dim" not in holder:
+                holder["latent_dim"] = holder.pop(old)
+    for options in (record.get("protocol"), record.get("probe_config")):
+        if isinstance(options, dict):
+            for old, new in _OLD_PROBE_OPTIONS.items():
+                if old in options:
+                    options[new] = options.pop(old)
+    if isinstance(record.get("protocol"), dict):
+        record["protocol"] = {"probe_schedule": "constant", "flip_train": False, "refit": False, **record["protocol"]}
+    record["schema"] = SCHEMA
     return record
 
 

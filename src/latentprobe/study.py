@@ -6,57 +6,16 @@ reference line. Every step leaves files in the study directory, and ``report.md`
 from those files (``latentprobe report DIR`` rebuilds it without retraining).
 """
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from latentprobe import config as configuration
 from latentprobe.distributed import local_device
+from latentprobe.options import ProbeConfig, StudyConfig, TrainConfig
 from latentprobe.probe.features import pixel_features, run_features
-from latentprobe.probe.heads import ProbeConfig, probe_and_save
+from latentprobe.probe.heads import probe_and_save
 from latentprobe.report.study_report import write_study_report
 from latentprobe.runs import run_splits
-from latentprobe.training.pretrain import TrainConfig, train
-
-PRESETS = {
-    # a first look: a 4,000-image subset, few epochs (< 5 min on a 2-core CPU)
-    "quick": dict(subset=4000, epochs=3, probe_epochs=15),
-    # all 45,000 training images, the epochs a CPU run affords (~30 min on 2 cores)
-    "standard": dict(subset=None, epochs=10, probe_epochs=30),
-    # the write-up's length: its pictures come from epoch index 199 (a GPU job)
-    "full": dict(subset=None, epochs=200, probe_epochs=50),
-}
-
-
-@dataclass
-class StudyConfig:
-    preset: str = field(default="standard", metadata={"help": "quick, standard or full"})
-    model: str = field(default="conv_ae", metadata={"help": "any registered model that takes latent_dim"})
-    model_args: dict = field(default_factory=dict, metadata={"help": "options of other models, 'key=value ...'"})
-    latent_sizes: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256, 512])
-    c1: int = field(default=16, metadata={"help": "channels of the first convolution"})
-    c2: int = field(default=32, metadata={"help": "channels of the second convolution"})
-    noise: float = field(default=0.0, metadata={"help": "denoising: input noise std (0: the write-up's plain AE)"})
-    clip_grad: float | None = field(default=None, metadata={"help": "clip the gradient norm to this"})
-    dataset: str = "cifar10"
-    data_dir: str | None = None
-    download: bool = True
-    val_size: int = 5000
-    subset: int | None = field(default=None, metadata={"help": "training images (default: preset)"})
-    epochs: int | None = field(default=None, metadata={"help": "autoencoder epochs (default: preset)"})
-    batch_size: int = 128
-    lr: float = 1e-3
-    probe_epochs: int | None = field(default=None, metadata={"help": "detector epochs (default: preset)"})
-    probe_lr: float = 1e-3
-    seed: int = 0
-    device: str = "auto"
-    out: str = "runs/study"
-
-    def __post_init__(self):
-        if self.preset not in PRESETS:
-            raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
-        for key, value in PRESETS[self.preset].items():  # what the user left unset
-            if getattr(self, key) is None:
-                setattr(self, key, value)
+from latentprobe.training.pretrain import train
 
 
 def _model_args(cfg: StudyConfig) -> dict:
@@ -71,7 +30,7 @@ def run_study(cfg: StudyConfig) -> Path:
     out = Path(cfg.out)
     configuration.save_resolved(cfg, out)
     device = local_device(cfg.device)
-    probe_cfg = ProbeConfig(head="linear", epochs=cfg.probe_epochs, lr=cfg.probe_lr, seed=cfg.seed)
+    probe_cfg = ProbeConfig(head="linear", probe_epochs=cfg.probe_epochs, probe_lr=cfg.probe_lr, probe_seed=cfg.seed)
     train_cfg = None
     for latent in cfg.latent_sizes:
         print(f"\n=== latent {latent} ===", flush=True)

@@ -51,7 +51,7 @@ from latentprobe.models import register_model
 QUADRANTS = 4
 ACTIVATIONS = ("relu", "winner_take_all")
 ENCODINGS = ("relu", "soft_threshold", "triangle")
-FUSE_ABOVE = 2**24  # responses per chunk above which the code + pooling pass is compiled (fused)
+FUSE_ABOVE = 2**22  # responses per chunk above which the code + pooling pass is compiled (fused)
 
 
 class PatchAutoencoder(nn.Module):

@@ -21,7 +21,6 @@ import itertools
 import platform
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -30,69 +29,16 @@ from latentprobe import config as configuration
 from latentprobe.checkpoint import CLASSIFIER, save_checkpoint, weights_digest
 from latentprobe.distributed import local_device
 from latentprobe.metrics import confusion_matrix, mean_std
+from latentprobe.options import EvalConfig
 from latentprobe.probe.features import (
-    REPRESENTATIONS,
     FeatureSet,
     layer_names,
     pixel_features,
     representation_features,
 )
-from latentprobe.probe.heads import HEADS, fit_heads, predict
+from latentprobe.probe.heads import fit_heads, predict
 from latentprobe.probe.knn import knn_predict
-from latentprobe.runs import Run, RunData, write_json
-from latentprobe.training.engine import SCHEDULES
-
-BASELINES = tuple(name for name in REPRESENTATIONS if name != "encoder")
-
-
-@dataclass
-class EvalConfig(RunData):
-    seeds: int = field(default=3, metadata={"help": "probe seeds 0..N-1 (init and batch order)"})
-    probes: list[str] = field(default_factory=lambda: ["linear", "bn_linear", "mlp", "knn"],
-                              metadata={"help": "linear, bn_linear, mlp, knn"})
-    baselines: list[str] = field(default_factory=lambda: ["random", "pca", "pixels"],
-                                 metadata={"help": "random, pca, pixels, kmeans (patch_ae runs; or none)"})
-    lrs: list[float] = field(default_factory=lambda: [1e-3, 3e-3], metadata={"help": "Adam lr grid"})
-    weight_decays: list[float] = field(default_factory=lambda: [0.0, 1e-4], metadata={"help": "L2 grid"})
-    epochs: int = field(default=30, metadata={"help": "most epochs per probe (best val epoch kept)"})
-    patience: int = field(default=5, metadata={"help": "stop after this many epochs without val gain"})
-    schedule: str = field(default="constant", metadata={"help": "probe lr: constant, or cosine (to 0 over --epochs)"})
-    flip_train: bool = field(default=False, metadata={"help": "probes also train on the training images "
-                                                              "mirrored left to right (validation and test "
-                                                              "are read as they are)"})
-    batch_size: int = 256
-    mlp_hidden: int = 512
-    knn_k: list[int] = field(default_factory=lambda: [20, 200])
-    knn_temperature: float = 0.07
-    label_type: str = field(default="fine", metadata={"help": "fine, or coarse (CIFAR-100)"})
-    pool: str | None = field(default=None, metadata={"help": "ViT token pooling: cls or mean (default: the run's)"})
-    layers: list[str] = field(default_factory=list, metadata={"help": "also probe these encoder stages: all, or "
-                                                                      "numbers from 1 (models with stages)"})
-    threads: int | None = field(default=1, metadata={"help": "CPU threads (none: torch's default)"})
-    device: str = "auto"
-
-    def __post_init__(self):
-        self.baselines = [b for b in self.baselines if b != "none"]
-        unknown = sorted(set(self.probes) - set(HEADS) - {"knn"}) + sorted(
-            set(self.baselines) - set(BASELINES))
-        if unknown:
-            raise ValueError(f"unknown probe(s) or baseline(s) {unknown}; probes: {', '.join(HEADS)}, knn; "
-                             f"baselines: {', '.join(BASELINES)}")
-        if any(layer != "all" and not (layer.isdigit() and int(layer) >= 1) for layer in self.layers):
-            raise ValueError(f"--layers takes all, or stage numbers from 1; got {','.join(self.layers)}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"unknown --schedule {self.schedule!r}; use one of {', '.join(SCHEDULES)}")
-        configuration.require_at_least_one(self, "seeds", "epochs", "patience", "batch_size", "mlp_hidden", "knn_k",
-                                           "threads")
-
-    def protocol(self) -> dict:
-        """The settings that decide the numbers (a saved result is reused only if they match)."""
-        protocol = {k: v for k, v in configuration.to_dict(self).items()
-                    if k not in ("baselines", "layers", "data_dir", "download", "device", "threads")}
-        for option, default in (("schedule", "constant"), ("flip_train", False)):
-            if protocol[option] == default:  # results from before the option were made with its default
-                del protocol[option]
-        return protocol
+from latentprobe.runs import SCHEMA, Run, write_json
 
 
 def _summary(values: list[float]) -> dict:
@@ -103,8 +49,9 @@ def _fit(kind: str, train, val, num_classes: int, cfg: EvalConfig, *, settings: 
          seed: int, device) -> list:
     """``fit_heads`` under the protocol's options, printing each head's outcome as it ends."""
     started = time.perf_counter()
-    fits = fit_heads(kind, train, val, num_classes, settings=settings, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                     seed=seed, patience=cfg.patience, hidden=cfg.mlp_hidden, schedule=cfg.schedule, device=device,
+    fits = fit_heads(kind, train, val, num_classes, settings=settings, epochs=cfg.probe_epochs,
+                     batch_size=cfg.probe_batch_size, seed=seed, patience=cfg.probe_patience, hidden=cfg.mlp_hidden,
+                     schedule=cfg.probe_schedule, device=device,
                      desc=f"{kind} seed {seed}")
     for fit, (lr, weight_decay) in zip(fits, settings):
         print(f"  {kind} lr {lr:g} weight decay {weight_decay:g} seed {seed}: validation {100 * fit.val_acc:.2f}% "
@@ -115,13 +62,13 @@ def _fit(kind: str, train, val, num_classes: int, cfg: EvalConfig, *, settings: 
 def trained_probe(kind: str, train, val, test, num_classes: int, cfg: EvalConfig, device) -> tuple[dict, tuple]:
     """The grid on validation (seed 0, every setting in one pass over the features), then every
     seed at the chosen point reads the test set once. Returns the record and (seed-0 head, chosen setting)."""
-    settings = list(itertools.product(cfg.lrs, cfg.weight_decays))
+    settings = list(itertools.product(cfg.probe_lrs, cfg.probe_weight_decays))
     fits = _fit(kind, train, val, num_classes, cfg, settings=settings, seed=0, device=device)
     grid = [{"lr": lr, "weight_decay": weight_decay, "best_epoch": fit.best_epoch, "val_acc": fit.val_acc}
             for fit, (lr, weight_decay) in zip(fits, settings)]
     chosen_fit, chosen = max(zip(fits, grid), key=lambda item: item[1]["val_acc"])  # first of equals wins
     seeds = []
-    for seed in range(cfg.seeds):
+    for seed in range(cfg.probe_seeds):
         fit = chosen_fit if seed == 0 else _fit(kind, train, val, num_classes, cfg, seed=seed, device=device,
                                                 settings=[(chosen["lr"], chosen["weight_decay"])])[0]
         predictions = predict(fit.head, test[0]).cpu()  # the one reading of the test set
@@ -244,7 +191,7 @@ def _evaluate_run(run: Run, cfg: EvalConfig) -> dict:
     same = all(previous.get(k) == v for k, v in (("protocol", cfg.protocol()), ("weights", info["weights"]),
                                                   ("train_config", info["train_config"])))
     done = previous.get("representations", {}) if same else {}
-    record = {**info, "label_type": cfg.label_type, "protocol": cfg.protocol(), "device": str(device),
+    record = {"schema": SCHEMA, **info, "label_type": cfg.label_type, "protocol": cfg.protocol(), "device": str(device),
               "host": f"{platform.node()} ({platform.machine()}, torch threads: {torch.get_num_threads()})",
               "date": datetime.datetime.now().isoformat(timespec="seconds"), "command": configuration.command_line(),
               "git_sha": configuration.git_sha(), "class_names": previous.get("class_names"),

@@ -10,49 +10,20 @@ predict runs the trained encoder and the linear head that ``latentprobe evaluate
 """
 
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from latentprobe.checkpoint import CLASSIFIER, CheckpointError, load_checkpoint, weights_digest
-from latentprobe.config import require_at_least_one
 from latentprobe.data.cifar import Normalizer
 from latentprobe.distributed import local_device
-from latentprobe.probe.features import REPRESENTATIONS, representation_features
+from latentprobe.options import REPRESENTATIONS, SPLITS
+from latentprobe.probe.features import representation_features
 from latentprobe.probe.heads import build_head
-from latentprobe.runs import SPLITS, Run, RunData
+from latentprobe.runs import Run
 
 IMAGE_SIZE = 32
-LABEL_TYPES = ("fine", "coarse")
-
-
-@dataclass
-class ExportConfig(RunData):
-    split: str = field(default="test", metadata={"help": "train, val or test"})
-    source: str = field(default="encoder", metadata={"help": "encoder, random, kmeans (patch_ae), pca or pixels"})
-    out: str | None = field(default=None, metadata={"help": "file to write (default: RUN/features_SPLIT.npz)"})
-    label_type: str = field(default="fine", metadata={"help": "fine, or coarse (CIFAR-100)"})
-    device: str = "auto"
-    pool: str | None = field(default=None, metadata={"help": "ViT token pooling: cls or mean (default: the run's)"})
-
-    def __post_init__(self):  # split and source: export_features checks them, for Python callers too
-        if self.label_type not in LABEL_TYPES or self.pool not in (None, "cls", "mean"):
-            raise ValueError(f"unknown --label-type {self.label_type!r} or --pool {self.pool!r}; "
-                             f"label types: fine, coarse; pooling: cls, mean")
-
-
-@dataclass
-class PredictConfig:
-    top_k: int = field(default=3, metadata={"help": "classes printed per image"})
-    label_type: str = field(default="fine", metadata={"help": "fine, or coarse (CIFAR-100)"})
-    device: str = "auto"
-
-    def __post_init__(self):
-        if self.label_type not in LABEL_TYPES:
-            raise ValueError(f"unknown --label-type {self.label_type!r}; use fine or coarse")
-        require_at_least_one(self, "top_k")
 
 
 def export_features(run: Run | Path | str, split: str = "test", source: str = "encoder", out: Path | None = None,

@@ -14,6 +14,7 @@ import torch
 from latentprobe.checkpoint import weights_digest
 from latentprobe.data.cifar import Normalizer, Split
 from latentprobe.models import create_model
+from latentprobe.options import REPRESENTATIONS
 from latentprobe.probe.store import CacheWriter, FeatureMatrix, read_cache, sweep
 from latentprobe.runs import Run
 from latentprobe.training.engine import extract, extract_batches, prepare_model
@@ -183,9 +184,6 @@ def pca_features(pixels: FeatureSet, dim: int) -> FeatureSet:
     axes = axes.to(x_train.dtype)
     features = {name: (x - mean.to(x.device)) @ axes.to(x.device) for name, x in pixels.features.items()}
     return FeatureSet(features, pixels.labels, pixels.class_names)
-
-
-REPRESENTATIONS = ("encoder", "random", "kmeans", "pca", "pixels")
 
 
 def representation_features(run: Run, name: str, device: torch.device, label_type: str = "fine",

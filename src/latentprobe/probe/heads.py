@@ -15,7 +15,7 @@ the test set once with the chosen head.
 import copy
 import dataclasses
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,19 +23,52 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from latentprobe.config import require_at_least_one
-from latentprobe.data.cifar import batch_indices
 from latentprobe.distributed import local_device
 from latentprobe.metrics import confusion_matrix, precision_recall
+from latentprobe.options import HEADS, ProbeConfig
 from latentprobe.probe.features import FeatureSet, run_features
-from latentprobe.runs import Run, RunData, write_json
+from latentprobe.probe.store import shuffled_batches
+from latentprobe.runs import SCHEMA, Run, write_json
 from latentprobe.training.engine import lr_at
 
 
-class LinearHead(nn.Module):
-    def __init__(self, in_dim: int, num_classes: int, *, batch_norm: bool = False):
+class Standardize(nn.Module):
+    """``(x - mean) / std`` with the statistics of the training features, fitted once before
+    training (``fit``): the converged probe's fixed input, as scikit-learn's StandardScaler (a
+    feature that never varies keeps its scale)."""
+
+    def __init__(self, dim: int):
         super().__init__()
-        self.norm = nn.BatchNorm1d(in_dim, affine=False) if batch_norm else nn.Identity()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    @torch.no_grad()
+    def fit(self, features, chunk: int = 1024) -> "Standardize":
+        """Mean and std over the rows of ``features`` (a tensor or a FeatureMatrix), in one pass
+        (float32 sums of a chunk, float64 across chunks)."""
+        total = torch.zeros(features.shape[1], dtype=torch.float64)
+        squares = torch.zeros_like(total)
+        for start in range(0, len(features), chunk):
+            rows = features[start:start + chunk].cpu()
+            total += rows.sum(0).double()
+            squares += rows.pow(2).sum(0).double()
+        mean = total / len(features)
+        std = (squares / len(features) - mean.pow(2)).clamp(min=0).sqrt()
+        self.mean.copy_(mean.float())
+        self.std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)).float())
+        return self
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return (features - self.mean) / self.std
+
+
+class LinearHead(nn.Module):
+    def __init__(self, in_dim: int, num_classes: int, *, norm: str | None = None):
+        """``norm``: None, ``batch`` (BatchNorm1d without affine: MAE's protocol) or ``standardize``
+        (fixed statistics of the training features: the converged logistic probe)."""
+        super().__init__()
+        self.norm = {None: nn.Identity, "batch": lambda d: nn.BatchNorm1d(d, affine=False),
+                     "standardize": Standardize}[norm](in_dim)
         self.linear = nn.Linear(in_dim, num_classes)
 
     def layers(self) -> tuple[nn.Linear, nn.Module]:
@@ -62,15 +95,16 @@ class MLPHead(nn.Module):
         return F.log_softmax(self.linear(self.hidden(self.norm(features))), dim=1)  # (B, C)
 
 
-HEADS = ("linear", "bn_linear", "mlp")
+_NORMS = {"linear": None, "bn_linear": "batch", "logistic": "standardize"}
 
 
 def build_head(kind: str, in_dim: int, num_classes: int, *, hidden: int = 512) -> nn.Module:
-    """``linear`` (the study's), ``bn_linear`` (MAE's linear-probe protocol) or ``mlp``."""
+    """``linear`` (the study's), ``bn_linear`` (MAE's linear-probe protocol), ``logistic``
+    (multinomial logistic regression on standardised features: the converged probe) or ``mlp``."""
     if kind == "mlp":
         return MLPHead(in_dim, num_classes, hidden=hidden)
-    if kind in ("linear", "bn_linear"):
-        return LinearHead(in_dim, num_classes, batch_norm=kind == "bn_linear")
+    if kind in _NORMS:
+        return LinearHead(in_dim, num_classes, norm=_NORMS[kind])
     raise ValueError(f"unknown probe head {kind!r}; use one of {', '.join(HEADS)}")
 
 
@@ -91,26 +125,6 @@ class HeadBank(nn.Module):
         bias = torch.cat([layer.bias for layer in self.firsts])
         hidden = F.linear(self.norm(features), weight, bias).split([layer.out_features for layer in self.firsts], 1)
         return [F.log_softmax(rest(h), dim=1) for rest, h in zip(self.rests, hidden)]  # G × (B, C)
-
-
-@dataclass
-class ProbeConfig(RunData):
-    head: str = field(default="linear", metadata={"help": "linear (the study's) or bn_linear"})
-    epochs: int = 30
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    seed: int = 0
-    pool: str | None = field(default=None, metadata={"help": "ViT encoders: cls or mean token pooling "
-                                                             "(default: the run's)"})
-    device: str = "auto"
-
-    def __post_init__(self):
-        if self.head not in HEADS:
-            raise ValueError(f"unknown probe head {self.head!r}; use one of {', '.join(HEADS)}")
-        if self.pool not in (None, "cls", "mean"):
-            raise ValueError(f"unknown --pool {self.pool!r}; use cls or mean")
-        require_at_least_one(self, "epochs", "batch_size")
 
 
 @dataclass
@@ -146,10 +160,41 @@ def accuracy(head: nn.Module, features, labels: torch.Tensor) -> float:
 
 @dataclass
 class FitResult:
-    head: nn.Module  # weights of the best validation epoch, eval mode
+    head: nn.Module  # weights of the best validation epoch (without validation: the last), eval mode
     best_epoch: int
-    val_acc: float
+    val_acc: float | None
     history: list[dict]  # per epoch: train_loss, train_acc, val_acc (no test numbers)
+    convergence: dict  # gradient norm of the training objective at the start and at the kept weights
+
+
+def _param_groups(kind: str, head: nn.Module, lr: float, weight_decay: float) -> list[dict]:
+    """The head's optimiser groups. The logistic probe's penalty is on its weights only, as
+    scikit-learn's (its objective: mean NLL + weight_decay / 2 · |W|²); the other heads decay all."""
+    if kind != "logistic":
+        return [{"params": list(head.parameters()), "weight_decay": weight_decay, "base_lr": lr}]
+    return [{"params": [head.linear.weight], "weight_decay": weight_decay, "base_lr": lr},
+            {"params": [head.linear.bias], "weight_decay": 0.0, "base_lr": lr}]
+
+
+def gradient_norms(bank: "HeadBank", groups: list[list[dict]], features, labels: torch.Tensor,
+                   chunk: int = 1024) -> list[float]:
+    """|∇| of each head's training objective (mean NLL over all of ``features`` plus its weight
+    decay) at its current weights, normalisation statistics fixed (eval mode): one pass."""
+    bank.eval()
+    bank.zero_grad(set_to_none=True)
+    device = next(bank.parameters()).device
+    with torch.enable_grad():
+        for start in range(0, len(features), chunk):
+            outputs = bank(features[start:start + chunk].to(device))
+            target = labels[start:start + chunk].to(device)
+            sum(F.nll_loss(out, target, reduction="sum") for out in outputs).div(len(features)).backward()
+    norms = []
+    for head_groups in groups:
+        squared = sum(((p.grad if p.grad is not None else 0) + g["weight_decay"] * p.detach()).pow(2).sum()
+                      for g in head_groups for p in g["params"])
+        norms.append(float(squared) ** 0.5)
+    bank.zero_grad(set_to_none=True)
+    return norms
 
 
 def fit_heads(kind: str, train, val, num_classes: int, *, settings: list[tuple[float, float]], epochs: int,
@@ -158,27 +203,32 @@ def fit_heads(kind: str, train, val, num_classes: int, *, settings: list[tuple[f
     """The one probe trainer. One head of ``kind`` per (lr, weight decay) in ``settings``, all
     trained on ``train`` = (features (N, D), labels (N,)) in one pass per epoch: the same batches
     for every head, each with its own optimiser state. The features may be a tensor or a
-    FeatureMatrix read batch by batch; batches go to ``device`` (default: the labels'). Each head
+    FeatureMatrix read window by window; batches go to ``device`` (default: the labels'). Each head
     keeps the epoch of its best accuracy on ``val`` and stops after ``patience`` epochs without a
-    gain (None: trains every epoch). ``schedule``: Adam at a ``constant`` lr, or ``cosine``,
-    decaying to 0 over ``epochs`` (a probe that settles; on wide latents it reads several points
-    more, docs/RESULTS.md). The seed sets every head's init (the same for all: each is the head a
-    fit of its setting alone would start from) and the order of the batches. The test set is never
-    read here."""
-    (x_train, y_train), (x_val, y_val) = train, val
+    gain (None: trains every epoch); with ``val`` None (a refit on training + validation) every
+    head trains all ``epochs`` and keeps the last. ``schedule``: Adam at a ``constant`` lr, or
+    ``cosine``, decaying to 0 over ``epochs`` (a probe that settles; on wide latents it reads
+    several points more, docs/RESULTS.md). The seed sets every head's init (the same for all: each
+    is the head a fit of its setting alone would start from) and the order of the batches. The test
+    set is never read here. Each result carries the gradient norm of its training objective at the
+    start and at the weights kept: a converged probe's is near 0."""
+    x_train, y_train = train
     device = torch.device(device) if device is not None else y_train.device
     heads = []
     for _ in settings:
         torch.manual_seed(seed)
         heads.append(build_head(kind, x_train.shape[1], num_classes, hidden=hidden))
     bank = HeadBank(heads).to(device)
-    optimizer = torch.optim.Adam([{"params": list(head.parameters()), "lr": lr, "weight_decay": weight_decay}
-                                  for head, (lr, weight_decay) in zip(heads, settings)])
+    if kind == "logistic":  # the fixed input of a convex problem: fitted once, shared by every head
+        bank.norm.fit(x_train)
+    groups = [_param_groups(kind, head, lr, weight_decay) for head, (lr, weight_decay) in zip(heads, settings)]
+    optimizer = torch.optim.Adam([group for head_groups in groups for group in head_groups])
     generator = torch.Generator().manual_seed(seed)
     # a BatchNorm head cannot train on a batch of one: its last, short batch is dropped
-    drop_last = kind != "linear" and len(x_train) > batch_size
+    drop_last = kind not in ("linear", "logistic") and len(x_train) > batch_size
     steps_per_epoch = len(x_train) // batch_size if drop_last else -(-len(x_train) // batch_size)
-    y_train, y_val = y_train.to(device), y_val.to(device)
+    y_train = y_train.to(device)
+    initial = gradient_norms(bank, groups, x_train, y_train)
     count = len(heads)
     histories = [[] for _ in heads]
     best = [(-1.0, 0, None)] * count  # per head: (val acc, epoch, state incl. the norm's statistics)
@@ -189,41 +239,46 @@ def fit_heads(kind: str, train, val, num_classes: int, *, settings: list[tuple[f
         bank.train()
         loss_sums, corrects = torch.zeros(count, device=device), torch.zeros(count, device=device)
         seen = 0
-        for index in batch_indices(len(x_train), batch_size, shuffle=True, generator=generator, drop_last=drop_last):
-            for group, (lr, _) in zip(optimizer.param_groups, settings):
-                group["lr"] = lr_at(step, epochs * steps_per_epoch, 0, lr, schedule)
-            x, y = x_train[index].to(device), y_train[index.to(device)]
-            outputs = bank(x)
+        for x, y in shuffled_batches(x_train, y_train, batch_size, generator, drop_last):
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, epochs * steps_per_epoch, 0, group["base_lr"], schedule)
+            outputs = bank(x.to(device))
             losses = torch.stack([F.nll_loss(out, y) for out in outputs])  # (G,)
             optimizer.zero_grad(set_to_none=True)
             losses.sum().backward()  # each head's parameters get their own loss's gradient
             optimizer.step()
             step += 1
-            loss_sums += losses.detach() * len(index)
+            loss_sums += losses.detach() * len(y)
             corrects += torch.stack([(out.detach().argmax(1) == y).sum() for out in outputs])
-            seen += len(index)
-        val_accs = (predict(bank, x_val) == y_val).float().mean(dim=1).tolist()
+            seen += len(y)
+        val_accs = [None] * count if val is None else \
+            (predict(bank, val[0]) == val[1].to(device)).float().mean(dim=1).tolist()
         for g in range(count):
             if not active[g]:  # stopped: what it learns from here on is never kept, as if it had stopped alone
                 continue
             # train_acc: of the batches as they were trained (free; the weights move during the epoch)
             histories[g].append({"epoch": epoch, "train_loss": (loss_sums[g] / seen).item(),
-                                 "train_acc": (corrects[g] / seen).item(), "val_acc": val_accs[g]})
-            if val_accs[g] > best[g][0]:
+                                 "train_acc": (corrects[g] / seen).item(),
+                                 **({} if val is None else {"val_acc": val_accs[g]})})
+            if val is None or val_accs[g] > best[g][0]:
                 state = {k: v.detach().clone() for k, v in heads[g].state_dict().items()}
                 state.update({f"norm.{k}": v.detach().clone() for k, v in bank.norm.state_dict().items()})
                 best[g] = (val_accs[g], epoch, state)
             elif patience is not None and epoch - best[g][1] >= patience:
                 active[g] = False
-        progress.set_postfix(val=f"{max(b[0] for b in best):.4f}")
+        if val is not None:
+            progress.set_postfix(val=f"{max(b[0] for b in best):.4f}")
         if not any(active):
             break
     progress.close()
-    results = []
-    for head, history, (val_acc, best_epoch, state) in zip(heads, histories, best):
+    for head, (_, _, state) in zip(heads, best):
         head.load_state_dict(state)
-        results.append(FitResult(head=head.eval(), best_epoch=best_epoch, val_acc=val_acc, history=history))
-    return results
+    # each head alone: a BatchNorm head's statistics are those of its own best epoch
+    finals = [gradient_norms(HeadBank([head]).to(device), [head_groups], x_train, y_train)[0]
+              for head, head_groups in zip(heads, groups)]
+    return [FitResult(head=head.eval(), best_epoch=best_epoch, val_acc=val_acc, history=history,
+                      convergence={"initial_gradient_norm": start, "gradient_norm": final})
+            for head, history, (val_acc, best_epoch, _), start, final in zip(heads, histories, best, initial, finals)]
 
 
 def fit_head(kind: str, train, val, num_classes: int, *, lr: float, weight_decay: float, **options) -> FitResult:
@@ -237,9 +292,9 @@ def train_probe(data: FeatureSet, cfg: ProbeConfig, device: torch.device | str =
     data = data.to(device)
     num_classes = len(data.class_names)
     fit = fit_head(cfg.head, (data.features["train"], data.labels["train"]),
-                   (data.features["val"], data.labels["val"]), num_classes, lr=cfg.lr,
-                   weight_decay=cfg.weight_decay, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,
-                   patience=None)
+                   (data.features["val"], data.labels["val"]), num_classes, lr=cfg.probe_lr,
+                   weight_decay=cfg.probe_weight_decay, epochs=cfg.probe_epochs, batch_size=cfg.probe_batch_size,
+                   seed=cfg.probe_seed, patience=None)
     predictions = predict(fit.head, data.features["test"]).cpu()
     labels = data.labels["test"].cpu()
     return ProbeResult(history=fit.history, best_epoch=fit.best_epoch, val_acc=fit.val_acc,
@@ -254,7 +309,8 @@ def probe_and_save(features: FeatureSet, cfg: ProbeConfig, directory: Path, devi
     started = time.perf_counter()
     result = train_probe(features, cfg, device)
     precision, recall = precision_recall(result.confusion)
-    record = {**result.summary(), "latent_dim": features.dim, "probe_seconds": time.perf_counter() - started,
+    record = {"schema": SCHEMA, **result.summary(), "latent_dim": features.dim,
+              "probe_seconds": time.perf_counter() - started,
               "history": result.history, "confusion": result.confusion.tolist(),
               "precision": precision.tolist(), "recall": recall.tolist(), "class_names": features.class_names,
               "probe_config": dataclasses.asdict(cfg)}

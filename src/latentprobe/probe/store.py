@@ -42,7 +42,8 @@ class FeatureMatrix:
         self.shape = tuple(shape)
         self._file = open(self.path, "rb")  # noqa: SIM115 - held open with the mapping
         size = int(np.prod(self.shape))
-        self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+        # copy-on-write: nothing is ever written, but numpy and torch then take the pages as writable
+        self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_COPY) if size else None
         self._array = (np.frombuffer(self._map, FEATURE_DTYPE, count=size, offset=offset).reshape(self.shape)
                        if size else np.zeros(self.shape, FEATURE_DTYPE))
         self._read = 0
@@ -57,7 +58,7 @@ class FeatureMatrix:
     def __getitem__(self, index) -> torch.Tensor:
         if isinstance(index, torch.Tensor):
             index = index.cpu().numpy()
-        rows = torch.from_numpy(np.asarray(self._array[index], dtype=np.float32))
+        rows = torch.from_numpy(self._array[index]).float()  # torch converts float16 with SIMD; numpy does not
         self._read += rows.numel() * 2
         if self._read > RELEASE_EVERY and self._map is not None and hasattr(self._map, "madvise"):
             self._map.madvise(mmap.MADV_DONTNEED)  # unmapped from us; the page cache keeps the file
@@ -70,6 +71,25 @@ class FeatureMatrix:
 
     def __repr__(self) -> str:
         return f"FeatureMatrix({str(self.path)!r}, shape={self.shape})"
+
+
+def shuffled_batches(features, labels: torch.Tensor, batch_size: int, generator: torch.Generator,
+                     drop_last: bool = False, window_bytes: int = 2**27):
+    """(features, labels) batches of an epoch in a shuffled order that reads ``features`` (a
+    tensor or a FeatureMatrix) window by window: the rows are cut into windows of consecutive rows
+    (a whole number of batches, about ``window_bytes`` as float32), the windows are visited in a
+    random order, and each window's rows are shuffled into its batches. Each read is one
+    contiguous slice. ``drop_last``: the one short batch (of the last window) is left out."""
+    count, dim = len(features), features.shape[1]
+    window = max(1, window_bytes // (4 * dim * batch_size)) * batch_size
+    for start in (torch.randperm(-(-count // window), generator=generator) * window).tolist():
+        rows, row_labels = features[start:start + window].float(), labels[start:start + window]
+        order = torch.randperm(len(rows), generator=generator)
+        for first in range(0, len(rows), batch_size):
+            index = order[first:first + batch_size]
+            if drop_last and len(index) < batch_size:
+                continue
+            yield rows[index.to(rows.device)], row_labels[index.to(row_labels.device)]
 
 
 class CacheWriter:

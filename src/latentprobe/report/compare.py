@@ -8,7 +8,6 @@ each baseline is a row of the same table.
 
 import datetime
 import platform
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +16,13 @@ import torch
 from latentprobe import config as configuration
 from latentprobe.distributed import local_device
 from latentprobe.metrics import mean_std, most_confused, precision_recall
+from latentprobe.options import CompareConfig
 from latentprobe.plots import confusion_heatmap, grouped_bars, line_chart, scatter_maps
 from latentprobe.probe.evaluate import load_eval
 from latentprobe.probe.features import run_features
 from latentprobe.report.document import Bullets, Figure, Heading, Paragraph, Table, confusion_table, write_report
 from latentprobe.report.results import Row, collect_rows, layer_number
-from latentprobe.runs import RunData, write_json
+from latentprobe.runs import write_json
 
 PROBE_NAMES = {"linear": "linear", "bn_linear": "linear+BN", "mlp": "MLP"}
 BASELINE_TEXTS = {
@@ -33,15 +33,6 @@ BASELINE_TEXTS = {
     "pixels": "raw pixels",
 }
 MANY_CLASSES = 20  # above this, Markdown lists the top confusions instead of the full matrix
-
-
-@dataclass
-class CompareConfig(RunData):
-    out: str = field(default="runs/compare", metadata={"help": "folder for report.md, report.html, figures/"})
-    label_type: str = field(default="fine", metadata={"help": "fine, or coarse (CIFAR-100)"})
-    tsne_points: int = field(default=2000, metadata={"help": "test latents per t-SNE map (0: no map)"})
-    title: str = "Which representation makes the best detector?"
-    device: str = "auto"
 
 
 def fmt(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
@@ -139,13 +130,13 @@ def _header(evals: list[dict], cfg: CompareConfig) -> list:
             "(the validation split is carved from the training set with each run's seed).",
             "Probes over frozen features, extracted once: "
             + ", ".join(text for probe, text in probe_texts.items() if probe in probes)
-            + f"; the trained heads use Adam with batch {protocol['batch_size']}.",
-            f"Model selection on the validation split only: grid lr ∈ {{{', '.join(map(str, protocol['lrs']))}}} × "
-            f"weight decay ∈ {{{', '.join(map(str, protocol['weight_decays']))}}}, epochs = best validation "
-            f"epoch up to {protocol['epochs']} (stop after {protocol['patience']} epochs without gain), "
-            f"chosen with seed 0; the chosen setting is then trained with {protocol['seeds']} probe seeds and "
+            + f"; the trained heads use Adam with batch {protocol['probe_batch_size']}.",
+            f"Model selection on the validation split only: grid lr ∈ {{{', '.join(map(str, protocol['probe_lrs']))}}} × "
+            f"weight decay ∈ {{{', '.join(map(str, protocol['probe_weight_decays']))}}}, epochs = best validation "
+            f"epoch up to {protocol['probe_epochs']} (stop after {protocol['probe_patience']} epochs without gain), "
+            f"chosen with seed 0; the chosen setting is then trained with {protocol['probe_seeds']} probe seeds and "
             f"each reads the test set once. "
-            + ("The lr decays to 0 by a cosine over the epochs. " if protocol.get("schedule") == "cosine" else "")
+            + ("The lr decays to 0 by a cosine over the epochs. " if protocol.get("probe_schedule") == "cosine" else "")
             + ("The probes also train on the training images mirrored left to right (`--flip-train`: the "
                "training count above holds both views); validation and test images are read as they are."
                if protocol.get("flip_train") else ""),

@@ -5,12 +5,13 @@
 - one run with frozen / fine-tuned classifier results but no eval.json (``probe``, ``finetune``) →
   the frozen-vs-fine-tuned report, in the run.
 
-``compare`` and ``mae-report`` remain as the explicit names of the last two.
+``compare`` and ``mae-report`` are the names of the last two (``latentprobe report --kind``).
 """
 
 from pathlib import Path
 
-from latentprobe.report.compare import CompareConfig, write_comparison
+from latentprobe.options import CompareConfig
+from latentprobe.report.compare import write_comparison
 from latentprobe.report.mae_report import SOURCES, write_mae_report
 from latentprobe.report.study_report import write_study_report
 from latentprobe.runs import CONFIG, Run
@@ -35,11 +36,12 @@ def report_kind(paths: list[Path], label_type: str = "fine") -> str:
                             f"run (or `probe` / `finetune` for one run), or give a study directory")
 
 
-def render(paths: list[Path], cfg: CompareConfig | None = None) -> Path:
-    """Write the report that ``paths`` hold (see the module's docstring); returns its path. ``cfg``
-    (the comparison's options) applies to a comparison only."""
+def render(paths: list[Path], cfg: CompareConfig | None = None, kind: str | None = None) -> Path:
+    """Write the report that ``paths`` hold (see the module's docstring), or the ``kind`` asked for
+    (study, comparison, classifiers); returns its path. ``cfg`` (the comparison's options) applies
+    to a comparison only."""
     cfg = cfg or CompareConfig()
-    kind = report_kind(paths, cfg.label_type)
+    kind = kind or report_kind(paths, cfg.label_type)
     if kind == "study":
         return write_study_report(Path(paths[0]))
     if kind == "comparison":

@@ -7,22 +7,9 @@ undercounts a ViT by the number of tokens; so MACs come from ``torch.utils.flop_
 (matmuls, convolutions and ``F.scaled_dot_product_attention``; FLOPs / 2).
 """
 
-from dataclasses import dataclass, field
-
 import torch
 
-from latentprobe.config import require_at_least_one
 from latentprobe.models import create_model
-
-
-@dataclass
-class SummaryConfig:
-    model_args: dict = field(default_factory=dict, metadata={"help": "model options, 'key=value ...'"})
-    batch_size: int = 1
-    depth: int = field(default=3, metadata={"help": "nesting depth of the layer table"})
-
-    def __post_init__(self):
-        require_at_least_one(self, "batch_size", "depth")
 
 
 def model_summary(name: str, model_args: dict | None = None, *, batch_size: int = 1, depth: int = 3,

@@ -21,6 +21,7 @@ from latentprobe import config as configuration
 from latentprobe.checkpoint import CheckpointError
 from latentprobe.data.cifar import Normalizer, Split, augment, batch_indices
 from latentprobe.distributed import is_main_process
+from latentprobe.options import COMPILE_MODES
 from latentprobe.runs import CHECKPOINT
 
 
@@ -95,10 +96,6 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float | Non
     return list(groups.values())
 
 
-OPTIMIZERS = ("adam", "adamw")
-SCHEDULES = ("constant", "cosine")
-
-
 def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     groups = param_groups(model, weight_decay)
     # On CUDA the fused implementation updates every tensor in a few kernels, not a few per tensor.
@@ -108,9 +105,6 @@ def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=fused)
     raise ValueError(f"unknown optimizer {name!r}; use 'adam' or 'adamw'")
-
-
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def parallel_objective(objective: nn.Module, world_size: int, compile_mode: str | None) -> nn.Module:

@@ -16,7 +16,6 @@ Runs unchanged under torchrun (DDP), like ``latentprobe train``.
 
 import os
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -28,7 +27,6 @@ from latentprobe.checkpoint import CLASSIFIER, CheckpointError, load_checkpoint,
 from latentprobe.data.cifar import Normalizer, batch_indices, take
 from latentprobe.distributed import (
     barrier,
-    check_device,
     init_distributed,
     is_main_process,
     local_device,
@@ -36,9 +34,9 @@ from latentprobe.distributed import (
 )
 from latentprobe.metrics import confusion_matrix, precision_recall
 from latentprobe.models import create_model
-from latentprobe.runs import CHECKPOINT, METRICS, Run, RunData, append_jsonl, write_json, write_jsonl
+from latentprobe.options import FinetuneConfig
+from latentprobe.runs import CHECKPOINT, METRICS, Run, append_jsonl, write_json, write_jsonl
 from latentprobe.training.engine import (
-    COMPILE_MODES,
     autocast,
     explained_divergence,
     lr_at,
@@ -48,37 +46,6 @@ from latentprobe.training.engine import (
     seed_epoch,
     train_one_epoch,
 )
-
-
-@dataclass
-class FinetuneConfig(RunData):
-    epochs: int = 10
-    batch_size: int = 128
-    base_lr: float = field(default=1e-3, metadata={"help": "lr = base_lr * effective batch / 256"})
-    weight_decay: float = 0.05
-    layer_decay: float = field(default=0.75, metadata={"help": "lr factor per block below the head"})
-    label_smoothing: float = 0.1
-    drop_path: float = field(default=0.1, metadata={"help": "stochastic depth (ViT encoders)"})
-    warmup_epochs: float = 1.0
-    pool: str | None = field(default=None, metadata={"help": "cls or mean (default: the run's)"})
-    freeze_encoder: bool = field(default=False, metadata={"help": "train the head only"})
-    augment: bool = field(default=True, metadata={"help": "random crop + flip per batch"})
-    subset: int | None = field(default=None, metadata={"help": "use at most this many training images"})
-    seed: int = 0
-    device: str = "auto"
-    compile: bool = field(default=False, metadata={"help": "torch.compile the training step"})
-    compile_mode: str = field(default="default", metadata={"help": "torch.compile mode (reduce-overhead: CUDA graphs)"})
-    out: str | None = field(default=None, metadata={"help": "output folder (default: RUN/finetune, "
-                                                             "RUN/finetune_frozen when frozen)"})
-
-    def __post_init__(self):
-        configuration.require_at_least_one(self, "epochs", "batch_size", "subset")
-        if self.compile_mode not in COMPILE_MODES:
-            raise ValueError(f"unknown --compile-mode {self.compile_mode!r}; use one of {', '.join(COMPILE_MODES)}")
-        check_device(self.device)
-
-
-# Settings that may change when a fine-tuning run is continued.
 
 
 class Classifier(nn.Module):

@@ -7,7 +7,6 @@ Running the same command again continues from the checkpoint; a finished run is 
 
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -17,19 +16,16 @@ from latentprobe.checkpoint import AUTOENCODER, save_checkpoint, unwrap
 from latentprobe.data.cifar import Normalizer, load_split, take, train_val_split
 from latentprobe.distributed import (
     barrier,
-    check_device,
     init_distributed,
     is_main_process,
     local_device,
     mean_across_ranks,
 )
 from latentprobe.models import create_model
+from latentprobe.options import TrainConfig
 from latentprobe.plots import image_grid, line_chart
 from latentprobe.runs import CHECKPOINT, METRICS, Run, TensorBoard, append_jsonl, exclusive, read_jsonl, write_jsonl
 from latentprobe.training.engine import (
-    COMPILE_MODES,
-    OPTIMIZERS,
-    SCHEDULES,
     Objective,
     build_optimizer,
     evaluate_reconstruction,
@@ -46,64 +42,6 @@ from latentprobe.training.engine import (
 # Options that decide what is recorded along the way, not what is learned: they may change when a
 # run is continued, and runs that differ only in them are the same model.
 RECORDING_OPTIONS = frozenset({"grid_every", "checkpoint_every", "probe_every", "probe_size"})
-
-
-@dataclass
-class TrainConfig:
-    model: str = field(default="conv_ae", metadata={"help": "model name (latentprobe models)"})
-    latent_dim: int | None = field(default=None, metadata={"help": "latent size, for models that take one"})
-    model_args: dict = field(default_factory=dict, metadata={"help": "extra model options, 'key=value ...'"})
-    dataset: str = field(default="cifar10", metadata={"help": "cifar10 or cifar100"})
-    data_dir: str | None = field(default=None, metadata={"help": "folder holding the CIFAR folders"})
-    download: bool = field(default=True, metadata={"help": "download missing data"})
-    val_size: int = field(default=5000, metadata={"help": "validation images carved from train"})
-    subset: int | None = field(default=None, metadata={"help": "use at most this many training images"})
-    epochs: int = 10
-    batch_size: int = 128
-    optimizer: str = field(default="adam", metadata={"help": "adam or adamw"})
-    lr: float | None = field(default=1e-3, metadata={"help": "learning rate, when base_lr is not set"})
-    base_lr: float | None = field(default=None, metadata={"help": "if set, lr = base_lr * effective batch / 256"})
-    weight_decay: float = 0.0
-    schedule: str = field(default="constant", metadata={"help": "constant or cosine"})
-    warmup_epochs: float = 0.0
-    accum_steps: int = field(default=1, metadata={"help": "gradient accumulation steps"})
-    clip_grad: float | None = field(default=None, metadata={"help": "clip the gradient norm to this"})
-    compile: bool = field(default=False, metadata={"help": "torch.compile the training step"})
-    compile_mode: str = field(default="default", metadata={"help": "torch.compile mode; reduce-overhead "
-                                                                    "replays CUDA graphs (fastest on a GPU)"})
-    checkpoint_every: int = field(default=1, metadata={"help": "write checkpoint.pt every N epochs (and the last)"})
-    grid_every: int = field(default=1, metadata={"help": "save a reconstruction grid every N epochs"})
-    probe_every: int | None = field(default=None, metadata={
-        "help": "online probe every N epochs: a ridge classifier on the latents of --probe-size training "
-                "images, scored on the validation split (val_probe_acc)"})
-    probe_size: int = field(default=5000, metadata={"help": "training images the online probe is fitted on"})
-    seed: int = 0
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1 ..."})
-    out: str = field(default="runs/conv_ae", metadata={"help": "run directory"})
-
-    def __post_init__(self):
-        """Every option is checked here, where it is parsed, before a run directory exists."""
-        configuration.require_at_least_one(self, "epochs", "batch_size", "accum_steps", "grid_every",
-                                           "checkpoint_every", "latent_dim", "subset", "probe_every", "probe_size")
-        if self.probe_every is not None and self.val_size == 0:
-            raise ValueError("--probe-every scores the probe on the validation split: give --val-size > 0")
-        for name, value in {"val_size": self.val_size, "weight_decay": self.weight_decay,
-                            "warmup_epochs": self.warmup_epochs}.items():
-            if value < 0:
-                raise ValueError(f"--{name.replace('_', '-')} must not be negative, got {value}")
-        for name, value in {"lr": self.lr, "base_lr": self.base_lr, "clip_grad": self.clip_grad}.items():
-            if value is not None and value <= 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
-        if self.lr is None and self.base_lr is None:
-            raise ValueError("give a learning rate: --lr, or --base-lr (scaled by the batch size)")
-        for name, value, choices in (("optimizer", self.optimizer, OPTIMIZERS), ("schedule", self.schedule, SCHEDULES),
-                                     ("compile_mode", self.compile_mode, COMPILE_MODES)):
-            if value not in choices:
-                raise ValueError(f"unknown --{name.replace('_', '-')} {value!r}; use one of {', '.join(choices)}")
-        check_device(self.device)
-
-
-# Settings that may change when a run is continued (the rest must match the checkpoint).
 
 
 def build_model(cfg: TrainConfig):
