@@ -19,7 +19,8 @@ from latentprobe.data.cifar import Normalizer, load_split
 from latentprobe.distributed import local_device
 from latentprobe.models import create_model
 from latentprobe.probe.features import FeatureSet
-from latentprobe.probe.heads import ProbeConfig, train_probe
+from latentprobe.options import ProbeConfig
+from latentprobe.probe.evaluate import evaluate_features
 from latentprobe.training.engine import Objective, autocast, train_one_epoch
 
 
@@ -88,7 +89,7 @@ def main():
                       {k: torch.randint(0, 10, (n,), generator=gen) for k, n in sizes.items()},
                       [str(i) for i in range(10)])
     start = time.perf_counter()
-    train_probe(data, ProbeConfig(epochs=30), device)
+    evaluate_features(data, ProbeConfig(probe_epochs=30).evaluation(), device)
     sync(device)
     print(f"linear probe, 45,000 x {args.latent_dim} cached latents, 30 epochs: "
           f"{time.perf_counter() - start:.1f} s")

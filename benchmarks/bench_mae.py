@@ -33,7 +33,7 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from latentprobe.config import _parse_mapping
+from latentprobe.config import parse_mapping
 from latentprobe.data.cifar import Normalizer, load_split
 from latentprobe.distributed import local_device
 from latentprobe.models import create_model
@@ -142,7 +142,7 @@ def bench(name: str, model_args: dict, images: torch.Tensor, batch_size: int, ar
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["mae_vit_tiny_patch4", "mae_vit_tiny_patch2"])
-    parser.add_argument("--model-args", type=_parse_mapping, default={}, help="'key=value ...' for every model")
+    parser.add_argument("--model-args", type=parse_mapping, default={}, help="'key=value ...' for every model")
     parser.add_argument("--batch-size", type=int, nargs="+", default=[128], help="one or more batch sizes")
     parser.add_argument("--steps", type=int, default=6, help="timed steps")
     parser.add_argument("--warmup-steps", type=int, default=2)

@@ -11,8 +11,8 @@ mkdir -p "$(dirname "$run")"
 /usr/bin/time -v -o "$run.train.time" latentprobe train --model patch_ae --latent-dim 32000 --epochs 2 \
     --batch-size 32 --optimizer adam --lr 3e-3 --seed 0 \
     --model-args "activation=winner_take_all winners=1 encoding=soft_threshold" --out "$run"
-/usr/bin/time -v -o "$run.evaluate.time" latentprobe evaluate "$run" --probes bn_linear --schedule cosine \
-    --epochs 15 --patience 15 --flip-train true --baselines none --seeds 3 --threads 2 "$@"
+/usr/bin/time -v -o "$run.evaluate.time" latentprobe evaluate "$run" --probes bn_linear --probe-schedule cosine \
+    --probe-epochs 15 --probe-patience 15 --flip-train --baselines none --probe-seeds 3 --threads 2 "$@"
 for stage in train evaluate; do
     echo "$stage: $(grep -E 'Elapsed|Maximum resident' "$run.$stage.time" | sed 's/^\s*//' | paste -sd ';')"
 done

@@ -13,6 +13,11 @@ FAST = dict(probe_seeds=2, probe_epochs=4, probe_patience=2, probe_lrs=[1e-2], p
             knn_k=[3, 10], mlp_hidden=32, device="cpu", threads=1)
 
 
+def numbers(probes: dict) -> dict:
+    """Probe results without the seconds they took (the one field two equal runs differ in)."""
+    return {name: {k: v for k, v in probe.items() if k != "seconds"} for name, probe in probes.items()}
+
+
 def fast_config(**overrides) -> EvalConfig:
     return EvalConfig(**{**FAST, **overrides})
 

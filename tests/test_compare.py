@@ -30,22 +30,24 @@ def test_runs_differing_only_in_seed_share_a_row(cifar10_runs):
     _, _, runs = cifar10_runs
     rows = collect_rows([load_eval(run) for run in runs])
     labels = [row.label for row in rows]
-    assert labels[:2] == ["conv_ae 16-d", "conv_ae 8-d"]
+    assert labels[:3] == ["conv_ae 16-d (c1=4, c2=8, 1 epoch)", "conv_ae 16-d, untrained weights",
+                          "conv_ae 8-d (c1=4, c2=8, 1 epoch)"]  # the model options and epochs in the label
     model = rows[0]
     assert len(model.evals) == 2 and len(model.accuracies["linear"]) == 4  # 2 runs × 2 probe seeds
     assert len(model.accuracies["knn_3"]) == 2  # deterministic: one value per run
-    assert model.finetune == [0.5] and rows[1].finetune == []
+    assert model.finetune == [0.5] and rows[2].finetune == []
     # raw pixels on the same split count once; PCA and random baselines once per size and init
     assert labels.count("raw pixels 3072-d") == 1
     pixels = rows[labels.index("raw pixels 3072-d")]
     assert len(pixels.accuracies["linear"]) == 4  # seeds 0 and 1 carve different validation splits
-    assert {"PCA of pixels 16-d", "PCA of pixels 8-d", "random-weight conv_ae 16-d"} <= set(labels)
+    assert {"PCA of pixels 16-d", "PCA of pixels 8-d", "conv_ae 8-d, untrained weights"} <= set(labels)
+    assert rows[1].encoder == labels[0] and rows[0].family == "conv_ae (c1=4, c2=8)" == rows[2].family
 
 
 def test_fmt_shows_mean_std_and_count():
     assert fmt([0.5, 0.7]) == "60.00 ± 14.14 (2)"
     assert fmt([0.25]) == "25.00 ± 0.00 (1)"
-    assert fmt([]) == "–"
+    assert fmt([]) == "not run"
 
 
 def test_html_report_is_self_contained_and_has_every_figure_and_table(cifar10_runs, tmp_path):
@@ -61,18 +63,21 @@ def test_html_report_is_self_contained_and_has_every_figure_and_table(cifar10_ru
     figures = re.findall(r"!\[[^\]]*\]\((figures/[^)]+\.png)\)", markdown)
     pngs = sorted(p.name for p in (tmp_path / "report" / "figures").glob("*.png"))
     assert sorted(f.split("/")[1] for f in figures) == pngs
-    assert {"accuracy.png", "tsne.png", "confusion_conv_ae_16_d.png", "precision_recall_conv_ae_8_d.png"} <= set(pngs)
+    assert {"accuracy.png", "tsne.png", "confusion_conv_ae_16_d.png", "per_class_recall.png", "latent_size.png",
+            "compute.png"} <= set(pngs)
     assert html.count('<img alt="') == len(figures) == html.count('src="data:image/png;base64,')
     markdown_tables = len(re.findall(r"^\|---", markdown, flags=re.M))
-    assert html.count("<table>") == markdown_tables >= 6  # accuracy, models, selection, P/R, 2 confusions
+    assert html.count("<table>") == markdown_tables >= 5  # accuracy, models, selection, 2 confusions
     assert not re.search(r"(src|href)=\"(?!data:)", html)  # nothing to fetch: opens from disk, offline
-    for text in ("linear+BN %", "kNN k=3 %", "MLP %", "fine-tuned %", "raw pixels 3072-d", "→", "mean ± std (n)"):
+    assert markdown.startswith("# Which representation makes the best probe?\n\n## Verdict\n\n- **Answer: ")
+    assert str(tmp_path) not in markdown and "`../ae16_s0`" not in markdown  # paths relative to the report
+    for text in ("BN + linear %", "kNN k=3 %", "MLP %", "fine-tuned %", "raw pixels 3072-d", "→", "mean ± std (n)"):
         assert text in markdown and text.replace("→", "&#8594;") in html or text in html, text
-    accuracy_line = next(line for line in markdown.splitlines() if line.startswith("| **conv_ae 16-d**"))
+    accuracy_line = next(line for line in markdown.splitlines() if line.startswith("| conv_ae 16-d (c1=4"))
     assert accuracy_line.endswith("| 50.00 ± 0.00 (1) |")  # finetune.json of the first run
     assert accuracy_line.count("(4)") == 3 and accuracy_line.count("(2)") == 2  # probe seeds × runs; kNN: runs
-    model_line = next(line for line in markdown.splitlines() if line.startswith("| conv_ae 16-d |"))
-    assert model_line.count("(2)") == 3  # MSE, PSNR, time over the two pretraining runs
+    model_line = [line for line in markdown.splitlines() if line.startswith("| conv_ae 16-d (c1=4")][1]
+    assert model_line.count("(2)") == 4  # MSE, PSNR, steps and wall time over the two pretraining runs
 
 
 def test_cifar100_fine_and_coarse_labels_run_through_compare(tmp_path):
@@ -110,7 +115,7 @@ def test_a_row_with_other_settings_is_named_by_what_differs(cifar10_runs):
     denoising["train_config"]["model_args"] = {**plain["train_config"]["model_args"], "noise": 0.5}
     denoising["train_config"]["clip_grad"] = 1.0
     labels = [row.label for row in collect_rows([plain, denoising]) if row.kind == "encoder"]
-    assert labels == ["conv_ae 16-d", "conv_ae 16-d (clip_grad=1.0, noise=0.5)"]
+    assert labels == ["conv_ae 16-d (c1=4, c2=8, 1 epoch)", "conv_ae 16-d (c1=4, c2=8, noise=0.5, 1 epoch)"]
 
 
 def test_report_over_evaluated_runs_is_the_comparison(cifar10_runs, tmp_path):
@@ -136,4 +141,5 @@ def test_the_committed_gpu_run_rebuilds_to_the_committed_report(tmp_path):
     tables = [[line for line in (d / "report.md").read_text().splitlines() if line.startswith("|")]
               for d in (tmp_path / "rebuilt", docs / "mae_gpu" / "report")]
     assert tables[0] == tables[1]
-    assert "| **mae_vit_tiny_patch4 192-d cls pooling** | 192 | 64.70 ± 0.22 (3) | 65.12 ± 0.42 (3) |" in tables[0][2]
+    assert "cls pooling (mask_ratio=0.75, norm_pix_loss=False, pool=cls, 330 epochs) | 192 | **64.70 ± 0.22 (3)** | " \
+           "**65.12 ± 0.42 (3)** |" in tables[0][2]

@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from latentprobe.data import cifar as data
-from latentprobe.data.cifar import DataError, Normalizer, augment, batch_indices, load_split, train_val_split
+from latentprobe.data.cifar import (
+    DataError,
+    Normalizer,
+    augment,
+    batch_indices,
+    load_split,
+    train_val_split,
+)
 from latentprobe.data.download import download_dataset
 
 

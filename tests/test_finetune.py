@@ -5,11 +5,11 @@ import torch
 from report_helpers import assert_html_matches_markdown
 
 from latentprobe.checkpoint import CheckpointError, load_checkpoint
+from latentprobe.options import ProbeConfig
+from latentprobe.probe.evaluate import evaluate_run
 from latentprobe.probe.features import run_features
-from latentprobe.probe.heads import ProbeConfig
 from latentprobe.report.mae_report import write_mae_report
 from latentprobe.runs import read_jsonl
-from latentprobe.study import probe_and_save
 from latentprobe.training.finetune import FinetuneConfig, finetune
 from latentprobe.training.pretrain import TrainConfig, train
 
@@ -42,8 +42,8 @@ def _encoder_state(path, prefix=""):
 def test_frozen_training_keeps_the_encoder_bit_identical_and_fine_tuning_changes_it(mae_run):
     pretrained = _encoder_state(mae_run / "checkpoint.pt")
     before = (mae_run / "checkpoint.pt").read_bytes()
-    probe_and_save(run_features(mae_run, torch.device("cpu")), ProbeConfig(head="bn_linear", probe_epochs=2),
-                   mae_run, "cpu")  # the cached-latent probe never touches the checkpoint
+    evaluate_run(mae_run, ProbeConfig(head="bn_linear", probe_epochs=2, device="cpu").evaluation())
+    # the cached-latent probe never touches the checkpoint
     assert (mae_run / "checkpoint.pt").read_bytes() == before
 
     frozen = _finetune(mae_run, freeze_encoder=True)
@@ -120,8 +120,8 @@ def test_probe_time_pooling_reads_other_tokens_and_keys_the_cache(mae_run, cifar
         expected = model.encode(Normalizer("cifar10")(images), pool="mean")
     torch.testing.assert_close(mean.features["test"][:8], expected, rtol=1e-3, atol=1e-3)  # cached as float16
 
-    record = probe_and_save(mean, ProbeConfig(head="bn_linear", probe_epochs=1), mae_run, "cpu")
-    (mae_run / "probe_bn_linear.json").write_text(json.dumps({**record, "pool": "mean"}))  # as `probe --pool`
+    evaluate_run(mae_run, ProbeConfig(head="bn_linear", probe_epochs=1, pool="mean", device="cpu").evaluation())
+    _finetune(mae_run, epochs=1)
     assert "| frozen, BN + linear | frozen | mean |" in write_mae_report(mae_run).read_text()
 
 
@@ -138,7 +138,7 @@ def test_evaluate_with_mean_pooling_saves_it_and_predict_reads_the_same_tokens(m
     record = evaluate_run(mae_run, fast_config(data_dir=str(cifar10_root), probes=["linear"], probe_seeds=1,
                                                baselines=[], pool="mean"))
     head, saved = load_classifier(mae_run)
-    assert record["pool"] == "mean" and record["protocol"]["pool"] == "mean" and saved["pool"] == "mean"
+    assert record["pool"] == "mean" and saved["pool"] == "mean"
 
     path = mae_run / "image.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(path)

@@ -1,23 +1,80 @@
+"""The probes over cached features: one setting (the study's), the converged logistic probe against
+scikit-learn, and the refit on training + validation that reads the test set only after the choice."""
+
+import pytest
 import torch
 
+from latentprobe.options import EvalConfig, ProbeConfig
+from latentprobe.probe import evaluate
+from latentprobe.probe.evaluate import evaluate_features
 from latentprobe.probe.features import FeatureSet
-from latentprobe.probe.heads import ProbeConfig, train_probe
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _separable(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Four Gaussian blobs far apart in 16-d: linearly separable."""
+def _blobs(n: int, seed: int, spread: float = 1.0, dim: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Four Gaussian classes in ``dim`` values: apart for spread 1, overlapping for larger spreads."""
     gen = torch.Generator().manual_seed(seed)
     labels = torch.randint(0, 4, (n,), generator=gen)
-    centres = torch.eye(16)[:4] * 6
-    return centres[labels] + torch.randn(n, 16, generator=gen), labels
+    centres = torch.eye(dim)[:4] * 6
+    return centres[labels] + spread * torch.randn(n, dim, generator=gen), labels
 
 
-def test_linear_probe_separates_a_separable_set():
-    splits = {name: _separable(n, seed) for name, n, seed in (("train", 800, 0), ("val", 200, 1), ("test", 400, 2))}
-    data = FeatureSet({k: v[0] for k, v in splits.items()}, {k: v[1] for k, v in splits.items()},
-                      ["a", "b", "c", "d"])
-    for head in ("linear", "bn_linear"):
-        result = train_probe(data, ProbeConfig(head=head, probe_epochs=20, probe_batch_size=32, probe_seed=0))
-        assert result.test_acc > 0.95, head
-        assert result.val_acc == max(h["val_acc"] for h in result.history)
-        assert result.confusion.sum() == 400 and result.confusion.trace() == round(result.test_acc * 400)
+def _data(spread: float = 1.0, sizes=(800, 200, 400), dim: int = 16) -> FeatureSet:
+    splits = {name: _blobs(n, seed, spread, dim) for name, n, seed in zip(("train", "val", "test"), sizes, (0, 1, 2))}
+    return FeatureSet({k: v[0] for k, v in splits.items()}, {k: v[1] for k, v in splits.items()}, ["a", "b", "c", "d"])
+
+
+def test_one_probe_one_setting_separates_a_separable_set():
+    for head in ("linear", "bn_linear", "logistic"):
+        cfg = ProbeConfig(head=head, probe_epochs=20, probe_batch_size=32).evaluation()
+        records, _ = evaluate_features(_data(), cfg, torch.device("cpu"))
+        result = records[head]
+        assert result["test"]["mean"] > 0.95 and result["test"]["n"] == 1, head
+        history = result["seeds"][0]["history"]
+        assert len(history) == 20 and result["chosen"]["val_acc"] == max(h["val_acc"] for h in history)
+        assert sum(map(sum, result["confusion"])) == 400
+        assert result["protocol"]["probe_patience"] is None and result["protocol"]["probe_seeds"] == 1
+
+
+def test_the_converged_logistic_probe_agrees_with_scikit_learn():
+    """The same objective (mean NLL + λ/2 |W|² on standardised features, the bias free) solved by
+    L-BFGS in scikit-learn and by our probe's Adam with a cosine lr: the same test accuracy."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    data, penalty = _data(spread=4.0, sizes=(1500, 300, 2000), dim=32), 1e-2
+    cfg = EvalConfig(probes=["logistic"], probe_lrs=[1e-2], probe_weight_decays=[penalty], probe_epochs=60,
+                     probe_patience=None, probe_schedule="cosine", probe_seeds=1, probe_batch_size=64)
+    ours = evaluate_features(data, cfg, torch.device("cpu"))[0]["logistic"]
+    scaler = StandardScaler().fit(data.features["train"].numpy())
+    sklearn = LogisticRegression(C=1 / (penalty * len(data.labels["train"])), max_iter=5000, tol=1e-8).fit(
+        scaler.transform(data.features["train"].numpy()), data.labels["train"].numpy())
+    reference = sklearn.score(scaler.transform(data.features["test"].numpy()), data.labels["test"].numpy())
+    assert 0.5 < reference < 0.95  # a set where the probes can differ
+    assert abs(ours["test"]["mean"] - reference) <= 0.003
+    convergence = ours["seeds"][0]["convergence"]
+    assert convergence["gradient_norm"] < 0.01 * convergence["initial_gradient_norm"]
+
+
+def test_a_refit_reads_the_test_set_only_after_the_choice(monkeypatch):
+    events = []
+    fit_heads, predict = evaluate.fit_heads, evaluate.predict
+
+    def logged_fit(kind, train, val, *args, **kwargs):
+        events.append(("refit" if val is None else "grid", len(train[1]), len(kwargs["settings"])))
+        return fit_heads(kind, train, val, *args, **kwargs)
+
+    def logged_predict(head, features, *args, **kwargs):
+        events.append(("test", len(features)))
+        return predict(head, features, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "fit_heads", logged_fit)
+    monkeypatch.setattr(evaluate, "predict", logged_predict)
+    cfg = EvalConfig(probes=["logistic"], probe_lrs=[1e-3, 1e-2], probe_weight_decays=[0.0], probe_epochs=5,
+                     probe_seeds=2, refit=True, probe_batch_size=64)
+    result = evaluate_features(_data(spread=3.0), cfg, torch.device("cpu"))[0]["logistic"]
+    assert events == [("grid", 800, 2), ("refit", 1000, 1), ("test", 400), ("refit", 1000, 1), ("test", 400)]
+    chosen = result["chosen"]
+    assert all(seed["best_epoch"] == chosen["best_epoch"] and seed["val_acc"] is None for seed in result["seeds"])
+    assert result["protocol"]["refit"] is True and result["test"]["n"] == 2

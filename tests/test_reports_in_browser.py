@@ -3,6 +3,7 @@ so) where Chromium is not installed: `apt-get install chromium` and `pip install
 in CI, which installs them, a missing browser is a failure."""
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -28,9 +29,14 @@ def test_a_report_of_the_one_writer_renders_every_figure_and_table(tmp_path):
     assert (tmp_path / "shot.png").stat().st_size > 0
 
 
-@pytest.mark.parametrize("page", sorted(DOCS.glob("*/*.html")), ids=lambda p: str(p.relative_to(DOCS)))
-def test_the_committed_reports_render(page):
+@pytest.mark.parametrize("page", sorted(DOCS.glob("**/*.html")), ids=lambda p: str(p.relative_to(DOCS)))
+def test_the_committed_reports_render_with_their_verdict_first(page):
+    """Every report in docs/: each figure decodes, each table is laid out, nothing is fetched; it opens
+    with its verdict; it names no machine's absolute paths."""
     assert_renders_in_chromium(page)
+    text = page.read_text()
+    assert "<h2>Verdict</h2>" in text and text.index("<h2>Verdict</h2>") < text.index("<table>")
+    assert not re.search(r"(/work/|/home/|/root/|/tmp/|/Users/|[A-Z]:\\)", text), "an absolute path"
 
 
 def test_the_check_sees_a_broken_figure_and_a_request_out(tmp_path):

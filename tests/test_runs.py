@@ -1,17 +1,11 @@
 """The Run object: one place for a run directory's files; results round-trip in one schema,
 and run directories written before it still read."""
 
-import json
-
 import pytest
-import torch
 from conftest import write_cifar10
 from eval_helpers import train_tiny_run
 
 from latentprobe.checkpoint import CheckpointError
-from latentprobe.probe.features import FeatureSet
-from latentprobe.probe.heads import ProbeConfig, probe_and_save
-from latentprobe.report.study_report import write_study_report
 from latentprobe.runs import Run, write_json
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -56,33 +50,23 @@ def test_a_saved_config_with_a_yaml_tag_is_one_line_for_the_reports(tmp_path):
         main(["report", str(tmp_path / "study")])
 
 
-def _features(dim: int = 6) -> FeatureSet:
-    generator = torch.Generator().manual_seed(0)
-    labels = {s: torch.arange(n) % 2 for s, n in (("train", 40), ("val", 20), ("test", 20))}
-    features = {s: torch.randn(len(y), dim, generator=generator) + 3 * y[:, None] for s, y in labels.items()}
-    return FeatureSet(features, labels, ["a", "b"])
-
-
-def test_probe_results_round_trip_one_file_per_head(tmp_path):
-    run = Run(tmp_path)
-    linear = probe_and_save(_features(), ProbeConfig(head="linear", probe_epochs=3), tmp_path, "cpu")
-    bn = probe_and_save(_features(), ProbeConfig(head="bn_linear", probe_epochs=3), tmp_path, "cpu")
-    assert run.probe_result("linear") == json.loads(json.dumps(linear))  # the second head did not overwrite it
-    assert run.probe_result("bn_linear")["probe_config"]["head"] == "bn_linear" == bn["probe_config"]["head"]
-    assert run.probe_result("linear")["latent_dim"] == 6 and run.probe_result("mlp") is None
-
-
 def test_old_result_files_read_in_the_one_schema(tmp_path):
-    """probe.json (one file, the last head; ``feature_dim``) and eval.json (``dim``) of older runs."""
+    """eval.json of version 1 (``dim``, one protocol per file, unprefixed options) reads as version 2."""
     run = Run(tmp_path)
-    write_json(tmp_path / "probe.json", {"feature_dim": 8, "test_acc": 0.5, "probe_config": {"head": "bn_linear"}})
-    assert run.probe_result("bn_linear")["latent_dim"] == 8 and run.probe_result("linear") is None
-    write_json(run.eval_file(), {"latent_dim": 8, "representations": {"pixels": {"dim": 3072, "probes": {}}},
+    probe = {"chosen": {"lr": 1e-3, "weight_decay": 0.0}, "seeds": [{"best_epoch": 15, "val_acc": 0.8, "test_acc": 0.79}]}
+    write_json(run.eval_file(), {"latent_dim": 8, "run": "/home/someone/runs/x", "host": "vm (x86_64)",
+                                 "representations": {"pixels": {"dim": 3072, "sizes": {"train": 9}, "probes": {
+                                     "bn_linear": probe, "knn_20": {"k": 20, "temperature": 0.07, "seeds": []}}}},
                                  "protocol": {"seeds": 3, "epochs": 15, "lrs": [1e-3], "schedule": "cosine"}})
     record = run.read_result(run.eval_file())
-    assert record["representations"]["pixels"]["latent_dim"] == 3072 and record["schema"] == 2
-    assert record["protocol"] == {"probe_seeds": 3, "probe_epochs": 15, "probe_lrs": [1e-3], "probe_schedule": "cosine",
-                                  "flip_train": False, "refit": False}  # version 1 options, named as now
+    pixels = record["representations"]["pixels"]
+    assert pixels["latent_dim"] == 3072 and record["schema"] == 2 and "protocol" not in record
+    assert pixels["probes"]["bn_linear"]["protocol"] == {
+        "probe_lrs": [1e-3], "probe_weight_decays": None, "probe_epochs": 15, "probe_patience": None,
+        "probe_schedule": "cosine", "probe_batch_size": None, "probe_seeds": 3, "flip_train": False, "refit": False}
+    assert pixels["probes"]["bn_linear"]["chosen"] == {"lr": 1e-3, "weight_decay": 0.0, "val_acc": 0.8, "best_epoch": 15}
+    assert pixels["probes"]["knn_20"]["protocol"] == {"k": 20, "knn_temperature": 0.07, "flip_train": False}
+    assert "run" not in record and "host" not in record  # a path and a host name from another machine
     write_json(run.eval_file(), {"schema": 7})
     with pytest.raises(ValueError, match="result schema 7; this latentprobe reads 2 and older"):
         run.read_result(run.eval_file())
@@ -91,20 +75,16 @@ def test_old_result_files_read_in_the_one_schema(tmp_path):
         run.read_result(run.eval_file())
 
 
-def test_a_study_written_before_one_file_per_head_still_rebuilds(tmp_path):
+def test_a_study_of_unevaluated_runs_is_refused_in_one_line(tmp_path):
+    from latentprobe.cli import main
+
     data = write_cifar10(tmp_path / "data", per_batch=40, test=50)
     study = tmp_path / "study"
-    run = Run(train_tiny_run(data, study / "latent_16"))
-    record = probe_and_save(_features(), ProbeConfig(head="linear", probe_epochs=2), run.path, "cpu")
-    record["history"] = [{**h, "test_acc": 0.5} for h in record["history"]]  # old files kept test curves
-    old = {("feature_dim" if k == "latent_dim" else k): v for k, v in record.items() if k != "probe_config"}
-    run.probe_file("linear").rename(run.path / "probe.json")
-    write_json(run.path / "probe.json", old)
-    (study / "config.yaml").write_text(
-        "config:\n  dataset: cifar10\n  val_size: 60\n  seed: 0\n  subset: null\n  lr: 0.001\n  batch_size: 32\n"
-        "  epochs: 1\n  c1: 4\n  c2: 8\n  probe_lr: 0.001\n  probe_epochs: 2\ncommand: latentprobe study\n")
-    report = write_study_report(study).read_text()
-    assert f"**{record['test_acc']:.4f}**" in report and "| 16 |" in report
+    train_tiny_run(data, study / "latent_16")  # probed by an older latentprobe: probe.json, no eval.json
+    (study / "config.yaml").write_text("config: {dataset: cifar10}\ncommand: latentprobe study\n")
+    with pytest.raises(SystemExit) as stop:
+        main(["report", str(study)])
+    assert str(stop.value.code).startswith("error: ") and "holds no evaluated latent_* runs" in str(stop.value.code)
 
 
 def test_a_corrupt_result_file_is_named_in_one_line(tmp_path, capsys):

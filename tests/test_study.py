@@ -1,5 +1,7 @@
 """The study command's options reach every run and the report (synthetic data, fast)."""
 
+import json
+
 import pytest
 import yaml
 from report_helpers import assert_html_matches_markdown
@@ -19,7 +21,9 @@ def test_denoising_study_passes_its_options_to_each_run_and_says_so(cifar10_root
     report = (out / "report.md").read_text()
     assert "denoising: input noise σ = 0.5" in report and "gradient norm clipped to 1.0" in report
     assert_html_matches_markdown(out / "report.md")
-    assert (out / "latent_8" / "probe_linear.json").is_file() and not (out / "latent_8" / "probe.json").exists()
+    record = json.loads((out / "latent_8" / "eval.json").read_text())
+    assert set(record["representations"]) == {"encoder", "random", "pixels"}  # its untrained twin; pixels once
+    assert "## Verdict" in report and "latent_size.png" in report
 
 
 def test_study_of_another_model_draws_its_latent_size_curve(cifar10_root, tmp_path):

@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 _API = {
     "Run": ("runs", "Run"),
     "TrainConfig": ("options", "TrainConfig"), "train": ("training.pretrain", "train"),
-    "ProbeConfig": ("options", "ProbeConfig"), "probe_run": ("probe.heads", "probe_run"),
+    "ProbeConfig": ("options", "ProbeConfig"),
     "EvalConfig": ("options", "EvalConfig"), "evaluate_run": ("probe.evaluate", "evaluate_run"),
     "load_eval": ("probe.evaluate", "load_eval"),
     "FinetuneConfig": ("options", "FinetuneConfig"), "finetune_run": ("training.finetune", "finetune"),

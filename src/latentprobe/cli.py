@@ -38,14 +38,15 @@ def cmd_train(args, cfg) -> None:
 
 
 def cmd_probe(args, cfg) -> None:
-    from latentprobe.probe.heads import probe_run
+    from latentprobe.probe.evaluate import evaluate_run
     from latentprobe.report.study_report import write_probe_figures
 
-    record = probe_run(args.run, cfg)
-    write_probe_figures(Path(args.run), record)
+    record = evaluate_run(Path(args.run), cfg.evaluation())
+    result = record["representations"]["encoder"]["probes"][cfg.head]
+    write_probe_figures(Path(args.run), cfg.head, result, record["class_names"])
     print(f"{args.run}: {cfg.head} probe on {record['latent_dim']}-d latents: validation accuracy "
-          f"{100 * record['val_acc']:.2f}%, test accuracy {100 * record['test_acc']:.2f}% "
-          f"(epoch {record['best_epoch']})")
+          f"{100 * result['chosen']['val_acc']:.2f}%, test accuracy {100 * result['test']['mean']:.2f}% "
+          f"(epoch {result['chosen']['best_epoch']})")
 
 
 def cmd_study(args, cfg) -> None:
@@ -126,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     command("evaluate", "probes (linear, BN + linear, logistic, MLP, kNN) and baselines over a run's latents, "
             "repeated seeds → RUN/eval.json", options.EvalConfig, cmd_evaluate,
             positionals=[(("runs",), dict(nargs="+", help="run directories made by `latentprobe train`"))])
-    command("probe", "evaluate's one-probe, one-seed case: the study's detector → RUN/probe_HEAD.json",
+    command("probe", "evaluate's one-probe, one-seed case (the study's detector) → RUN/eval.json",
             options.ProbeConfig, cmd_probe, positionals=[run])
     report = command("report", "the report of what the paths hold: a study, evaluated runs (a comparison), or "
                      "one run's frozen and fine-tuned classifiers", options.CompareConfig, cmd_report,

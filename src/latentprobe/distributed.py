@@ -5,6 +5,7 @@ alone writes checkpoints, metrics and pictures, and metrics are averaged across 
 """
 
 import os
+import platform
 
 import torch
 import torch.distributed as dist
@@ -39,6 +40,20 @@ def local_device(requested: str) -> torch.device:
             device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
     return device
+
+
+def machine(device: torch.device) -> str:
+    """The hardware a number was measured on, in words: the GPU's name, or the CPU's model and the
+    threads torch uses (never the host's name)."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA)"
+    model = platform.processor() or platform.machine()
+    try:
+        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
+        model = names[0] if names else model
+    except OSError:
+        pass
+    return f"{model} CPU, {torch.get_num_threads()} threads"
 
 
 def is_main_process() -> bool:

@@ -24,6 +24,9 @@ LABEL_TYPES = ("fine", "coarse")
 POOLS = (None, "cls", "mean")
 DATASETS = ("cifar10", "cifar100")
 SPLITS = ("train", "val", "test")
+# the options that decide a trained probe's numbers: its result's protocol (the MLP adds mlp_hidden)
+PROBE_OPTIONS = ("probe_lrs", "probe_weight_decays", "probe_epochs", "probe_patience", "probe_schedule",
+                 "probe_batch_size", "probe_seeds", "flip_train", "refit")
 PRESETS = {
     # a first look: a 4,000-image subset, few epochs (about a minute on a 2-core CPU)
     "quick": dict(subset=4000, epochs=3, probe_epochs=15),
@@ -217,24 +220,16 @@ class EvalConfig(RunData):
             raise ValueError("--probe-lrs and --probe-weight-decays need at least one value each")
         check_device(self.device)
 
-    def protocol(self) -> dict:
-        """The settings that decide the numbers (a saved result is reused only if they match)."""
-        from latentprobe import config as configuration
-
-        return {k: v for k, v in configuration.to_dict(self).items()
-                if k not in ("baselines", "layers", "data_dir", "download", "device", "threads")}
-
 
 @dataclass
 class ProbeConfig(RunData):
-    """``latentprobe probe``: one probe, one setting, one seed (the study's detector)."""
+    """``latentprobe probe``: evaluate's one-probe, one-setting, one-seed case (the study's detector)."""
     head: str = field(default="linear", metadata=help_text(f"the probe: {', '.join(HEADS)}"))
     probe_epochs: int = field(default=30, metadata=help_text("passes over the training features (best validation "
                                                              "epoch kept)"))
     probe_batch_size: int = field(default=256, metadata=help_text("feature vectors per probe step"))
     probe_lr: float = field(default=1e-3, metadata=help_text("the probe's Adam learning rate"))
     probe_weight_decay: float = field(default=0.0, metadata=help_text("the probe's L2 penalty, ≥ 0"))
-    probe_seed: int = field(default=0, metadata=help_text("the probe's init and batch order"))
     pool: str | None = field(default=None, metadata=help_text(
         "ViT encoders: cls or mean token pooling (default: the run's)"))
     device: str = field(default="auto", metadata=help_text("auto (CUDA if present), cpu, cuda or cuda:N"))
@@ -246,6 +241,14 @@ class ProbeConfig(RunData):
         check_range(self, "probe_weight_decay", 0)
         at_least_one(self, "probe_epochs", "probe_batch_size")
         check_device(self.device)
+
+    def evaluation(self) -> EvalConfig:
+        """This probe as ``evaluate`` runs it: one setting, seed 0, every epoch trained and the best
+        validation epoch kept, no baselines; its result joins the run's eval.json."""
+        return EvalConfig(probes=[self.head], baselines=[], probe_lrs=[self.probe_lr],
+                          probe_weight_decays=[self.probe_weight_decay], probe_epochs=self.probe_epochs,
+                          probe_patience=None, probe_seeds=1, probe_batch_size=self.probe_batch_size, pool=self.pool,
+                          device=self.device, data_dir=self.data_dir, download=self.download)
 
 
 @dataclass

@@ -6,6 +6,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator, ScalarFormatter  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -46,6 +47,8 @@ def line_chart(series: dict[str, tuple[list, list]], path: Path, *, title: str, 
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     if log_y:
         ax.set_yscale("log")
+    if xlabel.startswith(("epoch", "stage")):  # whole epochs and stages: no 1.25
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
     if right:
@@ -55,7 +58,59 @@ def line_chart(series: dict[str, tuple[list, list]], path: Path, *, title: str, 
         other.set_ylabel(right_label)
         handles, labels = [*handles, *other.get_legend_handles_labels()[0]], [*labels, *right]
     if len(handles) > 1:
-        ax.legend(handles, labels, fontsize=8)
+        _legend_beside(ax, handles, labels, offset=1.12 if right else 1.01)
+    return _save(fig, path)
+
+
+def _legend_beside(ax, handles=None, labels=None, offset: float = 1.01) -> None:
+    """The legend to the right of the axes, off the data."""
+    if handles is None:
+        handles, labels = ax.get_legend_handles_labels()
+    ax.legend(handles, labels, fontsize=8, loc="upper left", bbox_to_anchor=(offset, 1.0), frameon=False)
+
+
+def errorbar_chart(series: dict[str, list[tuple[float, float, float]]], path: Path, *, title: str, xlabel: str,
+                   ylabel: str, log_x: bool = False, dashed: list[str] = (),
+                   front: list[tuple[float, float]] | None = None) -> Path:
+    """Curves of ``{label: [(x, y, error)]}`` with error bars; ``dashed`` labels drawn dashed in the
+    colour of the solid curve of the same family (its label up to the last comma); ``front``: the
+    points of a Pareto front, joined by a grey line."""
+    fig, ax = plt.subplots(figsize=(6.8, 4.0))
+    colours = {}
+    for label, points in series.items():
+        x, y, err = map(list, zip(*points))
+        family = label.rsplit(",", 1)[0]
+        colour = colours.setdefault(family, f"C{len(colours) % 10}")
+        ax.errorbar(x, y, yerr=err, marker="o", markersize=4, capsize=3, linestyle="--" if label in dashed else "-",
+                    color=colour, label=label)
+    if front:
+        fx, fy = zip(*front)
+        ax.plot(fx, fy, color="0.5", linewidth=1, zorder=0, label="Pareto front")
+    if log_x:
+        ax.set_xscale("log", base=2 if all(float(x).is_integer() for p in series.values() for x, *_ in p) else 10)
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    _legend_beside(ax)
+    return _save(fig, path)
+
+
+def class_heatmap(values: dict[str, list[float]], class_names: list[str], path: Path, *, title: str) -> Path:
+    """A (series × class) table of percentages as a heat map with the numbers written in: readable
+    at page width where grouped bars of many series are not."""
+    labels = list(values)
+    matrix = np.array([values[label] for label in labels]) * 100
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(class_names) + 2), 0.45 * len(labels) + 1.6))
+    image = ax.imshow(matrix, cmap="Blues", vmin=0, vmax=100, aspect="auto")
+    fig.colorbar(image, ax=ax, fraction=0.03, label="%")
+    ax.set_xticks(np.arange(len(class_names)), class_names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(np.arange(len(labels)), labels, fontsize=8)
+    if len(class_names) <= 20:
+        for i in range(len(labels)):
+            for j in range(len(class_names)):
+                ax.text(j, i, f"{matrix[i, j]:.0f}", ha="center", va="center", fontsize=7,
+                        color="white" if matrix[i, j] > 60 else "black")
+    ax.set_title(title, fontsize=10)
     return _save(fig, path)
 
 
@@ -71,13 +126,17 @@ def grouped_bars(values: dict[str, list[float]], categories: list[str], path: Pa
         yerr = errors.get(label) if errors else None
         ax.bar(x + (i - (len(values) - 1) / 2) * width, heights, width, label=label, yerr=yerr,
                capsize=2 if yerr is not None else 0, error_kw={"elinewidth": 0.8})
-    tilt = len(categories) > 10 or max(map(len, categories), default=0) > 8  # long labels would overlap
-    ax.set_xticks(x, categories, rotation=45 if tilt else 0, ha="right" if tilt else "center", fontsize=8)
+        for j, height in enumerate(heights):
+            if height is None or np.isnan(height):  # a probe that did not run: said, not drawn as 0
+                ax.text(x[j] + (i - (len(values) - 1) / 2) * width, 1, "not run", rotation=90, ha="center",
+                        va="bottom", fontsize=6, color="0.4")
+    tilt = len(categories) > 6 or max(map(len, categories), default=0) > 8  # long labels would overlap
+    ax.set_xticks(x, categories, rotation=30 if tilt else 0, ha="right" if tilt else "center", fontsize=8)
     ax.set(title=title, ylabel=ylabel)
     if ylim is not None:
         ax.set_ylim(*ylim)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, ncol=min(len(values), 6))
+    _legend_beside(ax)
     return _save(fig, path)
 
 

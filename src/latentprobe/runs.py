@@ -18,6 +18,7 @@ import torch
 from latentprobe.checkpoint import AUTOENCODER, CheckpointError, load_checkpoint
 from latentprobe.data.cifar import Split, load_split, take, train_val_split
 from latentprobe.models import create_model
+from latentprobe.options import PROBE_OPTIONS
 
 CONFIG = "config.yaml"
 CHECKPOINT = "checkpoint.pt"
@@ -84,10 +85,6 @@ class Run:
 
     def classifier_file(self, label_type: str = "fine") -> Path:
         return self.path / ("classifier.pt" if label_type == "fine" else f"classifier_{label_type}.pt")
-
-    def probe_file(self, head: str) -> Path:
-        """One file per probe head (``latentprobe probe``, the study): a head never overwrites another's."""
-        return self.path / f"probe_{head}.json"
 
     def finetune_file(self, frozen: bool = False) -> Path:
         return self.path / ("finetune_frozen.json" if frozen else "finetune.json")
@@ -159,16 +156,6 @@ class Run:
         """A result file of this run, in the current schema whatever its age (``upgrade``)."""
         return upgrade(read_json(path), Path(path))
 
-    def probe_result(self, head: str = "linear") -> dict | None:
-        """What ``latentprobe probe`` / the study wrote for ``head``, or None. Runs made before one
-        file per head kept the last head's record in probe.json: it is read when it is that head's."""
-        path = self.probe_file(head)
-        if not path.is_file():
-            path = self.path / "probe.json"
-            if not path.is_file() or read_json(path).get("probe_config", {}).get("head", "linear") != head:
-                return None
-        return self.read_result(path)
-
     def exclusive(self):
         """The one-writer lock of a run that exists: a mistyped path is refused, no folder made."""
         self.checkpoint  # noqa: B018 - read (and cached) here, so a missing or foreign one stops us first
@@ -189,9 +176,10 @@ def run_splits(train_config: dict, data_dir: str | None = None, label_type: str 
 
 
 def upgrade(record, path: Path):
-    """A result record in the current schema: version 1 files (no ``schema``) have their latent
-    size renamed ``latent_dim`` and their probe options ``probe_*``, with the defaults of options
-    that came later; a record of a newer version, or not a mapping, is refused in one line."""
+    """A result record in the current schema. Version 1 files (no ``schema``) name the latent's
+    size ``latent_dim``, their probe options ``probe_*`` (with the defaults of options that came
+    later), keep one protocol per probe result instead of one per file, and lose the absolute run
+    path and host name they stored. A record of a newer version, or not a mapping, is one line."""
     if not isinstance(record, dict):
         raise ValueError(f"{path} holds a {type(record).__name__}, not a latentprobe result; delete it and run the "
                          f"command that wrote it again")
@@ -201,7 +189,8 @@ def upgrade(record, path: Path):
     if version != 1:
         raise ValueError(f"{path} has result schema {version!r}; this latentprobe reads {SCHEMA} and older: "
                          f"upgrade latentprobe, or run the command that wrote it again")
-    for holder in [record, *(record.get("representations") or {}).values()]:
+    representations = record.get("representations") or {}
+    for holder in [record, *representations.values()]:
         for old in _OLD_SIZE_NAMES:
             if isinstance(holder, dict) and old in holder and "latent_dim" not in holder:
                 holder["latent_dim"] = holder.pop(old)
@@ -211,7 +200,21 @@ def upgrade(record, path: Path):
                 if old in options:
                     options[new] = options.pop(old)
     if isinstance(record.get("protocol"), dict):
-        record["protocol"] = {"probe_schedule": "constant", "flip_train": False, "refit": False, **record["protocol"]}
+        protocol = {"probe_schedule": "constant", "flip_train": False, "refit": False, **record.pop("protocol")}
+        for representation in representations.values():
+            for name, probe in representation.get("probes", {}).items():
+                if name.startswith("knn_"):
+                    probe["protocol"] = {"k": probe.get("k"), "knn_temperature": probe.get("temperature"),
+                                         "flip_train": protocol["flip_train"]}
+                    continue
+                keys = PROBE_OPTIONS + (("mlp_hidden",) if name == "mlp" else ())
+                probe["protocol"] = {key: protocol.get(key) for key in keys}
+                first = (probe.get("seeds") or [{}])[0]
+                probe["chosen"] = {**probe.get("chosen", {}), "val_acc": first.get("val_acc"),
+                                   "best_epoch": first.get("best_epoch")}
+                probe.setdefault("sizes", representation.get("sizes"))
+    for stale in ("run", "host"):  # where it was made: a path and a host name that mean nothing elsewhere
+        record.pop(stale, None)
     record["schema"] = SCHEMA
     return record
 

@@ -40,6 +40,7 @@ Whitening statistics and the data layer's pixel statistics are buffers, so they 
 checkpoint with the filters and ``encode`` gives the same latent wherever the checkpoint is loaded.
 """
 
+import logging
 import warnings
 
 import torch
@@ -321,6 +322,8 @@ def _fused_pool(*args) -> torch.Tensor:
     separate passes of eager mode); eager where compilation is unavailable (no C++ compiler)."""
     global _compiled
     if _compiled is None:
+        # compiling on a CPU with torch's CUDA build logs that no CUDA runtime is found: true, and no matter
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         _compiled = torch.compile(pooled_codes, dynamic=False)
     if _compiled is pooled_codes:
         return pooled_codes(*args)

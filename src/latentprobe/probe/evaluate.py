@@ -1,24 +1,30 @@
 """``latentprobe evaluate``: every probe over every representation of a run, on cached features.
 
 Representations: the run's trained encoder and the baselines (the same encoder with its
-untrained initial weights, PCA of the pixels to the latent size, raw pixels). Probes: the
-study's linear head, the linear head after BatchNorm (MAE's protocol), an MLP with one hidden
-layer, and weighted cosine kNN.
+untrained initial weights, the 2011 k-means reference for patch models, PCA of the pixels to the
+latent size, raw pixels). Probes: the study's linear head, the linear head after BatchNorm (MAE's
+protocol), logistic regression on standardised features (trained to convergence), an MLP with one
+hidden layer, and weighted cosine kNN.
 
 Protocol, for each trained probe: every (lr, weight decay) of the grid is trained with seed 0
-for at most ``epochs`` epochs, keeping the epoch of best validation accuracy (training stops
-after ``patience`` epochs without improvement). The grid point with the best validation
-accuracy is then trained with seeds 0 … N-1 (seed 0 is the grid run itself), and each seed's
-head reads the test set once. kNN has no training and no randomness; it is run once per k.
+for at most ``probe_epochs`` epochs, all in one pass over the features per epoch, each keeping
+the epoch of its best validation accuracy (stopping after ``probe_patience`` epochs without
+improvement). The grid point with the best validation accuracy is then trained with seeds 0 …
+N-1 (seed 0 is the grid run itself), and each seed's probe reads the test set once. With
+``refit`` each seed instead trains on the training and validation images together, for the
+chosen setting's epochs, before its one reading of the test set. kNN has no training and no
+randomness; it is run once per k.
 
 Results go to RUN/eval.json (eval_coarse.json for CIFAR-100's coarse labels), written after
-every representation so an interrupted evaluation continues where it stopped. The better of
-the two seed-0 linear heads on the encoder is saved as RUN/classifier.pt for ``predict``.
+every representation. Each probe's result carries its ``protocol`` (the options that decide its
+numbers): a later call reuses a result whose protocol is asked for again, computes what is
+missing, and keeps what it was not asked about, so ``latentprobe probe`` (one probe, one
+setting, one seed) and a full evaluation share one file. The best linear probe on the encoder
+(by validation accuracy) is saved as RUN/classifier.pt for ``predict``.
 """
 
 import datetime
 import itertools
-import platform
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,18 +33,29 @@ import torch
 
 from latentprobe import config as configuration
 from latentprobe.checkpoint import CLASSIFIER, save_checkpoint, weights_digest
-from latentprobe.distributed import local_device
+from latentprobe.distributed import local_device, machine
 from latentprobe.metrics import confusion_matrix, mean_std
-from latentprobe.options import EvalConfig
-from latentprobe.probe.features import (
-    FeatureSet,
-    layer_names,
-    pixel_features,
-    representation_features,
-)
+from latentprobe.options import PROBE_OPTIONS, EvalConfig
+from latentprobe.probe.features import FeatureSet, layer_names, pixel_features, representation_features
 from latentprobe.probe.heads import fit_heads, predict
 from latentprobe.probe.knn import knn_predict
+from latentprobe.probe.store import ConcatRows
 from latentprobe.runs import SCHEMA, Run, write_json
+
+LINEAR_PROBES = ("bn_linear", "logistic", "linear")  # the kinds a classifier.pt can hold
+
+
+def probe_names(cfg: EvalConfig) -> list[str]:
+    """The result names ``cfg`` asks for: each trained probe, and ``knn_K`` for every k."""
+    return [p for p in cfg.probes if p != "knn"] + ([f"knn_{k}" for k in cfg.knn_k] if "knn" in cfg.probes else [])
+
+
+def probe_protocol(cfg: EvalConfig, probe: str) -> dict:
+    """The options that decide the numbers of ``probe`` (a saved result is reused only under them)."""
+    if probe.startswith("knn_"):
+        return {"k": int(probe.split("_")[1]), "knn_temperature": cfg.knn_temperature, "flip_train": cfg.flip_train}
+    protocol = {name: getattr(cfg, name) for name in PROBE_OPTIONS}
+    return {**protocol, "mlp_hidden": cfg.mlp_hidden} if probe == "mlp" else protocol
 
 
 def _summary(values: list[float]) -> dict:
@@ -46,70 +63,95 @@ def _summary(values: list[float]) -> dict:
 
 
 def _fit(kind: str, train, val, num_classes: int, cfg: EvalConfig, *, settings: list[tuple[float, float]],
-         seed: int, device) -> list:
-    """``fit_heads`` under the protocol's options, printing each head's outcome as it ends."""
+         seed: int, device, epochs: int | None = None) -> list:
+    """``fit_heads`` under the protocol's options, printing each head's outcome as it ends (``val``
+    None: a refit for ``epochs``, the last kept)."""
     started = time.perf_counter()
-    fits = fit_heads(kind, train, val, num_classes, settings=settings, epochs=cfg.probe_epochs,
-                     batch_size=cfg.probe_batch_size, seed=seed, patience=cfg.probe_patience, hidden=cfg.mlp_hidden,
-                     schedule=cfg.probe_schedule, device=device,
-                     desc=f"{kind} seed {seed}")
+    fits = fit_heads(kind, train, val, num_classes, settings=settings, epochs=epochs or cfg.probe_epochs,
+                     batch_size=cfg.probe_batch_size, seed=seed,
+                     patience=cfg.probe_patience if val is not None else None, hidden=cfg.mlp_hidden,
+                     schedule=cfg.probe_schedule, device=device, desc=f"{kind} seed {seed}")
     for fit, (lr, weight_decay) in zip(fits, settings):
-        print(f"  {kind} lr {lr:g} weight decay {weight_decay:g} seed {seed}: validation {100 * fit.val_acc:.2f}% "
-              f"(epoch {fit.best_epoch}), {time.perf_counter() - started:.0f} s", flush=True)
+        outcome = (f"validation {100 * fit.val_acc:.2f}% (epoch {fit.best_epoch})" if val is not None
+                   else f"refit on training + validation for {fit.best_epoch} epochs")
+        print(f"  {kind} lr {lr:g} weight decay {weight_decay:g} seed {seed}: {outcome}, gradient norm "
+              f"{fit.convergence['gradient_norm']:.3g} (from {fit.convergence['initial_gradient_norm']:.3g}), "
+              f"{time.perf_counter() - started:.0f} s", flush=True)
     return fits
 
 
 def trained_probe(kind: str, train, val, test, num_classes: int, cfg: EvalConfig, device) -> tuple[dict, tuple]:
     """The grid on validation (seed 0, every setting in one pass over the features), then every
-    seed at the chosen point reads the test set once. Returns the record and (seed-0 head, chosen setting)."""
+    seed at the chosen point (refit on training + validation with ``cfg.refit``) reads the test
+    set once. Returns the record and (seed-0 probe, chosen setting)."""
+    started = time.perf_counter()
     settings = list(itertools.product(cfg.probe_lrs, cfg.probe_weight_decays))
     fits = _fit(kind, train, val, num_classes, cfg, settings=settings, seed=0, device=device)
     grid = [{"lr": lr, "weight_decay": weight_decay, "best_epoch": fit.best_epoch, "val_acc": fit.val_acc}
             for fit, (lr, weight_decay) in zip(fits, settings)]
     chosen_fit, chosen = max(zip(fits, grid), key=lambda item: item[1]["val_acc"])  # first of equals wins
-    seeds = []
+    point = [(chosen["lr"], chosen["weight_decay"])]
+    both = (ConcatRows(train[0], val[0]), torch.cat([train[1], val[1].to(train[1].device)]))
+    seeds, first = [], None
     for seed in range(cfg.probe_seeds):
-        fit = chosen_fit if seed == 0 else _fit(kind, train, val, num_classes, cfg, seed=seed, device=device,
-                                                settings=[(chosen["lr"], chosen["weight_decay"])])[0]
+        if cfg.refit:  # the choice made, the validation images join the training ones
+            fit = _fit(kind, both, None, num_classes, cfg, settings=point, seed=seed, device=device,
+                       epochs=chosen["best_epoch"])[0]
+        else:
+            fit = chosen_fit if seed == 0 else _fit(kind, train, val, num_classes, cfg, settings=point, seed=seed,
+                                                    device=device)[0]
         predictions = predict(fit.head, test[0]).cpu()  # the one reading of the test set
         seeds.append({"seed": seed, "best_epoch": fit.best_epoch, "val_acc": fit.val_acc,
-                      "test_acc": (predictions == test[1]).float().mean().item()})
+                      "test_acc": (predictions == test[1]).float().mean().item(), "convergence": fit.convergence,
+                      **({"history": fit.history} if seed == 0 else {})})
         if seed == 0:
-            confusion = confusion_matrix(test[1], predictions, num_classes)
-    record = {"grid": grid, "chosen": {k: chosen[k] for k in ("lr", "weight_decay")},
-              "seeds": seeds, "test": _summary([s["test_acc"] for s in seeds]), "confusion": confusion.tolist()}
-    return record, (chosen_fit.head.cpu(), chosen)
+            first, confusion = fit, confusion_matrix(test[1], predictions, num_classes)
+    record = {"protocol": probe_protocol(cfg, kind), "sizes": _sizes(train, val, test), "grid": grid,
+              "chosen": chosen,
+              "seeds": seeds, "test": _summary([s["test_acc"] for s in seeds]), "confusion": confusion.tolist(),
+              "seconds": time.perf_counter() - started}
+    return record, (first.head.cpu(), chosen)
 
 
-def knn_probes(train, val, test, num_classes: int, cfg: EvalConfig) -> dict:
+def _sizes(train, val, test) -> dict:
+    return {"train": len(train[1]), "val": len(val[1]), "test": len(test[1])}
+
+
+def knn_probes(train, val, test, num_classes: int, cfg: EvalConfig, ks: list[int]) -> dict:
     """One record per k; no seeds: kNN has neither training nor randomness."""
-    args = dict(num_classes=num_classes, ks=tuple(cfg.knn_k), temperature=cfg.knn_temperature)
+    started = time.perf_counter()
+    args = dict(num_classes=num_classes, ks=tuple(ks), temperature=cfg.knn_temperature)
     on_val, on_test = knn_predict(*train, val[0], **args), knn_predict(*train, test[0], **args)
     records = {}
-    for k in cfg.knn_k:
+    for k in ks:
         test_acc = (on_test[k] == test[1]).float().mean().item()
-        records[f"knn_{k}"] = {"k": k, "temperature": cfg.knn_temperature, "deterministic": True,
+        records[f"knn_{k}"] = {"protocol": probe_protocol(cfg, f"knn_{k}"), "sizes": _sizes(train, val, test),
+                               "deterministic": True,
                                "seeds": [{"val_acc": (on_val[k] == val[1].cpu()).float().mean().item(),
                                           "test_acc": test_acc}],
                                "test": _summary([test_acc]),
-                               "confusion": confusion_matrix(test[1], on_test[k], num_classes).tolist()}
+                               "confusion": confusion_matrix(test[1], on_test[k], num_classes).tolist(),
+                               "seconds": time.perf_counter() - started}
     return records
 
 
-def evaluate_features(data: FeatureSet, cfg: EvalConfig, device: torch.device) -> tuple[dict, dict]:
-    """All probes of ``cfg`` over one FeatureSet: (record for eval.json, seed-0 heads by probe)."""
-    data = data.to(device)  # features stay on the device for every probe below
+def evaluate_features(data: FeatureSet, cfg: EvalConfig, device: torch.device,
+                      probes: list[str] | None = None) -> tuple[dict, dict]:
+    """The ``probes`` (result names; default: all of ``cfg``'s) over one FeatureSet: (their records,
+    seed-0 probes and chosen settings by kind)."""
+    probes = probe_names(cfg) if probes is None else probes
+    data = data.to(device)  # in-memory features stay on the device for every probe below
     train = (data.features["train"], data.labels["train"])
     val = (data.features["val"], data.labels["val"])
     test = (data.features["test"], data.labels["test"].cpu())
     num_classes = len(data.class_names)
-    probes, heads = {}, {}
-    for kind in (p for p in cfg.probes if p != "knn"):
-        probes[kind], heads[kind] = trained_probe(kind, train, val, test, num_classes, cfg, device)
-    if "knn" in cfg.probes:
-        probes.update(knn_probes(train, val, test, num_classes, cfg))
-    sizes = {split: len(labels) for split, labels in data.labels.items()}
-    return {"latent_dim": data.dim, "sizes": sizes, "probes": probes}, heads
+    records, heads = {}, {}
+    for kind in (p for p in probes if not p.startswith("knn_")):
+        records[kind], heads[kind] = trained_probe(kind, train, val, test, num_classes, cfg, device)
+    ks = [int(p.split("_")[1]) for p in probes if p.startswith("knn_")]
+    if ks:
+        records.update(knn_probes(train, val, test, num_classes, cfg, ks))
+    return records, heads
 
 
 def _encoder_params(model) -> int:
@@ -125,34 +167,38 @@ def _encoder_params(model) -> int:
 
 def run_info(run: Run, device, pool: str | None = None) -> dict:
     """What a result needs to say about the run it came from: model, sizes, the probed epoch and
-    its reconstruction, the weights' digest, training time."""
+    its reconstruction, the weights' digest, training time (the steps alone, and the epochs' wall
+    time with validation and pictures where the run recorded it) and the hardware."""
     model = run.model(device, pool)
     history = run.metrics()
     probed = next((h for h in history if h.get("epoch") == run.probed_epoch), history[-1] if history else {})
-    return {"run": str(run.path), "model_name": run.model_name, "latent_dim": model.latent_dim,
+    wall = [h.get("epoch_wall_seconds") for h in history]
+    return {"model_name": run.model_name, "latent_dim": model.latent_dim,
             "params": sum(p.numel() for p in model.parameters()), "encoder_params": _encoder_params(model),
             "train_config": run.train_config, "model_config": run.checkpoint["model_config"],
             "pool": getattr(model, "pool", None), "weights": weights_digest(model),
             "epochs_trained": run.checkpoint["epoch"], "probed_epoch": run.probed_epoch,
             "val_mse": probed.get("val_mse"), "val_psnr": probed.get("val_psnr"),
-            "train_seconds": sum(h.get("epoch_seconds", 0.0) for h in history)}
+            "train_seconds": sum(h.get("epoch_seconds", 0.0) for h in history),
+            "train_wall_seconds": sum(wall) if wall and None not in wall else None,
+            "trained_on": next((h["machine"] for h in reversed(history) if "machine" in h), None)}
 
 
-def _save_classifier(run: Run, heads: dict, record: dict, class_names: list[str], cfg: EvalConfig,
-                     pool: str | None, weights: str) -> None:
-    """The better (by validation accuracy) of the two seed-0 linear heads on the encoder."""
-    linear = [kind for kind in ("bn_linear", "linear") if kind in heads]
+def _save_classifier(run: Run, heads: dict, records: dict, class_names: list[str], cfg: EvalConfig,
+                     pool: str | None, weights: str) -> str | None:
+    """The best (by validation accuracy at the chosen setting) of the seed-0 linear probes just
+    trained on the encoder, as RUN/classifier.pt; returns its kind."""
+    linear = [kind for kind in LINEAR_PROBES if kind in heads]
     if not linear:
-        return
-    kind = max(linear, key=lambda k: record["probes"][k]["seeds"][0]["val_acc"])
+        return None
+    kind = max(linear, key=lambda k: records[k]["chosen"]["val_acc"])
     head, chosen = heads[kind]
     save_checkpoint(run.classifier_file(cfg.label_type), kind=CLASSIFIER, head=kind,
-                    in_dim=record["latent_dim"], num_classes=len(class_names), hidden=cfg.mlp_hidden,
+                    in_dim=head.linear.in_features, num_classes=len(class_names), hidden=cfg.mlp_hidden,
                     state_dict=head.state_dict(), class_names=class_names, label_type=cfg.label_type, pool=pool,
                     lr=chosen["lr"], weight_decay=chosen["weight_decay"], weights=weights,
-                    val_acc=record["probes"][kind]["seeds"][0]["val_acc"],
-                    test_acc=record["probes"][kind]["seeds"][0]["test_acc"])
-    record["classifier"] = kind
+                    val_acc=chosen["val_acc"], test_acc=records[kind]["seeds"][0]["test_acc"])
+    return kind
 
 
 @contextmanager
@@ -179,53 +225,54 @@ def evaluate_run(run: Run | Path | str, cfg: EvalConfig) -> dict:
 
 def _evaluate_run(run: Run, cfg: EvalConfig) -> dict:
     device = local_device(cfg.device)
-    run_dir = run.path
-    print(f"{run_dir}: evaluating with {cfg.protocol()} on {device}", flush=True)
     path = run.eval_file(cfg.label_type)
     info = run_info(run, device, cfg.pool)
     if not info["train_config"].get("val_size"):
-        raise ValueError(f"{run_dir} was trained with val_size 0; the probes need a validation split "
+        raise ValueError(f"{run.path} was trained with val_size 0; the probes need a validation split "
                          f"to choose their settings (train with --val-size > 0)")
+    print(f"{run.path}: evaluating {', '.join(probe_names(cfg))} on {device}", flush=True)
     previous = run.read_result(path) if path.exists() else {}
-    # results are reused only for the same protocol on the same weights and images
-    same = all(previous.get(k) == v for k, v in (("protocol", cfg.protocol()), ("weights", info["weights"]),
-                                                  ("train_config", info["train_config"])))
-    done = previous.get("representations", {}) if same else {}
-    record = {"schema": SCHEMA, **info, "label_type": cfg.label_type, "protocol": cfg.protocol(), "device": str(device),
-              "host": f"{platform.node()} ({platform.machine()}, torch threads: {torch.get_num_threads()})",
+    # results are kept only for the same weights, images, labels and pooling
+    identity = ("weights", "train_config", "pool")
+    same = all(previous.get(k) == info[k] for k in identity) and previous.get("label_type") == cfg.label_type
+    record = {"schema": SCHEMA, **info, "label_type": cfg.label_type, "machine": machine(device),
               "date": datetime.datetime.now().isoformat(timespec="seconds"), "command": configuration.command_line(),
-              "git_sha": configuration.git_sha(), "class_names": previous.get("class_names"),
-              "representations": done}
+              "git_sha": configuration.git_sha(), "class_names": previous.get("class_names") if same else None,
+              "representations": previous.get("representations", {}) if same else {}}
     pixels = None
     for name in ["encoder", *layer_names(run, cfg.layers, cfg.pool), *cfg.baselines]:
-        if name in done:
-            print(f"{run_dir}: {name} already evaluated under this protocol", flush=True)
+        done = record["representations"].get(name, {"probes": {}})
+        missing = [p for p in probe_names(cfg) if done["probes"].get(p, {}).get("protocol") != probe_protocol(cfg, p)]
+        if not missing:
+            print(f"{run.path}: {name} already evaluated under this protocol", flush=True)
             continue
-        started, cpu_started = time.perf_counter(), time.process_time()
+        started = time.perf_counter()
         if name in ("pca", "pixels") and pixels is None:  # one pixel FeatureSet serves both
             pixels = pixel_features(run.splits(cfg.label_type), device, cfg.flip_train)
         data = representation_features(run, name, device, cfg.label_type, pixels=pixels, pool=cfg.pool,
                                        flip_train=cfg.flip_train)
-        result, heads = evaluate_features(data, cfg, device)
-        # wall and CPU (all threads) seconds: on a shared machine the two tell different stories
-        result["seconds"], result["cpu_seconds"] = time.perf_counter() - started, time.process_time() - cpu_started
-        result["date"] = datetime.datetime.now().isoformat(timespec="seconds")  # when these probes ran
+        records, heads = evaluate_features(data, cfg, device, missing)
         record["class_names"] = data.class_names
+        done = {**done, "latent_dim": data.dim, "probes": {**done["probes"], **records},
+                "date": datetime.datetime.now().isoformat(timespec="seconds")}
         if name == "encoder":
-            _save_classifier(run, heads, result, data.class_names, cfg, info["pool"], info["weights"])
-        record["representations"][name] = result
+            done["classifier"] = _save_classifier(run, heads, records, data.class_names, cfg, info["pool"],
+                                                  info["weights"]) or done.get("classifier")
+        record["representations"][name] = done
         write_json(path, record)
-        print(f"{run_dir}: {name} ({result['latent_dim']}-d, {result['seconds']:.0f} s): " + ", ".join(
-            f"{probe} {100 * r['test']['mean']:.2f}±{100 * r['test']['std']:.2f}"
-            for probe, r in result["probes"].items()), flush=True)
+        print(f"{run.path}: {name} ({done['latent_dim']}-d, {time.perf_counter() - started:.0f} s): " + ", ".join(
+            f"{probe} {100 * r['test']['mean']:.2f}±{100 * r['test']['std']:.2f}" for probe, r in records.items()),
+            flush=True)
     write_json(path, record)
-    return record
+    return load_eval(run, cfg.label_type)
 
 
 def load_eval(run: Run | Path | str, label_type: str = "fine") -> dict:
+    """RUN/eval.json (or eval_coarse.json), with ``run`` set to the path it was read from (a copied
+    run reports itself, never the original it was copied from)."""
     run = Run.of(run)
     path = run.eval_file(label_type)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; run `latentprobe evaluate {run.path}"
                                 f"{'' if label_type == 'fine' else ' --label-type ' + label_type}` first")
-    return run.read_result(path)
+    return {**run.read_result(path), "run": str(run.path)}

@@ -1,34 +1,27 @@
-"""The detector: a one-layer classifier over cached latents.
+"""The probe: a classifier over cached latents, and the one trainer of every probe.
 
-``head="linear"`` is the study's classifier (Linear → log-softmax, NLL loss, Adam lr 1e-3);
-``head="bn_linear"`` is the linear-probe protocol of MAE: BatchNorm1d without affine
-parameters before the Linear, so the features' scale does not decide the result.
-``mlp`` adds one hidden layer.
+``linear`` is the study's classifier (Linear → log-softmax, NLL loss, Adam); ``bn_linear`` is the
+linear-probe protocol of MAE: BatchNorm1d without affine parameters before the Linear, so the
+features' scale does not decide the result; ``logistic`` is multinomial logistic regression on
+features standardised with the training set's statistics, its L2 penalty on the weights only (a
+convex problem, trained until its gradient is near 0); ``mlp`` adds one hidden layer.
 
-One trainer, ``fit_heads``, serves every probe: it trains several heads of one kind, one per
-(lr, weight decay), in one pass over the features per epoch, never sees the test set and returns
-each head at the epoch of its best *validation* accuracy. ``train_probe`` (the study,
-``latentprobe probe``) and the evaluation suite (evaluate.py, with its grid and seeds) then read
+``fit_heads`` trains several heads of one kind, one per (lr, weight decay), in one pass over the
+features per epoch, never sees the test set and returns each head at the epoch of its best
+*validation* accuracy. The evaluation suite (evaluate.py: grid, seeds, refit, baselines) reads
 the test set once with the chosen head.
 """
 
 import copy
-import dataclasses
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from latentprobe.distributed import local_device
-from latentprobe.metrics import confusion_matrix, precision_recall
-from latentprobe.options import HEADS, ProbeConfig
-from latentprobe.probe.features import FeatureSet, run_features
+from latentprobe.options import HEADS
 from latentprobe.probe.store import shuffled_batches
-from latentprobe.runs import SCHEMA, Run, write_json
 from latentprobe.training.engine import lr_at
 
 
@@ -123,22 +116,33 @@ class HeadBank(nn.Module):
     def forward(self, features: torch.Tensor) -> list[torch.Tensor]:
         weight = torch.cat([layer.weight for layer in self.firsts])  # (G·H, D): one product for all heads
         bias = torch.cat([layer.bias for layer in self.firsts])
-        hidden = F.linear(self.norm(features), weight, bias).split([layer.out_features for layer in self.firsts], 1)
+        # The normalisation is affine per feature, (x - mean) / scale, so it folds into the first
+        # layer: W' = W / scale, b' = b - W' mean. The product then reads the features as they are,
+        # with no normalised copy of the batch (the features need no gradient).
+        mean, scale = self._statistics(features)
+        if mean is not None:
+            weight = weight / scale
+            bias = bias - weight @ mean
+        hidden = F.linear(features, weight, bias).split([layer.out_features for layer in self.firsts], 1)
         return [F.log_softmax(rest(h), dim=1) for rest, h in zip(self.rests, hidden)]  # G × (B, C)
 
-
-@dataclass
-class ProbeResult:
-    history: list[dict]  # per epoch: train_loss, train_acc, val_acc (no test numbers)
-    best_epoch: int
-    val_acc: float
-    test_acc: float
-    test_predictions: torch.Tensor  # at the best validation epoch
-    confusion: object  # np.ndarray (C, C) on the test set at the best epoch
-    head: LinearHead
-
-    def summary(self) -> dict:
-        return {"best_epoch": self.best_epoch, "val_acc": self.val_acc, "test_acc": self.test_acc}
+    @torch.no_grad()
+    def _statistics(self, features: torch.Tensor):
+        """(mean, scale) of the input normalisation, as its module would apply it; (None, None) for none.
+        A BatchNorm in training uses the batch's statistics and updates its running ones as it would."""
+        norm = self.norm
+        if isinstance(norm, Standardize):
+            return norm.mean, norm.std
+        if not isinstance(norm, nn.BatchNorm1d):
+            return None, None
+        if not norm.training:
+            return norm.running_mean, (norm.running_var + norm.eps).sqrt()
+        var, mean = torch.var_mean(features, dim=0, unbiased=False)
+        count = len(features)
+        norm.num_batches_tracked += 1
+        norm.running_mean.lerp_(mean, norm.momentum)
+        norm.running_var.lerp_(var * count / max(count - 1, 1), norm.momentum)
+        return mean, (var + norm.eps).sqrt()
 
 
 @torch.no_grad()
@@ -205,8 +209,9 @@ def fit_heads(kind: str, train, val, num_classes: int, *, settings: list[tuple[f
     for every head, each with its own optimiser state. The features may be a tensor or a
     FeatureMatrix read window by window; batches go to ``device`` (default: the labels'). Each head
     keeps the epoch of its best accuracy on ``val`` and stops after ``patience`` epochs without a
-    gain (None: trains every epoch); with ``val`` None (a refit on training + validation) every
-    head trains all ``epochs`` and keeps the last. ``schedule``: Adam at a ``constant`` lr, or
+    gain (None: trains every epoch); the logistic probe, a convex problem, and a refit on training +
+    validation (``val`` None) train all ``epochs`` and keep the last (the logistic probe's
+    validation accuracy is that of its last epoch). ``schedule``: Adam at a ``constant`` lr, or
     ``cosine``, decaying to 0 over ``epochs`` (a probe that settles; on wide latents it reads
     several points more, docs/RESULTS.md). The seed sets every head's init (the same for all: each
     is the head a fit of its setting alone would start from) and the order of the batches. The test
@@ -214,6 +219,7 @@ def fit_heads(kind: str, train, val, num_classes: int, *, settings: list[tuple[f
     start and at the weights kept: a converged probe's is near 0."""
     x_train, y_train = train
     device = torch.device(device) if device is not None else y_train.device
+    converged = kind == "logistic"  # a convex problem: its last weights (the optimum reached) are kept
     heads = []
     for _ in settings:
         torch.manual_seed(seed)
@@ -260,11 +266,11 @@ def fit_heads(kind: str, train, val, num_classes: int, *, settings: list[tuple[f
             histories[g].append({"epoch": epoch, "train_loss": (loss_sums[g] / seen).item(),
                                  "train_acc": (corrects[g] / seen).item(),
                                  **({} if val is None else {"val_acc": val_accs[g]})})
-            if val is None or val_accs[g] > best[g][0]:
+            if val is None or converged or val_accs[g] > best[g][0]:
                 state = {k: v.detach().clone() for k, v in heads[g].state_dict().items()}
                 state.update({f"norm.{k}": v.detach().clone() for k, v in bank.norm.state_dict().items()})
                 best[g] = (val_accs[g], epoch, state)
-            elif patience is not None and epoch - best[g][1] >= patience:
+            elif patience is not None and not converged and epoch - best[g][1] >= patience:
                 active[g] = False
         if val is not None:
             progress.set_postfix(val=f"{max(b[0] for b in best):.4f}")
@@ -284,44 +290,3 @@ def fit_heads(kind: str, train, val, num_classes: int, *, settings: list[tuple[f
 def fit_head(kind: str, train, val, num_classes: int, *, lr: float, weight_decay: float, **options) -> FitResult:
     """``fit_heads`` for one setting."""
     return fit_heads(kind, train, val, num_classes, settings=[(lr, weight_decay)], **options)[0]
-
-
-def train_probe(data: FeatureSet, cfg: ProbeConfig, device: torch.device | str = "cpu") -> ProbeResult:
-    """The one-head, one-seed probe of the study and of ``latentprobe probe``: ``fit_head`` over
-    every epoch of ``cfg``, then the chosen head reads the test set once."""
-    data = data.to(device)
-    num_classes = len(data.class_names)
-    fit = fit_head(cfg.head, (data.features["train"], data.labels["train"]),
-                   (data.features["val"], data.labels["val"]), num_classes, lr=cfg.probe_lr,
-                   weight_decay=cfg.probe_weight_decay, epochs=cfg.probe_epochs, batch_size=cfg.probe_batch_size,
-                   seed=cfg.probe_seed, patience=None)
-    predictions = predict(fit.head, data.features["test"]).cpu()
-    labels = data.labels["test"].cpu()
-    return ProbeResult(history=fit.history, best_epoch=fit.best_epoch, val_acc=fit.val_acc,
-                       test_acc=(predictions == labels).float().mean().item(), test_predictions=predictions,
-                       confusion=confusion_matrix(labels, predictions, num_classes), head=fit.head.cpu())
-
-
-def probe_and_save(features: FeatureSet, cfg: ProbeConfig, directory: Path, device,
-                   pool: str | None = None) -> dict:
-    """Train the head of ``cfg`` on ``features``, write DIRECTORY/probe_<head>.json (one file per
-    head) and return that record; ``pool`` records a ViT pooling chosen at probe time."""
-    started = time.perf_counter()
-    result = train_probe(features, cfg, device)
-    precision, recall = precision_recall(result.confusion)
-    record = {"schema": SCHEMA, **result.summary(), "latent_dim": features.dim,
-              "probe_seconds": time.perf_counter() - started,
-              "history": result.history, "confusion": result.confusion.tolist(),
-              "precision": precision.tolist(), "recall": recall.tolist(), "class_names": features.class_names,
-              "probe_config": dataclasses.asdict(cfg)}
-    if pool is not None:
-        record["pool"] = pool  # mae-report shows it beside the run's own pooling
-    write_json(Run(directory).probe_file(cfg.head), record)
-    return record
-
-
-def probe_run(run: Run | Path | str, cfg: ProbeConfig) -> dict:
-    """``latentprobe probe``: the run's cached latents (extracted on the first call), one head, one seed."""
-    run, device = cfg.run(run), local_device(cfg.device)
-    features = run_features(run, device, pool=cfg.pool)
-    return probe_and_save(features, cfg, run.path, device, pool=cfg.pool)

@@ -73,6 +73,28 @@ class FeatureMatrix:
         return f"FeatureMatrix({str(self.path)!r}, shape={self.shape})"
 
 
+class ConcatRows:
+    """Matrices (tensors or FeatureMatrix files) stacked by rows without a copy: slices, ``len``
+    and ``shape``, as a probe reads them (a refit on training + validation features)."""
+
+    def __init__(self, *parts):
+        self.parts = parts
+        self.shape = (sum(len(p) for p in parts), parts[0].shape[1])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: slice) -> torch.Tensor:
+        start, stop, _ = index.indices(len(self))
+        pieces, offset = [], 0
+        for part in self.parts:
+            low, high = max(start - offset, 0), min(stop - offset, len(part))
+            if low < high:
+                pieces.append(part[low:high].float().cpu())
+            offset += len(part)
+        return torch.cat(pieces) if pieces else torch.empty(0, self.shape[1])
+
+
 def shuffled_batches(features, labels: torch.Tensor, batch_size: int, generator: torch.Generator,
                      drop_last: bool = False, window_bytes: int = 2**27):
     """(features, labels) batches of an epoch in a shuffled order that reads ``features`` (a

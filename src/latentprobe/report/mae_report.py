@@ -1,10 +1,12 @@
-"""``latentprobe mae-report RUN``: frozen vs fine-tuned classifiers on one encoder, side by side.
+"""``latentprobe report RUN --kind classifiers`` (``mae-report``): frozen vs fine-tuned
+classifiers on one encoder, side by side, with the verdict first.
 
-Built only from the JSON files the other commands leave in RUN, so it can be rebuilt at any
-time without training: ``probe_linear.json`` and ``probe_bn_linear.json`` (``latentprobe probe``,
-frozen encoder, cached latents), ``finetune_frozen.json`` (optional online linear probe) and
-``finetune.json`` (``latentprobe finetune``, encoder trained end to end). Writes
-RUN/mae_report.md and the self-contained RUN/mae_report.html with accuracy curves, per-class precision and the confusion matrices.
+Built only from the files the other commands leave in RUN, so it can be rebuilt at any time
+without training: the frozen probes of ``eval.json`` (``latentprobe probe`` or ``evaluate``:
+cached latents), ``finetune_frozen.json`` (optional online linear probe) and ``finetune.json``
+(``latentprobe finetune``, encoder trained end to end). Writes RUN/mae_report.md and the
+self-contained RUN/mae_report.html with accuracy curves, per-class precision and the confusion
+matrices.
 """
 
 from pathlib import Path
@@ -12,16 +14,18 @@ from pathlib import Path
 import numpy as np
 
 from latentprobe import config as configuration
-from latentprobe.plots import confusion_heatmap, grouped_bars, line_chart
-from latentprobe.report.document import Figure, Heading, Paragraph, Table, write_report
+from latentprobe.metrics import precision_recall
+from latentprobe.plots import class_heatmap, confusion_heatmap, line_chart
+from latentprobe.probe.evaluate import load_eval
+from latentprobe.report.document import Bullets, Figure, Heading, Paragraph, Table, write_report
 from latentprobe.runs import Run
 
-# (label in the report, how the number was made, the result file in RUN)
-SOURCES = (
-    ("frozen, linear", "the study's head: Linear + log-softmax over cached latents, Adam",
-     lambda run: run.probe_file("linear")),
-    ("frozen, BN + linear", "MAE linear-probe protocol: BatchNorm1d(affine=False) → Linear",
-     lambda run: run.probe_file("bn_linear")),
+# frozen probes of eval.json: (label, how the number was made)
+FROZEN = {"linear": ("frozen, linear", "the study's head: Linear + log-softmax over cached latents, Adam"),
+          "bn_linear": ("frozen, BN + linear", "MAE linear-probe protocol: BatchNorm1d(affine=False) → Linear"),
+          "logistic": ("frozen, logistic", "logistic regression on standardised latents, trained to convergence")}
+# classifiers of `finetune`: (label, how, the result file in RUN)
+FINETUNED = (
     ("frozen, online head", "`finetune --freeze-encoder`: head on the frozen encoder, augmented batches",
      lambda run: run.finetune_file(frozen=True)),
     ("fine-tuned", "`finetune`: encoder + head end to end, AdamW, layer decay, label smoothing, drop-path, "
@@ -29,13 +33,31 @@ SOURCES = (
 )
 
 
+def _from_eval(result: dict, record: dict) -> dict:
+    """A frozen probe of eval.json in the shape of a finetune record (its seed 0)."""
+    return {"history": result["seeds"][0]["history"], "best_epoch": result["chosen"]["best_epoch"],
+            "val_acc": result["chosen"]["val_acc"], "test_acc": result["seeds"][0]["test_acc"],
+            "confusion": result["confusion"], "class_names": record["class_names"],
+            "latent_dim": record["latent_dim"], "pool": record.get("pool"),
+            "precision": precision_recall(np.array(result["confusion"]))[0].tolist()}
+
+
 def load_results(run: Run) -> dict[str, dict]:
-    results = {label: run.read_result(file(run)) for label, _, file in SOURCES if file(run).is_file()}
+    """label → record of every classifier the run holds, frozen probes first."""
+    results, how = {}, {}
+    if run.eval_file().is_file():
+        record = load_eval(run)
+        probes = record["representations"].get("encoder", {}).get("probes", {})
+        for probe, (label, words) in FROZEN.items():
+            if probe in probes and probes[probe]["seeds"][0].get("history"):
+                results[label], how[label] = _from_eval(probes[probe], record), f"{words} (`eval.json`)"
+    for label, words, file in FINETUNED:
+        if file(run).is_file():
+            results[label], how[label] = run.read_result(file(run)), f"{words} (`{file(run).name}`)"
     if not results:
-        names = ", ".join(file(run).name for _, _, file in SOURCES)
-        raise FileNotFoundError(f"{run.path} has none of {names}; run `latentprobe probe RUN --head linear` "
+        raise FileNotFoundError(f"{run.path} has no classifier results; run `latentprobe probe RUN --head linear` "
                                 f"(and bn_linear) and `latentprobe finetune RUN` first")
-    return results
+    return {label: {**record, "how": how[label]} for label, record in results.items()}
 
 
 def _latent_dim(results: dict[str, dict]) -> str:
@@ -67,29 +89,40 @@ def write_mae_report(run: Run | Path | str) -> Path:
     curves = {}
     for label, record in results.items():
         epochs = [h["epoch"] for h in record["history"]]
-        curves[f"{label}: val"] = (epochs, [h["val_acc"] for h in record["history"]])
-    line_chart(curves, figures / "accuracy.png", title=f"{run_dir.name}: frozen vs fine-tuned", ylabel="accuracy")
-    grouped_bars({label: r["precision"] for label, r in results.items()}, class_names,
-                 figures / "precision.png", title="per-class precision (test, best validation epoch)",
-                 ylabel="precision")
+        curves[f"{label}: val"] = (epochs, [100 * h["val_acc"] for h in record["history"]])
+    line_chart(curves, figures / "accuracy.png", title=f"{run_dir.name}: frozen vs fine-tuned", ylabel="accuracy, %")
+    class_heatmap({label: r["precision"] for label, r in results.items()}, class_names, figures / "precision.png",
+                  title="Test precision per class, % (best validation epoch)")
     for i, (label, record) in enumerate(results.items()):
         confusion_heatmap(np.array(record["confusion"]), class_names, figures / f"confusion_{i}.png",
                           title=f"{label} (rows: true)")
 
     title = f"{run_dir.name}: classifiers on the encoder, frozen vs fine-tuned"
-    rows = [[label, "trained" if label == "fine-tuned" else "frozen", _pooling(results[label], run_pooling),
-             results[label]["best_epoch"], f"{results[label]['val_acc']:.4f}", f"{results[label]['test_acc']:.4f}",
-             f"{how} (`{file(run).name}`)"] for label, how, file in SOURCES if label in results]
+    rows = [[label, "trained" if label == "fine-tuned" else "frozen", _pooling(record, run_pooling),
+             record["best_epoch"], f"{100 * record['val_acc']:.2f}", f"{100 * record['test_acc']:.2f}", record["how"]]
+            for label, record in results.items()]
+    best_label = max(results, key=lambda label: results[label]["val_acc"])
+    frozen = {label: r for label, r in results.items() if label != "fine-tuned"}
+    answer = [f"**Answer: {best_label} reads {100 * results[best_label]['test_acc']:.2f} % on the test set** "
+              f"(chosen by validation accuracy, {100 * results[best_label]['val_acc']:.2f} %)."]
+    if "fine-tuned" in results and frozen:
+        best_frozen = max(frozen, key=lambda label: frozen[label]["test_acc"])
+        gain = results["fine-tuned"]["test_acc"] - frozen[best_frozen]["test_acc"]
+        answer.append(f"Fine-tuning the encoder gives {100 * gain:+.2f} points over the best frozen classifier "
+                      f"({best_frozen}).")
+    last = [label for label, r in results.items() if r["best_epoch"] == len(r["history"]) and len(r["history"]) > 1]
+    if last:
+        answer.append(f"Read with care: {', '.join(last)} kept the last epoch trained: still learning when it stopped.")
     blocks = [
         Heading(1, title),
+        Heading(2, "Verdict"),
+        Bullets(answer),
         Paragraph(f"Latent: **{latent_dim}** values per image; pooling per classifier in the table. Every number is "
-                  f"test accuracy at the epoch with the best validation accuracy (validation split carved from the "
-                  f"training set with the run's seed; one seed)."),
-        Table(["classifier", "encoder", "pooling", "best epoch", "val acc", "test acc", "how"], rows),
+                  f"test accuracy, %, at the epoch with the best validation accuracy (validation split carved from "
+                  f"the training set with the run's seed; one seed)."),
+        Table(["classifier", "encoder", "pooling", "best epoch", "val acc %", "test acc %", "how"], rows),
         Figure("mae_report/accuracy.png", "accuracy"),
-        Figure("mae_report/precision.png", "precision"),
-        Table(["class", *results], [[name, *(f"{r['precision'][c]:.3f}" for r in results.values())]
-                                    for c, name in enumerate(class_names)]),
+        Figure("mae_report/precision.png", "precision per class"),
         Paragraph("Confusion matrices on the test set (rows: true class):"),
         *(Figure(f"mae_report/confusion_{i}.png", label) for i, label in enumerate(results)),
     ]

@@ -2,8 +2,7 @@
 
 - a study directory (``latentprobe study``: config.yaml and latent_* runs) → the study report, in it;
 - run directories with eval.json (``latentprobe evaluate``; one or many) → the comparison, in --out;
-- one run with frozen / fine-tuned classifier results but no eval.json (``probe``, ``finetune``) →
-  the frozen-vs-fine-tuned report, in the run.
+- one run with fine-tuned classifiers (``finetune``) → the frozen-vs-fine-tuned report, in the run;
 
 ``compare`` and ``mae-report`` are the names of the last two (``latentprobe report --kind``).
 """
@@ -12,7 +11,7 @@ from pathlib import Path
 
 from latentprobe.options import CompareConfig
 from latentprobe.report.compare import write_comparison
-from latentprobe.report.mae_report import SOURCES, write_mae_report
+from latentprobe.report.mae_report import FINETUNED, write_mae_report
 from latentprobe.report.study_report import write_study_report
 from latentprobe.runs import CONFIG, Run
 
@@ -27,10 +26,10 @@ def report_kind(paths: list[Path], label_type: str = "fine") -> str:
         raise FileNotFoundError(f"{', '.join(missing)}: no such directory")
     if len(paths) == 1 and (paths[0] / CONFIG).is_file() and any(paths[0].glob("latent_*")):
         return "study"
+    if len(paths) == 1 and any(file(Run(paths[0])).is_file() for _, _, file in FINETUNED):
+        return "classifiers"
     if all(Run(p).eval_file(label_type).is_file() for p in paths):
         return "comparison"
-    if len(paths) == 1 and any(file(Run(paths[0])).is_file() for _, _, file in SOURCES):
-        return "classifiers"
     unevaluated = [str(p) for p in paths if not Run(p).eval_file(label_type).is_file()]
     raise FileNotFoundError(f"nothing to report in {', '.join(unevaluated)}: run `latentprobe evaluate` on each "
                             f"run (or `probe` / `finetune` for one run), or give a study directory")

@@ -2,7 +2,8 @@
 
 Runs whose training settings differ only in the seed form one row: their numbers are pooled
 (every probe seed of every run), which is how repeated pretraining is reported. Baselines are
-rows of the same table; a baseline computed by several runs on the same data counts once.
+rows of the same table; a baseline computed by several runs on the same data counts once. A row's
+label says what the run is: its model, latent size and every model option it was trained with.
 """
 
 import json
@@ -10,23 +11,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from latentprobe import config as configuration
-from latentprobe.runs import Run, read_json
+from latentprobe.runs import Run
 from latentprobe.training.pretrain import RECORDING_OPTIONS
 
 # Settings that do not change what a run is, only how or where it ran (or its seed).
 _NOT_IDENTITY = configuration.RUNTIME_OPTIONS | RECORDING_OPTIONS | {"seed"}
+BASELINE_ORDER = {"encoder": 0, "random": 1, "kmeans": 2, "pca": 3, "pixels": 4}
 
 
 @dataclass
 class Row:
-    """One line of the comparison: a model (runs pooled over seeds) or a baseline."""
+    """One line of the comparison: a model (runs pooled over seeds), one of its stages, or a baseline."""
     label: str
     kind: str  # encoder, layer_<k> (a stage of the encoder, from 1), random, kmeans, pca or pixels
     dim: int
     evals: list[dict]  # the runs behind the row (the first one for a deduplicated baseline)
     accuracies: dict[str, list[float]] = field(default_factory=dict)  # probe → test acc per seed × run
+    protocols: dict[str, list[dict]] = field(default_factory=dict)  # probe → each run's protocol for it
+    last_epochs: dict[str, int] = field(default_factory=dict)  # probe → seeds that kept the last epoch allowed
     finetune: list[float] = field(default_factory=list)
-    encoder: str = ""  # a layer row: the label of its encoder's row
+    encoder: str = ""  # a layer or random-weight row: the label of its encoder's row
+    family: str = ""  # an encoder row: its label without the latent size (rows of one curve share it)
 
 
 def _identity(record: dict) -> str:
@@ -43,35 +48,44 @@ def _finetune_accuracies(run: str) -> list[float]:
     path = Run(run).finetune_file()
     if not path.is_file():
         return []
-    value = read_json(path).get("test_acc")
-    return [float(v) for v in (value if isinstance(value, list) else [value]) if v is not None]
+    value = Run(run).read_result(path).get("test_acc")
+    values = value if isinstance(value, list) else [value]
+    if not all(isinstance(v, (int, float)) and 0 <= v <= 1 for v in values if v is not None):
+        raise ValueError(f"{path}: test_acc must be a fraction in [0, 1] (or a list of them), got {value!r}; "
+                         f"delete it and run `latentprobe finetune` again")
+    return [float(v) for v in values if v is not None]
 
 
-def _settings_apart(earlier: dict, record: dict) -> str:
-    """``key=value`` for each training or model setting of ``record`` that ``earlier`` does not share."""
-    def flat(r: dict) -> dict:
-        config = {k: v for k, v in r["train_config"].items() if k not in _NOT_IDENTITY | {"model_args"}}
-        return {**config, **r["train_config"].get("model_args", {})}
-    mine, theirs = flat(record), flat(earlier)
-    return ", ".join(f"{k}={v}" for k, v in mine.items() if theirs.get(k) != v)
+def _settings(record: dict) -> str:
+    """What the run was trained with beyond its model and size: its model options, epochs, images."""
+    config = record["train_config"]
+    parts = [f"{k}={v}" for k, v in config.get("model_args", {}).items() if k != "latent_dim"]
+    epochs = record.get("epochs_trained", config.get("epochs"))
+    parts.append(f"{epochs} epoch{'s' if epochs != 1 else ''}")
+    if config.get("subset"):
+        parts.append(f"{config['subset']:,} images")
+    return ", ".join(parts)
 
 
 def collect_rows(evals: list[dict]) -> list[Row]:
     groups: dict[str, list[dict]] = {}
     for record in evals:
         groups.setdefault(_identity(record), []).append(record)
-    rows, seen_labels = [], {}
+    rows, seen = [], set()
     for members in groups.values():
         first = members[0]
-        label = f"{first['model_name']} {first['latent_dim']}-d"
-        if first.get("pool"):  # ViT encoders: which tokens the probes read
-            label += f" {first['pool']} pooling"
-        if label in seen_labels:  # same model and size, other settings: name what differs
-            label += f" ({_settings_apart(seen_labels[label], first) or Path(first['run']).name})"
-        seen_labels.setdefault(label, first)
-        rows.append(Row(label, "encoder", first["latent_dim"], members))
+        family = first["model_name"] + (f" {first['pool']} pooling" if first.get("pool") else "")
+        label = f"{first['model_name']} {first['latent_dim']}-d" + (f" {first['pool']} pooling" if first.get("pool")
+                                                                    else "") + f" ({_settings(first)})"
+        if label in seen:  # the same in everything shown: the folder tells them apart
+            label += f" [{Path(first['run']).name}]"
+        seen.add(label)
+        options = ", ".join(f"{k}={v}" for k, v in first["train_config"].get("model_args", {}).items()
+                            if k != "latent_dim")
+        rows.append(Row(label, "encoder", first["latent_dim"], members, family=f"{family} ({options})" if options
+                        else family))
     baselines: dict[str, Row] = {}
-    layers: dict[str, list[Row]] = {row.label: [] for row in rows}  # an encoder's stages, probed by --layers
+    companions: dict[str, list[Row]] = {row.label: [] for row in rows}  # an encoder's stages and random twin
     counted = set()
     for row in list(rows):
         for record in row.evals:
@@ -79,17 +93,19 @@ def collect_rows(evals: list[dict]) -> list[Row]:
                 if kind == "encoder":
                     _pool(row, rep)
                     continue
-                if kind.startswith("layer_"):
-                    layer = next((r for r in layers[row.label] if r.kind == kind), None)
-                    if layer is None:
-                        layer = Row(f"{row.label}, layer {kind.split('_')[1]}", kind, rep["latent_dim"], [record],
-                                    encoder=row.label)
-                        layers[row.label].append(layer)
-                    _pool(layer, rep)
+                if kind.startswith("layer_") or kind == "random":  # belongs to this encoder's row
+                    companion = next((r for r in companions[row.label] if r.kind == kind), None)
+                    if companion is None:
+                        name = row.label.split(" (")[0]  # the model and size; the options are in its row
+                        label = f"{name}, layer {kind.split('_')[1]}" if kind != "random" else f"{name}, untrained weights"
+                        companion = Row(label, kind, rep["latent_dim"], [record], encoder=row.label)
+                        companions[row.label].append(companion)
+                    _pool(companion, rep)
                     continue
-                label = {"random": f"random-weight {row.label}",  # same architecture as its row
-                         "kmeans": f"k-means triangle {rep['latent_dim']}-d ({row.label} whitening)",
-                         "pca": f"PCA of pixels {rep['latent_dim']}-d", "pixels": f"raw pixels {rep['latent_dim']}-d"}[kind]
+                label = {"kmeans": f"k-means triangle {rep['latent_dim']}-d (2011 reference, "
+                                   f"{row.label.split(' (')[0]} whitening)",
+                         "pca": f"PCA of pixels {rep['latent_dim']}-d",
+                         "pixels": f"raw pixels {rep['latent_dim']}-d"}[kind]
                 data = _data_key(record)
                 key = json.dumps([label, data], sort_keys=True)
                 if key in counted:  # the same baseline on the same data, from another run
@@ -104,9 +120,12 @@ def collect_rows(evals: list[dict]) -> list[Row]:
     for row in baselines.values():
         if labels.count(row.label) > 1:
             row.label += f" ({row.evals[0]['train_config'].get('subset') or 'all'} train images)"
-    order = {"encoder": 0, "random": 1, "kmeans": 2, "pca": 3, "pixels": 4}
-    stages = [r for row in rows for r in [row, *sorted(layers[row.label], key=layer_number)]]
-    return stages + sorted(baselines.values(), key=lambda r: (order[r.kind], r.dim, r.label))
+    stages = [r for row in rows for r in [row, *sorted(companions[row.label], key=_companion_order)]]
+    return stages + sorted(baselines.values(), key=lambda r: (BASELINE_ORDER[r.kind], r.dim, r.label))
+
+
+def _companion_order(row: Row) -> tuple[int, int]:
+    return (0, layer_number(row)) if row.kind.startswith("layer_") else (1, 0)
 
 
 def layer_number(row: Row) -> int:
@@ -116,3 +135,10 @@ def layer_number(row: Row) -> int:
 def _pool(row: Row, rep: dict) -> None:
     for probe, result in rep["probes"].items():
         row.accuracies.setdefault(probe, []).extend(s["test_acc"] for s in result["seeds"])
+        protocol = result.get("protocol", {})
+        row.protocols.setdefault(probe, []).append(protocol)
+        limit = protocol.get("probe_epochs")
+        if limit and not protocol.get("refit"):
+            last = sum(s.get("best_epoch") == limit for s in result["seeds"])
+            row.last_epochs[probe] = row.last_epochs.get(probe, 0) + last
+

@@ -19,12 +19,22 @@ from latentprobe.distributed import (
     init_distributed,
     is_main_process,
     local_device,
+    machine,
     mean_across_ranks,
 )
 from latentprobe.models import create_model
 from latentprobe.options import TrainConfig
 from latentprobe.plots import image_grid, line_chart
-from latentprobe.runs import CHECKPOINT, METRICS, Run, TensorBoard, append_jsonl, exclusive, read_jsonl, write_jsonl
+from latentprobe.runs import (
+    CHECKPOINT,
+    METRICS,
+    Run,
+    TensorBoard,
+    append_jsonl,
+    exclusive,
+    read_jsonl,
+    write_jsonl,
+)
 from latentprobe.training.engine import (
     Objective,
     build_optimizer,
@@ -75,7 +85,8 @@ def _resume(run_dir: Path, cfg: TrainConfig, model, optimizer) -> tuple[int, lis
     return epoch, history, best
 
 
-def save_pictures(run_dir: Path, model, grid_images, normalizer, epoch: int, history: list[dict]) -> None:
+def _reconstructions(model, grid_images, normalizer) -> dict[str, torch.Tensor]:
+    """The grid's rows in [0, 1]: originals, and what the model shows of them (masked, reconstructed)."""
     model.eval()
     with torch.no_grad():
         torch.manual_seed(0)
@@ -83,12 +94,20 @@ def save_pictures(run_dir: Path, model, grid_images, normalizer, epoch: int, his
     rows = {"original": normalizer.to_unit(grid_images)}
     rows.update({name: normalizer.to_unit(images) for name, images in shown.items()
                  if name in ("masked", "reconstruction")})
+    return rows
+
+
+def save_reconstructions(path: Path, rows: dict[str, torch.Tensor]) -> None:
+    """The pictures as uint8 tensors, so reports can compose them without the data set."""
+    torch.save({name: (images * 255).round().to(torch.uint8).cpu() for name, images in rows.items()}, path)
+
+
+def save_pictures(run_dir: Path, model, grid_images, normalizer, epoch: int, history: list[dict]) -> None:
+    rows = _reconstructions(model, grid_images, normalizer)
     title = f"{run_dir.name}, epoch {epoch}"
     image_grid(rows, run_dir / "reconstructions.png", title=title)  # always the latest
     image_grid(rows, run_dir / "grids" / f"epoch_{epoch:04d}.png", title=title)  # the history
-    # The same pictures as uint8 tensors, so reports can compose them without the data set.
-    torch.save({name: (images * 255).round().to(torch.uint8).cpu() for name, images in rows.items()},
-               run_dir / "reconstructions.pt")
+    save_reconstructions(run_dir / "reconstructions.pt", rows)
     epochs = [h["epoch"] for h in history]
     probed = [h for h in history if "val_probe_acc" in h]  # epochs of the online probe (--probe-every)
     line_chart({"train": (epochs, [h["train_loss"] for h in history]),
@@ -154,8 +173,9 @@ def _train(cfg: TrainConfig, run_dir: Path, model, optimizer, peak_lr: float, tr
     print(f"{cfg.model}: {sum(p.numel() for p in model.parameters()):,} parameters, "
           f"{len(train_split)} train / {len(val_split)} val images on {device}"
           + (f", {world_size} ranks" if world_size > 1 else ""))
-    started = time.perf_counter()
+    started, trained_on = time.perf_counter(), machine(device)
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
+        epoch_started = time.perf_counter()
         generator = seed_epoch(cfg.seed, epoch)  # masks, dropout, batch order: the same on resume
         stats = train_one_epoch(objective, optimizer, train_split.images, normalizer,
                                 batch_size=cfg.batch_size, accum_steps=cfg.accum_steps,
@@ -166,12 +186,17 @@ def _train(cfg: TrainConfig, run_dir: Path, model, optimizer, peak_lr: float, tr
         if cfg.probe_every and epoch % cfg.probe_every == 0:
             stats["val_probe_acc"] = linear_separability(model, probe_split, val_split, normalizer)
         stats = mean_across_ranks({k: v for k, v in stats.items() if k != "steps"}, device)
-        record = {"epoch": epoch, **stats}
+        # wall time of the epoch: its steps, validation and online probe (what pretraining costs)
+        record = {"epoch": epoch, **stats, "epoch_wall_seconds": time.perf_counter() - epoch_started,
+                  "machine": trained_on}
         history.append(record)
         # The epoch whose latents get probed is chosen on the validation loss, so a late loss
         # spike (seen with Adam at lr 1e-3 on the wide conv autoencoders) cannot spoil the probe.
         if best is None or record["val_loss"] <= best[0]:
             best = (record["val_loss"], epoch, {k: v.detach().clone() for k, v in unwrap(model).state_dict().items()})
+            if main:  # the pictures of the epoch the probes will read
+                save_reconstructions(run_dir / "reconstructions_probed.pt",
+                                     _reconstructions(model, grid_images, normalizer))
         if main and (epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs):
             save_checkpoint(run_dir / CHECKPOINT, kind=AUTOENCODER, model_name=cfg.model,
                             model_config=unwrap(model).config, train_config=configuration.to_dict(cfg),
