@@ -33,12 +33,13 @@ def run_study(cfg: StudyConfig) -> Path:
                                 dataset=cfg.dataset, data_dir=cfg.data_dir, download=cfg.download,
                                 val_size=cfg.val_size, subset=cfg.subset, epochs=cfg.epochs,
                                 batch_size=cfg.batch_size, lr=cfg.lr, clip_grad=cfg.clip_grad,
-                                seed=cfg.seed, device=cfg.device, out=str(out / f"latent_{latent}"))
+                                seed=cfg.seed, device=cfg.device, out=str(out / f"latent_{latent}"),
+                                grid_every=cfg.epochs)  # pictures of the last epoch (and of the probed one)
         run_dir = train(train_cfg)
         # the untrained twin beside every size; raw pixels (the same for every run) once
         probe = EvalConfig(probes=["linear"], baselines=["random", *(["pixels"] if index == 0 else [])],
                            probe_lrs=[cfg.probe_lr], probe_weight_decays=[0.0], probe_epochs=cfg.probe_epochs,
-                           probe_patience=None, probe_seeds=1, device=cfg.device)
+                           probe_patience=None, probe_seeds=1, device=cfg.device, threads=None)
         record = evaluate_run(run_dir, probe)
         result = record["representations"]["encoder"]["probes"]["linear"]
         print(f"latent {latent}: linear probe test accuracy {100 * result['test']['mean']:.2f}% "

@@ -105,44 +105,48 @@ class HeadBank(nn.Module):
     """Several heads of one kind over the same batches, run as one: their input normalisation once
     (BatchNorm without affine has no parameters, so every head's would compute the same), their
     first layers as one matrix product, then each head's own rest. A head's parameters get the
-    gradient of its own loss only, so training the bank is training each head on its own."""
+    gradient of its own loss only, so training the bank is training each head on its own. With
+    ``own_norms`` each head reads through its own normalisation instead (their statistics may
+    differ: heads kept at different epochs), still in one product."""
 
-    def __init__(self, heads: list[nn.Module]):
+    def __init__(self, heads: list[nn.Module], own_norms: bool = False):
         super().__init__()
         self.heads = nn.ModuleList(heads)
-        self.norm = copy.deepcopy(heads[0].norm)
+        self.norm = None if own_norms else copy.deepcopy(heads[0].norm)
         self.firsts, self.rests = zip(*(head.layers() for head in heads))
 
     def forward(self, features: torch.Tensor) -> list[torch.Tensor]:
-        weight = torch.cat([layer.weight for layer in self.firsts])  # (G·H, D): one product for all heads
-        bias = torch.cat([layer.bias for layer in self.firsts])
         # The normalisation is affine per feature, (x - mean) / scale, so it folds into the first
         # layer: W' = W / scale, b' = b - W' mean. The product then reads the features as they are,
         # with no normalised copy of the batch (the features need no gradient).
-        mean, scale = self._statistics(features)
-        if mean is not None:
-            weight = weight / scale
-            bias = bias - weight @ mean
-        hidden = F.linear(features, weight, bias).split([layer.out_features for layer in self.firsts], 1)
+        shared = _statistics(self.norm, features) if self.norm is not None else None
+        weights, biases = [], []
+        for head, layer in zip(self.heads, self.firsts):
+            mean, scale = shared if shared is not None else _statistics(head.norm, features)
+            weight = layer.weight if mean is None else layer.weight / scale
+            weights.append(weight)
+            biases.append(layer.bias if mean is None else layer.bias - weight @ mean)
+        hidden = F.linear(features, torch.cat(weights), torch.cat(biases))  # (B, G·H): one product for all heads
+        hidden = hidden.split([layer.out_features for layer in self.firsts], 1)
         return [F.log_softmax(rest(h), dim=1) for rest, h in zip(self.rests, hidden)]  # G × (B, C)
 
-    @torch.no_grad()
-    def _statistics(self, features: torch.Tensor):
-        """(mean, scale) of the input normalisation, as its module would apply it; (None, None) for none.
-        A BatchNorm in training uses the batch's statistics and updates its running ones as it would."""
-        norm = self.norm
-        if isinstance(norm, Standardize):
-            return norm.mean, norm.std
-        if not isinstance(norm, nn.BatchNorm1d):
-            return None, None
-        if not norm.training:
-            return norm.running_mean, (norm.running_var + norm.eps).sqrt()
-        var, mean = torch.var_mean(features, dim=0, unbiased=False)
-        count = len(features)
-        norm.num_batches_tracked += 1
-        norm.running_mean.lerp_(mean, norm.momentum)
-        norm.running_var.lerp_(var * count / max(count - 1, 1), norm.momentum)
-        return mean, (var + norm.eps).sqrt()
+
+@torch.no_grad()
+def _statistics(norm: nn.Module, features: torch.Tensor):
+    """(mean, scale) of an input normalisation as its module would apply it; (None, None) for none.
+    A BatchNorm in training uses the batch's statistics and updates its running ones as it would."""
+    if isinstance(norm, Standardize):
+        return norm.mean, norm.std
+    if not isinstance(norm, nn.BatchNorm1d):
+        return None, None
+    if not norm.training:
+        return norm.running_mean, (norm.running_var + norm.eps).sqrt()
+    var, mean = torch.var_mean(features, dim=0, unbiased=False)
+    count = len(features)
+    norm.num_batches_tracked += 1
+    norm.running_mean.lerp_(mean, norm.momentum)
+    norm.running_var.lerp_(var * count / max(count - 1, 1), norm.momentum)
+    return mean, (var + norm.eps).sqrt()
 
 
 @torch.no_grad()
@@ -279,9 +283,8 @@ def fit_heads(kind: str, train, val, num_classes: int, *, settings: list[tuple[f
     progress.close()
     for head, (_, _, state) in zip(heads, best):
         head.load_state_dict(state)
-    # each head alone: a BatchNorm head's statistics are those of its own best epoch
-    finals = [gradient_norms(HeadBank([head]).to(device), [head_groups], x_train, y_train)[0]
-              for head, head_groups in zip(heads, groups)]
+    # each head through its own statistics (a BatchNorm head's are those of its own best epoch)
+    finals = gradient_norms(HeadBank(heads, own_norms=True).to(device), groups, x_train, y_train)
     return [FitResult(head=head.eval(), best_epoch=best_epoch, val_acc=val_acc, history=history,
                       convergence={"initial_gradient_norm": start, "gradient_norm": final})
             for head, history, (val_acc, best_epoch, _), start, final in zip(heads, histories, best, initial, finals)]

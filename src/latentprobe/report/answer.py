@@ -105,14 +105,16 @@ def verdict(rows: list[Row]) -> list:
         lines.insert(0, f"**Answer: {winner.label} makes the best {probe_title(probe)} probe: "
                         f"{percent(winner.accuracies[probe])} on the test set**"
                         + (f"; {', '.join(margins)}." if margins else "."))
-    warnings = []
+    warnings, still_learning = [], {}
     for row in rows:
         for name, count in row.last_epochs.items():
             if count:
                 limit = row.protocols[name][0].get("probe_epochs")
-                warnings.append(f"{row.label}, {probe_title(name)}: {count} seed(s) kept the last epoch allowed "
-                                f"({limit} of {limit}): the probe was still learning, and a longer or converged "
-                                f"probe may read more.")
+                still_learning.setdefault((name, limit), []).append(f"{row.label.split(' (')[0]} ({count} of "
+                                                                     f"{len(row.accuracies[name])})")
+    for (name, limit), where in still_learning.items():
+        warnings.append(f"The {probe_title(name)} probe kept its last allowed epoch ({limit} of {limit}), so it was "
+                        f"still learning, for {', '.join(where)} seeds: a longer or converged probe may read more.")
     for row in (r for r in rows if r.kind == "random"):
         trained = next(r for r in rows if r.label == row.encoder)
         for name in row.accuracies:
