@@ -49,6 +49,7 @@ def main():
     parser.add_argument("--latent-dim", type=int, default=256)
     parser.add_argument("--images", type=int, default=10000, help="images in the timed epoch")
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--probe-images", type=int, default=45000, help="training latents of the timed probe")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     device = local_device(args.device)
@@ -84,14 +85,15 @@ def main():
           f"(compute alone {compute:.2f} s)")
 
     gen = torch.Generator().manual_seed(0)
-    sizes = {"train": 45000, "val": 5000, "test": 10000}
+    count = args.probe_images
+    sizes = {"train": count, "val": max(1, count // 9), "test": max(1, 2 * count // 9)}  # as 45,000 / 5,000 / 10,000
     data = FeatureSet({k: torch.randn(n, args.latent_dim, generator=gen) for k, n in sizes.items()},
                       {k: torch.randint(0, 10, (n,), generator=gen) for k, n in sizes.items()},
                       [str(i) for i in range(10)])
     start = time.perf_counter()
     evaluate_features(data, ProbeConfig(probe_epochs=30).evaluation(), device)
     sync(device)
-    print(f"linear probe, 45,000 x {args.latent_dim} cached latents, 30 epochs: "
+    print(f"linear probe, {args.probe_images:,} x {args.latent_dim} cached latents, 30 epochs: "
           f"{time.perf_counter() - start:.1f} s")
 
 

@@ -45,11 +45,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--val-size", type=int, default=5000, help="validation images carved from the training set")
     parser.add_argument("--out", default="runs/screen")
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    train, val = train_val_split(load_split("cifar10", "train", args.data_dir, download=False), 5000, seed=0)
+    train, val = train_val_split(load_split("cifar10", "train", args.data_dir, download=False), args.val_size, seed=0)
     normalizer = Normalizer("cifar10")
     model = create_model("conv_ae", latent_dim=args.latent_dim, c1=args.c1, c2=args.c2, noise=args.noise)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)

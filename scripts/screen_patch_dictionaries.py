@@ -1,108 +1,80 @@
 """Screen patch dictionaries and encodings for models/patch_ae.py on a real CIFAR-10 subset.
 
-Validation only (the test set is never read): the first N training images (the run split of seed
-0), 2,000 validation images, a BatchNorm + linear probe. Dictionaries: k-means (10 iterations),
-a winner-take-all autoencoder trained here by Adam (wtaK_EPOCHS[_abs][_polar]), random patches;
-encodings: triangle (k-means), soft threshold 0.25 with or without the polarity split.
+Validation only (the test set is never read): the first N training images of the seed-0 split,
+2,000 validation images, the logistic probe (standardised latents, trained to convergence). Each
+variant is a patch_ae model built from ``model_args``, fitted as ``train`` fits one before its
+first step (whitening; k-means centroids as the 2011 code fits them), trained ``epochs`` passes of
+its own loss when asked, and read by its own dense encoding and quadrant pooling:
 
-    python scripts/screen_patch_dictionaries.py 10000 1600 kmeans_tri,wta1_10_abs_polar,kmeans_soft_polar
+    python scripts/screen_patch_dictionaries.py 10000 1600 kmeans_triangle random_soft wta_soft:2
+
+Variants (name[:epochs]): ``kmeans_triangle`` (the 2011 reference), ``kmeans_soft`` (k-means
+centroids, soft threshold, both polarities), ``random_soft`` (random whitened patches), ``wta_soft``
+(the winner-take-all autoencoder). One JSON line per variant is printed.
 """
-import sys, time, torch, torch.nn.functional as F
-from latentprobe.data.cifar import load_split, train_val_split, Normalizer
-from latentprobe.models.patch_ae import PatchAutoencoder
-from latentprobe.probe.heads import fit_head
 
-from latentprobe.training.engine import keep_freed_memory; keep_freed_memory()
-torch.set_num_threads(int(__import__("os").environ.get("THREADS", "2")))
-n, K = int(sys.argv[1]), int(sys.argv[2])
-variants = sys.argv[3].split(",")
-train, val = train_val_split(load_split("cifar10", "train"), 5000, seed=0)
-norm = Normalizer("cifar10")
-tx, ty = norm(train.images[:n]), train.labels[:n]
-vx, vy = norm(val.images[:2000]), val.labels[:2000]
-model = PatchAutoencoder(latent_dim=4 * K)
-g = torch.Generator().manual_seed(0)
-t = time.time(); model.prepare(tx, g); print(f"whitening {time.time()-t:.0f}s", flush=True)
-patches = model._whiten(model._sample(tx, max(1, 400_000 // n), g))  # (P, 108)
-print("patches", patches.shape, flush=True)
+import argparse
+import json
+import time
 
+import torch
 
-def kmeans(x, k, iters=10):
-    c = x[torch.randperm(len(x), generator=g)[:k]].clone()
-    for _ in range(iters):
-        assign = torch.cat([((p @ c.T) * 2 - (c * c).sum(1)).argmax(1) for p in x.split(20000)])
-        counts = torch.bincount(assign, minlength=k).float()
-        sums = torch.zeros_like(c).index_add_(0, assign, x)
-        empty = counts == 0
-        c = torch.where(empty[:, None], c, sums / counts.clamp(min=1)[:, None])
-        c[empty] = x[torch.randint(0, len(x), (int(empty.sum()),), generator=g)]
-    return c
+from latentprobe.data.cifar import Normalizer, load_split, train_val_split
+from latentprobe.models import create_model
+from latentprobe.probe.heads import fit_heads
+from latentprobe.training.engine import extract, keep_freed_memory, prepare_model
+
+SETTINGS = [(1e-3, 0.0), (1e-3, 1e-4)]  # the logistic probe's (lr, L2) tried on validation
+
+VARIANTS = {
+    "kmeans_triangle": dict(encoding="triangle", kmeans_iterations=50),
+    "kmeans_soft": dict(encoding="soft_threshold", kmeans_iterations=50),
+    "random_soft": dict(activation="winner_take_all", encoding="soft_threshold"),
+    "wta_soft": dict(activation="winner_take_all", encoding="soft_threshold"),
+}
 
 
-def wta_ae(x, k, topk, epochs=10, lr=3e-3, bs=1024):
-    w = torch.nn.Parameter(x[torch.randperm(len(x), generator=g)[:k]].clone())
-    opt = torch.optim.Adam([w], lr=lr)
-    for ep in range(epochs):
-        perm = torch.randperm(len(x), generator=g)
-        tot = 0
-        for i in range(0, len(x), bs):
-            xb = x[perm[i:i + bs]]
-            W = F.normalize(w, dim=1)
-            z = xb @ W.T
-            val_, idx = z.abs().topk(topk, dim=1) if signed else z.topk(topk, dim=1)
-            h = torch.zeros_like(z).scatter(1, idx, z.gather(1, idx))
-            loss = (h @ W - xb).pow(2).sum(1).mean()
-            opt.zero_grad(); loss.backward(); opt.step(); tot += loss.item()
-        print(f"   wta ep {ep} loss {tot / (len(x) / bs):.3f}", flush=True)
-    return F.normalize(w.detach(), dim=1)
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("images", type=int, help="training images (the first of the seed-0 split)")
+    parser.add_argument("filters", type=int, help="dictionary size K")
+    parser.add_argument("variants", nargs="+", help=f"name[:epochs], names: {', '.join(VARIANTS)}")
+    parser.add_argument("--val-images", type=int, default=2000)
+    parser.add_argument("--whitening-patches", type=int, default=400_000)
+    parser.add_argument("--probe-epochs", type=int, default=30)
+    parser.add_argument("--data-dir", default=None)
+    args = parser.parse_args()
+    keep_freed_memory()
+    everything = load_split("cifar10", "train", args.data_dir, download=False)
+    train, val = train_val_split(everything, min(5000, len(everything) // 4), seed=0)  # the runs' split of seed 0
+    train, val = train.subset(torch.arange(min(args.images, len(train)))), val.subset(
+        torch.arange(min(args.val_images, len(val))))
+    normalizer = Normalizer("cifar10")
+    for variant in args.variants:
+        name, _, epochs = variant.partition(":")
+        options = VARIANTS[name]
+        per_filter = 8 if options["encoding"] == "soft_threshold" else 4
+        torch.manual_seed(0)
+        model = create_model("patch_ae", latent_dim=per_filter * args.filters,
+                             whitening_patches=args.whitening_patches, **options)
+        started = time.perf_counter()
+        prepare_model(model, train.images, normalizer, seed=0)
+        optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+        for _ in range(int(epochs or 0)):  # the autoencoder's own loss on random patches, batch 32
+            model.train()
+            for index in torch.randperm(len(train), generator=torch.Generator().manual_seed(0)).split(32):
+                loss, _ = model.loss(normalizer(train.images[index]))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+        model.eval()
+        fits = fit_heads("logistic", (extract(model.encode, train.images, normalizer), train.labels),
+                         (extract(model.encode, val.images, normalizer), val.labels), 10, settings=SETTINGS,
+                         epochs=args.probe_epochs, patience=None, schedule="cosine")
+        best, (lr, l2) = max(zip(fits, SETTINGS), key=lambda item: item[0].val_acc)
+        print(json.dumps({"variant": variant, "latent_dim": model.latent_dim, "val_acc": best.val_acc, "lr": lr,
+                          "weight_decay": l2, "seconds": time.perf_counter() - started}), flush=True)
 
 
-def feats(images, enc):
-    out = []
-    with torch.no_grad():
-        for part in images.split(50):
-            x = model._whiten(model._patches(part))  # (b, L, D)
-            h = enc(x)  # (b, L, K')
-            b = len(part)
-            maps = h.transpose(1, 2).reshape(b, -1, 27, 27)
-            q = [maps[..., r, c].sum(dim=(-2, -1)) for r in (slice(0, 14), slice(14, None)) for c in (slice(0, 14), slice(14, None))]
-            out.append(torch.stack(q, -1).flatten(1))
-    return torch.cat(out)
-
-
-def triangle(c):
-    cc = (c * c).sum(1)
-    def enc(x):
-        d = (x.pow(2).sum(-1, keepdim=True) - 2 * x @ c.T + cc).clamp(min=0).sqrt()
-        return F.relu(d.mean(-1, keepdim=True) - d)
-    return enc
-
-
-def soft(W, alpha, polar):
-    def enc(x):
-        z = x @ W.T
-        return torch.cat([F.relu(z - alpha), F.relu(-z - alpha)], -1) if polar else F.relu(z - alpha)
-    return enc
-
-
-signed = True
-for v in variants:
-    t = time.time()
-    if v == "kmeans_tri":
-        enc = triangle(kmeans(patches, K))
-    elif v.startswith("kmeans_soft"):
-        enc = soft(F.normalize(kmeans(patches, K), dim=1), 0.25, v.endswith("polar"))
-    elif v.startswith("patches_soft"):
-        enc = soft(F.normalize(patches[torch.randperm(len(patches), generator=g)[:K]], dim=1), 0.25, v.endswith("polar"))
-    elif v.startswith("wta"):  # wta{topk}_{epochs}_{polar|plain}
-        parts = v[3:].split("_")
-        signed = "abs" in parts
-        W = wta_ae(patches, K, int(parts[0]), epochs=int(parts[1]))
-        enc = soft(W, 0.25, "polar" in parts)
-    tdict = time.time() - t
-    ftr, fva = feats(tx, enc), feats(vx, enc)
-    tfeat = time.time() - t - tdict
-    zeros = (ftr == 0).float().mean().item()
-    r = fit_head("bn_linear", (ftr, ty), (fva, vy), 10, lr=1e-3, weight_decay=0.0, epochs=15, patience=4)
-    print(f"{v:24s} n {n} K {K} dim {ftr.shape[1]} zeros {zeros:.2f} val {r.val_acc:.4f} (ep {r.best_epoch}) "
-          f"dict {tdict:.0f}s feats {tfeat:.0f}s total {time.time()-t:.0f}s", flush=True)
+if __name__ == "__main__":
+    main()

@@ -92,12 +92,6 @@ class RunData:
     download: bool | None = field(default=None, metadata=help_text(
         "download the data set if it is missing (default: the run's setting)"))
 
-    def run(self, run):
-        """The Run of ``run``, reading its images from here."""
-        from latentprobe.runs import Run
-
-        return Run.of(run, self.data_dir, self.download)
-
 
 @dataclass
 class TrainConfig:

@@ -36,7 +36,12 @@ from latentprobe.checkpoint import CLASSIFIER, save_checkpoint, weights_digest
 from latentprobe.distributed import local_device, machine
 from latentprobe.metrics import confusion_matrix, mean_std
 from latentprobe.options import PROBE_OPTIONS, EvalConfig
-from latentprobe.probe.features import FeatureSet, layer_names, pixel_features, representation_features
+from latentprobe.probe.features import (
+    FeatureSet,
+    layer_names,
+    pixel_features,
+    representation_features,
+)
 from latentprobe.probe.heads import fit_heads, predict
 from latentprobe.probe.knn import knn_predict
 from latentprobe.probe.store import ConcatRows
@@ -218,7 +223,7 @@ def cpu_threads(count: int | None):
 
 def evaluate_run(run: Run | Path | str, cfg: EvalConfig) -> dict:
     """Evaluate (or continue evaluating) one run; returns the eval.json record."""
-    run = cfg.run(run)
+    run = Run.of(run, cfg.data_dir, cfg.download)
     with cpu_threads(cfg.threads), run.exclusive():
         return _evaluate_run(run, cfg)
 

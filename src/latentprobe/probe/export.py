@@ -15,7 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from latentprobe.checkpoint import CLASSIFIER, CheckpointError, load_checkpoint, weights_digest
+from latentprobe.checkpoint import (
+    CLASSIFIER,
+    CheckpointError,
+    load_checkpoint,
+    weights_digest,
+)
 from latentprobe.data.cifar import Normalizer
 from latentprobe.distributed import local_device
 from latentprobe.options import REPRESENTATIONS, SPLITS

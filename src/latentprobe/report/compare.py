@@ -20,7 +20,13 @@ from latentprobe import config as configuration
 from latentprobe.distributed import local_device
 from latentprobe.metrics import mean_std, most_confused, precision_recall
 from latentprobe.options import CompareConfig
-from latentprobe.plots import class_heatmap, confusion_heatmap, grouped_bars, line_chart, scatter_maps
+from latentprobe.plots import (
+    class_heatmap,
+    confusion_heatmap,
+    grouped_bars,
+    line_chart,
+    scatter_maps,
+)
 from latentprobe.probe.evaluate import load_eval
 from latentprobe.probe.features import run_features
 from latentprobe.report.answer import (
@@ -33,9 +39,17 @@ from latentprobe.report.answer import (
     protocol_words,
     verdict,
 )
-from latentprobe.report.document import Bullets, Figure, Heading, Paragraph, Table, confusion_table, write_report
+from latentprobe.report.document import (
+    Bullets,
+    Figure,
+    Heading,
+    Paragraph,
+    Table,
+    confusion_table,
+    write_report,
+)
 from latentprobe.report.results import Row, collect_rows, layer_number
-from latentprobe.runs import write_json
+from latentprobe.runs import Run, write_json
 
 BASELINE_TEXTS = {
     "random": "the same encoder with its untrained initial weights (the seed pretraining started from)",
@@ -198,7 +212,9 @@ def _per_class(rows: list[Row], class_names: list[str], figures: Path) -> list:
 def _tsne_maps(rows: list[Row], cfg: CompareConfig, figures: Path) -> list:
     if cfg.tsne_points <= 0:
         return []
-    from sklearn.manifold import TSNE  # here, not at the top: importing it takes 1.4 s, for every command
+    from sklearn.manifold import (
+        TSNE,  # here, not at the top: importing it takes 1.4 s, for every command
+    )
 
     device = local_device(cfg.device)
     maps, class_names = {}, None
@@ -206,7 +222,8 @@ def _tsne_maps(rows: list[Row], cfg: CompareConfig, figures: Path) -> list:
         record = row.evals[0]  # the cache its probes read (test latents are the same with or without flips)
         flip_train = any(p.get("protocol", {}).get("flip_train") for p in record["representations"]["encoder"]
                          ["probes"].values())  # the cache its probes read
-        data = run_features(cfg.run(record["run"]), device, cfg.label_type, record.get("pool"), flip_train=flip_train)
+        data = run_features(Run.of(record["run"], cfg.data_dir, cfg.download), device, cfg.label_type,
+                            record.get("pool"), flip_train=flip_train)
         class_names = data.class_names
         generator = torch.Generator().manual_seed(0)  # the same test images in every map
         take = torch.randperm(len(data.labels["test"]), generator=generator)[:cfg.tsne_points]

@@ -17,7 +17,14 @@ from latentprobe import config as configuration
 from latentprobe.metrics import precision_recall
 from latentprobe.plots import class_heatmap, confusion_heatmap, line_chart
 from latentprobe.probe.evaluate import load_eval
-from latentprobe.report.document import Bullets, Figure, Heading, Paragraph, Table, write_report
+from latentprobe.report.document import (
+    Bullets,
+    Figure,
+    Heading,
+    Paragraph,
+    Table,
+    write_report,
+)
 from latentprobe.runs import Run
 
 # frozen probes of eval.json: (label, how the number was made)

@@ -23,7 +23,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from latentprobe import config as configuration
-from latentprobe.checkpoint import CLASSIFIER, CheckpointError, load_checkpoint, save_checkpoint
+from latentprobe.checkpoint import (
+    CLASSIFIER,
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+)
 from latentprobe.data.cifar import Normalizer, batch_indices, take
 from latentprobe.distributed import (
     barrier,
@@ -35,7 +40,14 @@ from latentprobe.distributed import (
 from latentprobe.metrics import confusion_matrix, precision_recall
 from latentprobe.models import create_model
 from latentprobe.options import FinetuneConfig
-from latentprobe.runs import CHECKPOINT, METRICS, Run, append_jsonl, write_json, write_jsonl
+from latentprobe.runs import (
+    CHECKPOINT,
+    METRICS,
+    Run,
+    append_jsonl,
+    write_json,
+    write_jsonl,
+)
 from latentprobe.training.engine import (
     autocast,
     explained_divergence,
@@ -152,7 +164,7 @@ def _resume(out: Path, cfg: FinetuneConfig, run: Run, classifier, optimizer):
 
 def finetune(run: Run | Path | str, cfg: FinetuneConfig) -> dict:
     """Fine-tune (or continue fine-tuning) a classifier on RUN's encoder; returns the summary."""
-    run = cfg.run(run)
+    run = Run.of(run, cfg.data_dir, cfg.download)
     out = Path(cfg.out) if cfg.out else run.finetune_dir(cfg.freeze_encoder)
     writer = run.exclusive() if os.environ.get("RANK", "0") == "0" else nullcontext()  # rank 0 writes
     with explained_divergence(out, "--base-lr"), writer:
