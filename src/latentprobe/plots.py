@@ -71,10 +71,10 @@ def _legend_beside(ax, handles=None, labels=None, offset: float = 1.01) -> None:
 
 def errorbar_chart(series: dict[str, list[tuple[float, float, float]]], path: Path, *, title: str, xlabel: str,
                    ylabel: str, log_x: bool = False, dashed: list[str] = (),
-                   front: list[tuple[float, float]] | None = None) -> Path:
+                   front: list[tuple[float, float]] | None = None, lines: dict[str, float] | None = None) -> Path:
     """Curves of ``{label: [(x, y, error)]}`` with error bars; ``dashed`` labels drawn dashed in the
     colour of the solid curve of the same family (its label up to the last comma); ``front``: the
-    points of a Pareto front, joined by a grey line."""
+    points of a Pareto front, joined by a grey line; ``lines``: horizontal reference levels."""
     fig, ax = plt.subplots(figsize=(6.8, 4.0))
     colours = {}
     for label, points in series.items():
@@ -86,6 +86,8 @@ def errorbar_chart(series: dict[str, list[tuple[float, float, float]]], path: Pa
     if front:
         fx, fy = zip(*front)
         ax.plot(fx, fy, color="0.5", linewidth=1, zorder=0, label="Pareto front")
+    for i, (label, level) in enumerate((lines or {}).items()):
+        ax.axhline(level, color="0.4", linestyle=(0, (1, 2 + i)), linewidth=1, label=label)
     if log_x:
         ax.set_xscale("log", base=2 if all(float(x).is_integer() for p in series.values() for x, *_ in p) else 10)
         ax.xaxis.set_major_formatter(ScalarFormatter())

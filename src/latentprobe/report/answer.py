@@ -74,8 +74,8 @@ def primary_probe(rows: list[Row]) -> str | None:
     return next((p for p in LINEAR_PROBES if counts[p] == best), None) if best else None
 
 
-def _points(difference: float) -> str:
-    return f"{100 * difference:+.2f} points"
+def _points(difference: float, words: str) -> str:
+    return f"{abs(100 * difference):.2f} points {'above' if difference >= 0 else 'below'} {words}"
 
 
 def verdict(rows: list[Row]) -> list:
@@ -101,8 +101,10 @@ def verdict(rows: list[Row]) -> list:
             other = next((r for r in rows if r.kind == kind and (kind != "random" or r.encoder == winner.label)
                           and mean(r, probe) is not None), None)
             if other is not None:
-                margins.append(f"{_points(mean(winner, probe) - mean(other, probe))} over {words}")
-        lines.insert(0, f"**Answer: {winner.label} makes the best {probe_title(probe)} probe: "
+                margins.append(_points(mean(winner, probe) - mean(other, probe), words))
+        beaten = any(mean(r, probe) > mean(winner, probe) for r in rows if mean(r, probe or "") is not None)
+        lines.insert(0, f"**Answer: {winner.label} makes the best {probe_title(probe)} probe"
+                        f"{' of the encoders' if beaten else ''}: "
                         f"{percent(winner.accuracies[probe])} on the test set**"
                         + (f"; {', '.join(margins)}." if margins else "."))
     warnings, still_learning = [], {}
@@ -120,7 +122,7 @@ def verdict(rows: list[Row]) -> list:
         for name in row.accuracies:
             if mean(trained, name) is not None and mean(trained, name) < mean(row, name):
                 warnings.append(f"{trained.label} reads below its own untrained weights under {probe_title(name)} "
-                                f"({_points(mean(trained, name) - mean(row, name))}): its training made the latent "
+                                f"({_points(mean(trained, name) - mean(row, name), 'them')}): its training made the latent "
                                 f"less useful to this probe.")
     protocols = {}
     for row in rows:
@@ -153,13 +155,16 @@ def latent_size_figure(rows: list[Row], figures: Path) -> list:
                 curves.setdefault(label, []).append((row.dim, 100 * mean(source, probe), 100 * std))
     if not curves:
         return []
+    references = {row.label: 100 * mean(row, probe) for row in rows
+                  if row.kind in ("pixels", "kmeans") and mean(row, probe) is not None}
     errorbar_chart({label: sorted(points) for label, points in curves.items()}, figures / "latent_size.png",
                    title=f"Test accuracy against latent size ({probe_title(probe)} probe)",
                    xlabel="latent size (values per image)", ylabel="test accuracy, %", log_x=True,
-                   dashed=[label for label in curves if label.endswith("untrained")])
+                   dashed=[label for label in curves if label.endswith("untrained")], lines=references)
     return [Heading(2, "Accuracy against latent size"),
             Figure("figures/latent_size.png", f"Test accuracy of the {probe_title(probe)} probe against the latent "
-                                              f"size; dashed: the same encoder untrained; bars: std over seeds")]
+                                              f"size; dashed: the same encoder untrained; dotted: raw pixels and "
+                                              f"reference baselines; bars: std over seeds")]
 
 
 def compute_figure(rows: list[Row], figures: Path) -> list:
