@@ -62,8 +62,13 @@ def cmd_report(args, cfg) -> None:
 
 
 def cmd_evaluate(args, cfg) -> None:
-    from latentprobe.probe.evaluate import evaluate_run
+    from latentprobe.probe.evaluate import evaluate_encoder, evaluate_run
 
+    if cfg.encoder:
+        if len(args.runs) != 1:
+            sys.exit(f"error: --encoder takes one folder, where its results go; got {len(args.runs)}")
+        evaluate_encoder(cfg.encoder, Path(args.runs[0]), cfg)
+        return
     for run in args.runs:
         evaluate_run(Path(run), cfg)
 
@@ -126,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
         "repeat pretraining with seeds SEED … SEED+N-1, one run each in OUT/seed_S (default: one run in OUT)"))
     command("evaluate", "probes (linear, BN + linear, logistic, MLP, kNN) and baselines over a run's latents, "
             "repeated seeds → RUN/eval.json", options.EvalConfig, cmd_evaluate,
-            positionals=[(("runs",), dict(nargs="+", help="run directories made by `latentprobe train`"))])
+            positionals=[(("runs",), dict(nargs="+", help="run directories made by `latentprobe train` (with "
+                                                          "--encoder: the folder its results go to)"))])
     command("probe", "evaluate's one-probe, one-seed case (the study's detector) → RUN/eval.json",
             options.ProbeConfig, cmd_probe, positionals=[run])
     report = command("report", "the report of what the paths hold: a study, evaluated runs (a comparison), or "

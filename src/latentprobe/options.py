@@ -23,6 +23,7 @@ BASELINES = REPRESENTATIONS[1:]
 LABEL_TYPES = ("fine", "coarse")
 POOLS = (None, "cls", "mean")
 DATASETS = ("cifar10", "cifar100")
+OWN_DATASETS = ("imagefolder", "npz")  # labelled images of your own (evaluate --encoder)
 SPLITS = ("train", "val", "test")
 # the options that decide a trained probe's numbers: its result's protocol (the MLP adds mlp_hidden)
 PROBE_OPTIONS = ("probe_lrs", "probe_weight_decays", "probe_epochs", "probe_patience", "probe_schedule",
@@ -193,9 +194,35 @@ class EvalConfig(RunData):
     threads: int | None = field(default=1, metadata=help_text(
         "CPU threads for the probes (none: torch's default); one is fastest on a shared CPU"))
     device: str = field(default="auto", metadata=help_text("auto (CUDA if present), cpu, cuda or cuda:N"))
+    # an encoder of your own in place of a run (docs/USING_YOUR_OWN.md)
+    encoder: str | None = field(default=None, metadata=help_text(
+        "probe an encoder of your own instead of a run: package.module:factory, path/file.py:factory, a "
+        "TorchScript file, or timm:NAME (with --weights); the one folder given is where its results go"))
+    weights: str | None = field(default=None, metadata=help_text(
+        "with --encoder: a state dict file of its weights (torch.save(model.state_dict(), FILE))"))
+    dataset: str | None = field(default=None, metadata=help_text(
+        "with --encoder: cifar10 (default), cifar100, imagefolder (--data-dir: a folder per class, or train/ "
+        "and test/ folders of them) or npz (--data-dir: a file of x_train, y_train, x_test, y_test)"))
+    image_size: int | None = field(default=None, metadata=help_text(
+        "with --encoder: its input side in pixels; images are resized and centre-cropped to it (default: "
+        "the size the encoder declares, else 32)"))
+    val_size: int | None = field(default=None, metadata=help_text(
+        "with --encoder: validation images carved from the training images (default: 5,000 on CIFAR, "
+        "else a tenth of them)"))
+    subset: int | None = field(default=None, metadata=help_text(
+        "with --encoder: probe on at most this many training images (default: all)"))
+    seed: int = field(default=0, metadata=help_text(
+        "with --encoder: the seed of the splits and of the untrained twin's weights"))
 
     def __post_init__(self):
         self.baselines = [b for b in self.baselines if b != "none"]
+        own = {"weights": None, "dataset": None, "image_size": None, "val_size": None, "subset": None, "seed": 0}
+        stray = [_flag(name) for name, default in own.items() if getattr(self, name) != default]
+        if stray and not self.encoder:
+            raise ValueError(f"{', '.join(stray)} apply with --encoder; a run is probed on its own images")
+        check_choice("dataset", self.dataset, (None, *DATASETS, *OWN_DATASETS))
+        check_range(self, "image_size", 8, 1024)
+        at_least_one(self, "val_size", "subset")
         unknown = sorted(set(self.probes) - set(PROBES)) + sorted(set(self.baselines) - set(BASELINES))
         if unknown:
             raise ValueError(f"unknown probe(s) or baseline(s) {unknown}; probes: {', '.join(PROBES)}; "

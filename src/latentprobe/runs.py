@@ -18,9 +18,10 @@ import torch
 from latentprobe.checkpoint import AUTOENCODER, CheckpointError, load_checkpoint
 from latentprobe.data.cifar import Split, load_split, take, train_val_split
 from latentprobe.models import create_model
-from latentprobe.options import PROBE_OPTIONS
+from latentprobe.options import OWN_DATASETS, PROBE_OPTIONS
 
 CONFIG = "config.yaml"
+ENCODER = "encoder.yaml"  # what `evaluate --encoder` probed: the encoder SPEC, its weights and the images
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 LOCK = ".lock"
@@ -49,9 +50,9 @@ class Run:
     @classmethod
     def of(cls, run: "Run | Path | str", data_dir: str | None = None, download: bool | None = None) -> "Run":
         """``run`` itself if it is a Run (its data location replaced where given), else the Run of
-        that directory."""
+        that directory (an ``EncoderRun`` where ``evaluate --encoder`` made it)."""
         if not isinstance(run, Run):
-            return cls(run, data_dir, download)
+            return (EncoderRun if (Path(run) / ENCODER).is_file() else cls)(run, data_dir, download)
         if data_dir is not None or download is not None:
             run = copy.copy(run)  # keeps the checkpoint already read
             run.data_dir = data_dir if data_dir is not None else run.data_dir
@@ -162,14 +163,119 @@ class Run:
         return exclusive(self.path)
 
 
+class EncoderRun(Run):
+    """The results folder of an encoder brought by the user (``evaluate --encoder``): read as a
+    run whose model is that encoder, never trained here. ``encoder.yaml`` names the encoder SPEC,
+    its weights, its input size and the images; an in-memory ``module`` (the Python API) takes
+    the SPEC's place."""
+
+    def __init__(self, path: Path | str, data_dir: str | None = None, download: bool | None = None,
+                 module: torch.nn.Module | None = None):
+        super().__init__(path, data_dir, download)
+        self.module = module
+
+    @classmethod
+    def create(cls, path: Path | str, source: dict, module: torch.nn.Module | None = None) -> "EncoderRun":
+        """Write ``source`` (encoder, weights, image_size, dataset, data_dir, val_size, subset, seed)
+        as PATH/encoder.yaml; results of another source in the folder are not reused (evaluate
+        compares what made them)."""
+        import yaml
+
+        from latentprobe import config as configuration
+
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"{path} is a file; give --encoder a folder for its results")
+        if (path / CHECKPOINT).exists():
+            raise ValueError(f"{path} holds a trained run; give --encoder a folder of its own")
+        path.mkdir(parents=True, exist_ok=True)
+        record = {"config": source, "command": configuration.command_line(), "git_sha": configuration.git_sha()}
+        tmp = path / f"{ENCODER}.{os.getpid()}.tmp"
+        tmp.write_text(yaml.safe_dump(record, sort_keys=False, width=1000))
+        os.replace(tmp, path / ENCODER)
+        return cls(path, module=module)
+
+    @cached_property
+    def source(self) -> dict:
+        from latentprobe import config as configuration
+
+        return configuration.read_saved(self.path, ENCODER)["config"]
+
+    @cached_property
+    def checkpoint(self) -> dict:
+        source = self.source
+        return {"model_name": source["encoder"], "epoch": None, "train_config": source,
+                "model_config": {k: source.get(k) for k in ("encoder", "weights", "image_size")}}
+
+    def model_config(self, pool: str | None = None) -> dict:
+        return {**self.checkpoint["model_config"], "pool": pool}
+
+    def untrained_model(self, pool: str | None = None) -> torch.nn.Module:
+        """The same architecture with the weights its code gives it, seeded with the run's seed."""
+        from latentprobe.models.external import Encoder, untrained_encoder
+
+        source = self.source
+        if self.module is None:
+            return untrained_encoder(source["encoder"], source["seed"], source["image_size"], pool)
+        torch.manual_seed(source["seed"])
+        twin = copy.deepcopy(self.module)
+        for layer in twin.modules():
+            if hasattr(layer, "reset_parameters"):
+                layer.reset_parameters()
+        return Encoder(twin, source["encoder"], source["image_size"], pool)
+
+    def model(self, device: torch.device | str = "cpu", pool: str | None = None) -> torch.nn.Module:
+        from latentprobe.models.external import Encoder, load_encoder
+
+        source = self.source
+        if self.module is not None:
+            return Encoder(self.module, source["encoder"], source["image_size"], pool).to(device).eval()
+        return load_encoder(source["encoder"], source.get("weights"), source["image_size"], pool,
+                            source["seed"]).to(device).eval()
+
+    @cached_property
+    def _data_digest(self) -> str | None:
+        from latentprobe.data.images import data_digest
+
+        source = self.source
+        own = source["dataset"] in OWN_DATASETS
+        return data_digest(source["dataset"], self.data_dir or source["data_dir"]) if own else None
+
+    def splits(self, label_type: str = "fine") -> dict[str, Split]:
+        """As a run's, read once per label type (an image folder is decoded once per session)."""
+        cache = self.__dict__.setdefault("_splits", {})
+        if label_type not in cache:
+            cache[label_type] = super().splits(label_type)
+        return cache[label_type]
+
+    def data_identity(self) -> dict:
+        return {**super().data_identity(), "image_size": self.source["image_size"], "images": self._data_digest}
+
+    def exclusive(self):
+        self.source  # noqa: B018 - read here, so a missing or foreign encoder.yaml stops us first
+        return exclusive(self.path)
+
+
+def read_images(dataset: str, root, image_size: int | None, seed: int, download: bool = True):
+    """(train, test, skipped files) of any data set: CIFAR's batch files, an image folder or an npz."""
+    if dataset in OWN_DATASETS:
+        from latentprobe.data.images import load_image_folder, load_npz
+
+        if not root:
+            kind = "folder of class folders" if dataset == "imagefolder" else ".npz file"
+            raise ValueError(f"--dataset {dataset} needs --data-dir (the {kind})")
+        return load_image_folder(root, image_size or 32, seed) if dataset == "imagefolder" else load_npz(root)
+    train, test = (load_split(dataset, split, root, download=download) for split in ("train", "test"))
+    return train, test, []
+
+
 def run_splits(train_config: dict, data_dir: str | None = None, label_type: str = "fine",
                download: bool | None = None) -> dict[str, Split]:
     """The train (same subset), validation and test splits of a run's training config, read from
     ``data_dir`` (None: the run's) and downloaded if missing when ``download`` (None: the run's)."""
     dataset, root = train_config["dataset"], data_dir or train_config.get("data_dir")
     download = train_config.get("download", True) if download is None else download
-    train = load_split(dataset, "train", root, download=download)
-    test = load_split(dataset, "test", root, download=download)
+    train, test, _ = read_images(dataset, root, train_config.get("image_size"), train_config["seed"], download)
     train, val = train_val_split(train, train_config["val_size"], seed=train_config["seed"])
     train = take(train, train_config.get("subset"), seed=train_config["seed"])
     return {name: split.with_label_type(label_type) for name, split in zip(SPLITS, (train, val, test))}

@@ -231,10 +231,26 @@ def take(split: Split, limit: int | None, seed: int = 0) -> Split:
 class Normalizer:
     """uint8 (B, 3, H, W) on any device → float, normalised per channel; and back."""
 
-    def __init__(self, dataset: str, device: torch.device | str = "cpu"):
-        spec = DATASETS[dataset]
-        self.mean = torch.tensor(spec.mean, device=device).view(1, 3, 1, 1)
-        self.std = torch.tensor(spec.std, device=device).view(1, 3, 1, 1)
+    def __init__(self, dataset: str, device: torch.device | str = "cpu", stats=None):
+        """CIFAR's published per-channel statistics, or ``stats`` = (mean, std) given."""
+        mean, std = stats if stats is not None else (DATASETS[dataset].mean, DATASETS[dataset].std)
+        self.mean = torch.tensor(mean, device=device, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, device=device, dtype=torch.float32).view(1, 3, 1, 1)
+
+    @classmethod
+    def of(cls, train: Split, device: torch.device | str = "cpu") -> "Normalizer":
+        """The normaliser of a training split: CIFAR's own statistics, else the mean and standard
+        deviation per channel of these training images."""
+        if train.dataset in DATASETS:
+            return cls(train.dataset, device)
+        sums = torch.zeros(2, 3, dtype=torch.float64)
+        for start in range(0, len(train), 1024):  # in chunks: large images are not copied whole
+            chunk = train.images[start:start + 1024].double()
+            sums += torch.stack([chunk.sum((0, 2, 3)), chunk.pow(2).sum((0, 2, 3))])
+        count = train.images[:, 0].numel()
+        mean = sums[0] / count
+        std = (sums[1] / count - mean ** 2).clamp_min(1e-6).sqrt()
+        return cls(train.dataset, device, (mean.tolist(), std.tolist()))
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return (images.float() - self.mean) / self.std

@@ -272,6 +272,44 @@ def _evaluate_run(run: Run, cfg: EvalConfig) -> dict:
     return load_eval(run, cfg.label_type)
 
 
+def evaluate_encoder(encoder: "str | torch.nn.Module", out: Path | str, cfg: EvalConfig) -> dict:
+    """Probe an encoder of your own under the same protocol as a run: ``encoder`` is a SPEC
+    (models/external.py) or an ``nn.Module`` mapping a normalised image batch to its latent; the
+    images are ``cfg.dataset`` (CIFAR, an image folder or an npz). The encoder and the images are
+    checked before ``out`` is made; ``out`` then holds encoder.yaml, the cached features and
+    eval.json, and reads as a run (``latentprobe report OUT``)."""
+    from latentprobe.models.external import DEFAULT_IMAGE_SIZE, Encoder, declared_size, load_encoder
+    from latentprobe.options import DATASETS
+    from latentprobe.runs import EncoderRun, read_images
+
+    if cfg.layers:
+        raise ValueError("--layers applies to runs of the registered models; probe an encoder of your own at its "
+                         "output (or give a factory that returns the layer you want)")
+    module = encoder if isinstance(encoder, torch.nn.Module) else None
+    spec = encoder if module is None else f"python:{type(module).__name__}"
+    if module is None:
+        model = load_encoder(spec, cfg.weights, cfg.image_size, cfg.pool, cfg.seed)
+    else:
+        model = Encoder(module.eval(), spec, cfg.image_size or declared_size(module) or DEFAULT_IMAGE_SIZE, cfg.pool)
+    size = model.config["image_size"]
+    dataset = cfg.dataset or "cifar10"
+    train, _, skipped = read_images(dataset, cfg.data_dir, size, cfg.seed, cfg.download is not False)
+    val_size = cfg.val_size or (5000 if dataset in DATASETS else max(1, len(train) // 10))
+    if val_size >= len(train):
+        raise ValueError(f"--val-size {val_size}: the training split holds {len(train)} images; give fewer")
+    source = {"encoder": spec, "weights": cfg.weights, "image_size": size, "dataset": dataset,
+              "data_dir": cfg.data_dir, "download": cfg.download is not False, "val_size": val_size,
+              "subset": cfg.subset, "seed": cfg.seed}
+    run = EncoderRun.create(out, source, module)
+    listing = run.path / "skipped_images.txt"
+    listing.unlink(missing_ok=True)
+    if skipped:
+        listing.write_text("".join(f"{line}\n" for line in skipped))
+        print(f"{len(skipped)} image file(s) could not be read and were skipped (e.g. {skipped[0]}); "
+              f"all are listed in {listing}", flush=True)
+    return evaluate_run(run, cfg)
+
+
 def load_eval(run: Run | Path | str, label_type: str = "fine") -> dict:
     """RUN/eval.json (or eval_coarse.json), with ``run`` set to the path it was read from (a copied
     run reports itself, never the original it was copied from)."""

@@ -16,7 +16,7 @@ from latentprobe.data.cifar import Normalizer, Split
 from latentprobe.models import create_model
 from latentprobe.options import REPRESENTATIONS
 from latentprobe.probe.store import CacheWriter, FeatureMatrix, read_cache, sweep
-from latentprobe.runs import Run
+from latentprobe.runs import EncoderRun, Run
 from latentprobe.training.engine import extract, extract_batches, prepare_model
 
 
@@ -41,7 +41,7 @@ class FeatureSet:
 def encode_splits(encode, splits: dict[str, Split], device, flip_train: bool = False) -> FeatureSet:
     """``encode`` over every split's images, on the device, held in memory (small representations:
     raw pixels; tests). ``flip_train`` as in ``cache_features``."""
-    normalizer = Normalizer(splits["train"].dataset, device)
+    normalizer = Normalizer.of(splits["train"], device)
     features, labels = {}, {}
     for name, split in splits.items():
         images, labels[name] = split.images.to(device), split.labels
@@ -62,7 +62,7 @@ def cached_features(folder, key: dict, device, flip_train: bool, make) -> Featur
         return FeatureSet(*cached)
     encode, splits = make()
     sweep(folder.parent)
-    normalizer = Normalizer(splits["train"].dataset, device)
+    normalizer = Normalizer.of(splits["train"], device)
     writer = CacheWriter(folder)
     try:
         for name, split in splits.items():
@@ -122,6 +122,11 @@ def random_encoder_features(run: Run, device: torch.device, label_type: str = "f
     started from; the trained weights are not loaded.
     """
     run = Run.of(run)
+    if isinstance(run, EncoderRun):  # an encoder of your own: built again by its own code, seeded
+        key = {"init_seed": run.train_config["seed"], "model_config": run.model_config(pool),
+               "label_type": label_type, "data": run.data_identity()}
+        return cached_features(run.features_dir(_cache_name("random", flip_train)), key, device, flip_train,
+                               lambda: (run.untrained_model(pool).to(device).eval().encode, run.splits(label_type)))
     return _fitted_features(run, "random", run.model_config(pool), device, label_type, flip_train)
 
 

@@ -61,7 +61,11 @@ def _settings(record: dict) -> str:
     config = record["train_config"]
     parts = [f"{k}={v}" for k, v in config.get("model_args", {}).items() if k != "latent_dim"]
     epochs = record.get("epochs_trained", config.get("epochs"))
-    parts.append(f"{epochs} epoch{'s' if epochs != 1 else ''}")
+    if epochs is not None:
+        parts.append(f"{epochs} epoch{'s' if epochs != 1 else ''}")
+    if "encoder" in config:  # an encoder of your own (evaluate --encoder): its weights and images
+        parts.append(f"weights {Path(config['weights']).name}" if config.get("weights") else "its own weights")
+        parts.append(f"{config['dataset']} at {config['image_size']} px")
     if config.get("subset"):
         parts.append(f"{config['subset']:,} images")
     return ", ".join(parts)
