@@ -171,7 +171,7 @@ def test_a_timm_model_from_a_local_state_dict_and_the_python_api(cifar10_root, t
     record = load_eval(out)
     assert record["latent_dim"] == 512 and set(record["representations"]) == {"encoder", "random"}
     module = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    cfg = EvalConfig(data_dir=str(cifar10_root), download=False, encoder="python", val_size=40, probes=["knn"],
+    cfg = EvalConfig(data_dir=str(cifar10_root), download=False, val_size=40, probes=["knn"],
                      knn_k=[5], baselines=["random"], device="cpu")
     result = evaluate_encoder(module, tmp_path / "api", cfg)
     assert result["latent_dim"] == 4 and set(result["representations"]) == {"encoder", "random"}
@@ -241,6 +241,7 @@ def test_bad_images_are_one_line(encoders, tmp_path, capsys):
         assert not (tmp_path / "out").exists()
     error = _error(capsys, ["evaluate", "--dataset", "npz", str(tmp_path / "run")])
     assert error == "error: --dataset apply with --encoder; a run is probed on its own images"
+    assert not (tmp_path / "run").exists()
     error = _error(capsys, ["evaluate", "--encoder", "timm:resnet18", str(tmp_path / "out")])
     assert "needs --weights FILE, a local state dict (nothing is downloaded)" in error
 
@@ -271,3 +272,13 @@ def test_an_image_folder_reads_as_the_cifar_loader_on_2000_real_images(real_data
     assert a["test"]["mean"] > 0.2 and b["test"]["mean"] > 0.2  # both read something (chance: 10%)
     noise = max(a["test"]["std"], b["test"]["std"], 0.01)  # at least a point: 5 test images of 500
     assert abs(a["test"]["mean"] - b["test"]["mean"]) <= 3 * noise, (a["test"], b["test"])
+
+
+def test_the_example_encoder_of_the_docs(cifar10_root, tmp_path):
+    from pathlib import Path
+
+    example = Path(__file__).parents[1] / "examples" / "my_encoder.py"
+    main(["evaluate", "--encoder", f"{example}:build", "--data-dir", str(cifar10_root), "--no-download",
+          "--val-size", "40", "--probes", "knn", "--knn-k", "5", "--baselines", "none", "--device", "cpu",
+          str(tmp_path / "out")])
+    assert load_eval(tmp_path / "out")["latent_dim"] == 256

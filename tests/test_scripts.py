@@ -18,6 +18,7 @@ TINY = {  # each script with arguments that make it run in seconds
                                      "--probe-images", "300"]],
     "benchmarks/bench_mae.py": [["--models", "mae_vit_micro_patch4", "--batch-size", "4", "--steps", "1",
                                  "--warmup-steps", "1"]],
+    "scripts/cifar_to_folder.py": [["--count", "30", "--out", "{tmp}/png"]],
     "scripts/screen_conv_ae.py": [["tiny", "--latent-dim", "8", "--epochs", "1", "--val-size", "40", "--out", "{tmp}"]],
     "scripts/screen_patch_dictionaries.py": [["120", "4", "kmeans_triangle", "wta_soft:1", "--val-images", "40",
                                               "--whitening-patches", "2000", "--probe-epochs", "2"]],

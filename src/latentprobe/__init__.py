@@ -20,7 +20,7 @@ _API = {
     "TrainConfig": ("options", "TrainConfig"), "train": ("training.pretrain", "train"),
     "ProbeConfig": ("options", "ProbeConfig"),
     "EvalConfig": ("options", "EvalConfig"), "evaluate_run": ("probe.evaluate", "evaluate_run"),
-    "load_eval": ("probe.evaluate", "load_eval"),
+    "load_eval": ("probe.evaluate", "load_eval"), "evaluate_encoder": ("probe.evaluate", "evaluate_encoder"),
     "FinetuneConfig": ("options", "FinetuneConfig"), "finetune_run": ("training.finetune", "finetune"),
     "CompareConfig": ("options", "CompareConfig"), "write_comparison": ("report.compare", "write_comparison"),
     "StudyConfig": ("options", "StudyConfig"), "run_study": ("study", "run_study"),

@@ -216,10 +216,6 @@ class EvalConfig(RunData):
 
     def __post_init__(self):
         self.baselines = [b for b in self.baselines if b != "none"]
-        own = {"weights": None, "dataset": None, "image_size": None, "val_size": None, "subset": None, "seed": 0}
-        stray = [_flag(name) for name, default in own.items() if getattr(self, name) != default]
-        if stray and not self.encoder:
-            raise ValueError(f"{', '.join(stray)} apply with --encoder; a run is probed on its own images")
         check_choice("dataset", self.dataset, (None, *DATASETS, *OWN_DATASETS))
         check_range(self, "image_size", 8, 1024)
         at_least_one(self, "val_size", "subset")
@@ -240,6 +236,15 @@ class EvalConfig(RunData):
         if not self.probe_lrs or not self.probe_weight_decays:
             raise ValueError("--probe-lrs and --probe-weight-decays need at least one value each")
         check_device(self.device)
+
+
+def check_run_options(cfg: EvalConfig) -> None:
+    """A run is probed on its own images with its own weights: the options of an encoder of your
+    own are refused for it in one line."""
+    own = {"weights": None, "dataset": None, "image_size": None, "val_size": None, "subset": None, "seed": 0}
+    stray = [_flag(name) for name, default in own.items() if getattr(cfg, name) != default]
+    if stray:
+        raise ValueError(f"{', '.join(stray)} apply with --encoder; a run is probed on its own images")
 
 
 @dataclass

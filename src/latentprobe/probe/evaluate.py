@@ -35,7 +35,7 @@ from latentprobe import config as configuration
 from latentprobe.checkpoint import CLASSIFIER, save_checkpoint, weights_digest
 from latentprobe.distributed import local_device, machine
 from latentprobe.metrics import confusion_matrix, mean_std
-from latentprobe.options import PROBE_OPTIONS, EvalConfig
+from latentprobe.options import PROBE_OPTIONS, EvalConfig, check_run_options
 from latentprobe.probe.features import (
     FeatureSet,
     layer_names,
@@ -45,7 +45,7 @@ from latentprobe.probe.features import (
 from latentprobe.probe.heads import fit_heads, predict
 from latentprobe.probe.knn import knn_predict
 from latentprobe.probe.store import ConcatRows
-from latentprobe.runs import SCHEMA, Run, write_json
+from latentprobe.runs import SCHEMA, EncoderRun, Run, write_json
 
 LINEAR_PROBES = ("bn_linear", "logistic", "linear")  # the kinds a classifier.pt can hold
 
@@ -224,6 +224,8 @@ def cpu_threads(count: int | None):
 def evaluate_run(run: Run | Path | str, cfg: EvalConfig) -> dict:
     """Evaluate (or continue evaluating) one run; returns the eval.json record."""
     run = Run.of(run, cfg.data_dir, cfg.download)
+    if not isinstance(run, EncoderRun):
+        check_run_options(cfg)
     with cpu_threads(cfg.threads), run.exclusive():
         return _evaluate_run(run, cfg)
 
@@ -280,7 +282,7 @@ def evaluate_encoder(encoder: "str | torch.nn.Module", out: Path | str, cfg: Eva
     eval.json, and reads as a run (``latentprobe report OUT``)."""
     from latentprobe.models.external import DEFAULT_IMAGE_SIZE, Encoder, declared_size, load_encoder
     from latentprobe.options import DATASETS
-    from latentprobe.runs import EncoderRun, read_images
+    from latentprobe.runs import read_images
 
     if cfg.layers:
         raise ValueError("--layers applies to runs of the registered models; probe an encoder of your own at its "
