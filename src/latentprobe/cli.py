@@ -1,5 +1,6 @@
 """The ``latentprobe`` command: one sub-command per stage.
 
+    latentprobe run      configs/quick.yaml                  an experiment file, end to end
     latentprobe study    [--preset quick|standard|full]     the latent-size study, end to end
     latentprobe train    --model conv_ae --latent-dim 256 --out runs/ae256
     latentprobe evaluate runs/ae256 [--probe-seeds 3]        probes and baselines → eval.json
@@ -53,6 +54,12 @@ def cmd_study(args, cfg) -> None:
     from latentprobe.study import run_study
 
     run_study(cfg)
+
+
+def cmd_run(args, cfg) -> None:
+    from latentprobe.experiment import run_experiment
+
+    print(f"report: {run_experiment(Path(args.experiment))}")
 
 
 def cmd_report(args, cfg) -> None:
@@ -124,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     run = (("run",), dict(help="a run directory made by `latentprobe train`"))
+    command("run", "an experiment file end to end: train what is missing, evaluate what is not, report "
+            "(configs/ holds one per leaderboard row)", None, cmd_run,
+            positionals=[(("experiment",), dict(help="a YAML file naming a study or runs (docs/MODELS.md)"))])
     command("study", "the latent-size study end to end: train, probe, report", options.StudyConfig, cmd_study)
     train = command("train", "pretrain an autoencoder into a run directory (resumable)", options.TrainConfig,
                     cmd_train)

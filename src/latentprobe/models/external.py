@@ -25,6 +25,7 @@ from torch.nn import functional as F
 from latentprobe.checkpoint import CheckpointError
 
 DEFAULT_IMAGE_SIZE = 32
+PIXELS_PER_PASS = 1000 * 32 * 32  # one pass of the encoder: the pixels of the 1,000 CIFAR images of a batch
 
 
 class EncoderError(ValueError):
@@ -61,7 +62,11 @@ class Encoder(nn.Module):
         return self.encode(images)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        images = fit_to(images, self.config["image_size"])
+        size = self.config["image_size"]
+        step = max(1, PIXELS_PER_PASS // size ** 2)
+        if len(images) > step:  # large inputs in smaller passes: memory as for 1,000 CIFAR images
+            return torch.cat([self.encode(images[start:start + step]) for start in range(0, len(images), step)])
+        images = fit_to(images, size)
         try:
             out = self.net.encode(images) if hasattr(self.net, "encode") else self.net(images)
         except Exception as error:  # noqa: BLE001 - the user's code: its failure, in one line

@@ -115,6 +115,10 @@ def verdict(rows: list[Row]) -> list:
                 still_learning.setdefault((name, limit), []).append(f"{row.label.split(' (')[0]} ({count} of "
                                                                      f"{len(row.accuracies[name])})")
     for (name, limit), where in still_learning.items():
+        if name == "logistic":
+            warnings.append(f"The logistic probe had not converged after {limit} epochs (its gradient norm above "
+                            f"1% of its start) for {', '.join(where)} seeds: more epochs may read more.")
+            continue
         warnings.append(f"The {probe_title(name)} probe kept its last allowed epoch ({limit} of {limit}), so it was "
                         f"still learning, for {', '.join(where)} seeds: a longer or converged probe may read more.")
     for row in (r for r in rows if r.kind == "random"):

@@ -28,7 +28,7 @@ class Row:
     evals: list[dict]  # the runs behind the row (the first one for a deduplicated baseline)
     accuracies: dict[str, list[float]] = field(default_factory=dict)  # probe → test acc per seed × run
     protocols: dict[str, list[dict]] = field(default_factory=dict)  # probe → each run's protocol for it
-    last_epochs: dict[str, int] = field(default_factory=dict)  # probe → seeds that kept the last epoch allowed
+    last_epochs: dict[str, int] = field(default_factory=dict)  # probe → seeds still learning at the last epoch allowed
     finetune: list[float] = field(default_factory=list)
     encoder: str = ""  # a layer or random-weight row: the label of its encoder's row
     family: str = ""  # an encoder row: its label without the latent size (rows of one curve share it)
@@ -142,7 +142,21 @@ def _pool(row: Row, rep: dict) -> None:
         protocol = result.get("protocol", {})
         row.protocols.setdefault(probe, []).append(protocol)
         limit = protocol.get("probe_epochs")
-        if limit and not protocol.get("refit"):
+        if probe == "logistic":  # a convex problem, trained to its last epoch: still learning if not converged
+            last = sum(not converged(s.get("convergence")) for s in result["seeds"])
+            row.last_epochs[probe] = row.last_epochs.get(probe, 0) + last
+        elif limit and not protocol.get("refit"):
             last = sum(s.get("best_epoch") == limit for s in result["seeds"])
             row.last_epochs[probe] = row.last_epochs.get(probe, 0) + last
+
+
+CONVERGED = 0.01  # a logistic probe has converged when its gradient norm fell below this share of its start
+
+
+def converged(convergence: dict | None) -> bool:
+    """Whether a probe's objective reached its optimum: its gradient norm below 1% of where it
+    started (a record without the norms counts as converged: nothing says otherwise)."""
+    if not convergence:
+        return True
+    return convergence["gradient_norm"] <= CONVERGED * convergence["initial_gradient_norm"]
 
