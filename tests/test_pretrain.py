@@ -183,6 +183,12 @@ def test_train_seeds_repeats_pretraining_one_run_per_seed(cifar10_root, tmp_path
     (["--device", "tpu"], "unknown --device 'tpu'"),
     (["--model-args", "bogus=1"], "conv_ae: "),
     (["--model", "mae_vit_micro_patch4", "--model-args", "patch_size=0"], "patch_size"),
+    (["--model-args", "c1=0"], "latent_dim, c1 and c2 are sizes, each at least 1"),
+    (["--model", "deep_conv_ae", "--model-args", "width=0"], "width (at least 1)"),
+    (["--model", "mae_vit_micro_patch4", "--model-args", "num_heads=5"],
+     "mae_vit_micro_patch4 cannot be built with num_heads=5: AssertionError: dim should be divisible by num_heads"),
+    (["--model", "mae_vit_micro_patch4", "--model-args", "depth=-1"], "cannot be built with depth=-1"),
+    (["--latent-dim", "1000000000"], "parameters: 161,186 GiB to train (weights, gradients and Adam's two moments)"),
 ])
 def test_bad_options_are_one_line_before_any_directory(cifar10_root, tmp_path, capsys, flags, message):
     from latentprobe.cli import main
@@ -193,6 +199,30 @@ def test_bad_options_are_one_line_before_any_directory(cifar10_root, tmp_path, c
               *flags])
     assert str(stop.value.code).startswith("error: ") and message in str(stop.value.code)
     assert "\n" not in str(stop.value.code) and not out.exists()
+
+
+def test_out_naming_a_file_is_one_line_and_the_file_is_kept(cifar10_root, tmp_path):
+    from latentprobe.cli import main
+
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--data-dir", str(cifar10_root), "--no-download", "--out", str(tmp_path / "notes.txt")])
+    assert str(stop.value.code) == f"error: --out {tmp_path / 'notes.txt'} is a file; give a folder (new, or a run " \
+                                   f"to continue)"
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_a_temp_file_left_by_a_killed_writer_is_swept_on_the_next_start(cifar10_root, tmp_path):
+    from latentprobe.cli import main
+
+    run = tmp_path / "run"
+    args = ["train", "--latent-dim", "8", "--model-args", "c1=4 c2=8", "--data-dir", str(cifar10_root),
+            "--no-download", "--val-size", "40", "--epochs", "1", "--device", "cpu", "--out", str(run)]
+    main(args)
+    leftover = run / "checkpoint.pt.12345.tmp"  # as a kill -9 during the checkpoint write leaves it
+    leftover.write_bytes(b"half a checkpoint")
+    main(args)  # finished: nothing to do, but the leftover goes
+    assert not leftover.exists() and (run / "checkpoint.pt").is_file()
 
 
 def test_a_yaml_value_of_the_wrong_type_is_one_line(tmp_path):

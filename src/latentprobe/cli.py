@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = (("run",), dict(help="a run directory made by `latentprobe train`"))
     command("run", "an experiment file end to end: train what is missing, evaluate what is not, report "
             "(configs/ holds one per leaderboard row)", None, cmd_run,
-            positionals=[(("experiment",), dict(help="a YAML file naming a study or runs (docs/MODELS.md)"))])
+            positionals=[(("experiment",), dict(help="a YAML file naming a study or runs (docs/USING_YOUR_OWN.md)"))])
     command("study", "the latent-size study end to end: train, probe, report", options.StudyConfig, cmd_study)
     train = command("train", "pretrain an autoencoder into a run directory (resumable)", options.TrainConfig,
                     cmd_train)

@@ -335,8 +335,14 @@ def exclusive(run_dir: Path):
     block runs. The operating system drops it when the process ends, by kill -9 too, so no stale
     lock is ever left; the file keeps the holder's pid for the message a second writer gets."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / LOCK, "a+") as handle:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"{run_dir} is a file, not a run folder; give --out a folder (new or a run's)")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(run_dir / LOCK, "a+")
+    except OSError as error:  # read-only, no permission, disk full
+        raise ValueError(f"cannot write in {run_dir} ({error.strerror}); give --out a folder you can write") from None
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -348,6 +354,8 @@ def exclusive(run_dir: Path):
         handle.truncate()
         handle.write(str(os.getpid()))
         handle.flush()
+        for leftover in run_dir.glob("*.tmp"):  # a writer killed mid-write left it; we are the only writer now
+            leftover.unlink(missing_ok=True)
         try:
             yield
         finally:

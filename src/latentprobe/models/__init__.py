@@ -15,8 +15,10 @@ training, probing and reports never need to know which model they hold:
 Images are float tensors ``(B, 3, H, W)`` already normalised by the data layer.
 """
 
+import os
 from typing import Callable
 
+import torch
 import torch.nn as nn
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
@@ -48,6 +50,35 @@ def create_model(name: str, **kwargs) -> nn.Module:
                          f"(`latentprobe models` lists the models)") from None
     model.model_name = name
     return model
+
+
+def check_model(name: str, device: torch.device | str = "cpu", **kwargs) -> int:
+    """Build the model on the meta device (no memory): a model option it cannot take is one line
+    here, before anything is made; so is a model whose weights, gradients and Adam's two moments
+    (16 bytes a parameter) would not fit in ``device``'s memory. Returns its parameter count."""
+    try:
+        try:
+            with torch.device("meta"):
+                model = create_model(name, **kwargs)
+        except NotImplementedError:  # its construction reads values (e.g. a fixed embedding): built for real
+            model = create_model(name, **kwargs)
+    except ValueError:
+        raise
+    except Exception as error:  # noqa: BLE001 - the model's own check of its options (assert, shape)
+        shown = " ".join(f"{k}={v}" for k, v in kwargs.items())
+        raise ValueError(f"{name} cannot be built with {shown or 'its defaults'}: {type(error).__name__}: "
+                         f"{str(error).splitlines()[0] if str(error) else 'invalid option'}") from None
+    count = sum(p.numel() for p in model.parameters())
+    device = torch.device(device)
+    if device.type == "cuda":
+        available = torch.cuda.get_device_properties(device.index or 0).total_memory
+    else:
+        available = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if 16 * count > available:
+        raise ValueError(f"{name} with {' '.join(f'{k}={v}' for k, v in kwargs.items())} has {count:,} parameters: "
+                         f"{16 * count / 2**30:,.0f} GiB to train (weights, gradients and Adam's two moments), more "
+                         f"than the {available / 2**30:,.0f} GiB of {device.type} memory here; choose smaller sizes")
+    return count
 
 
 # Importing the model files fills the registry.

@@ -24,6 +24,8 @@ class ConvAutoencoder(nn.Module):
         super().__init__()
         if image_size < 12 or (image_size - 2) % 2:
             raise ValueError(f"image_size must be even and at least 12, got {image_size}")
+        if min(latent_dim, c1, c2) < 1:
+            raise ValueError(f"latent_dim, c1 and c2 are sizes, each at least 1; got {latent_dim}, {c1}, {c2}")
         if not noise >= 0:
             raise ValueError(f"noise is a standard deviation and must be >= 0, got {noise}")
         self.latent_dim, self.noise = latent_dim, noise

@@ -44,6 +44,8 @@ class DeepConvAutoencoder(nn.Module):
     def __init__(self, *, latent_dim: int = 512, width: int = 32, image_size: int = 32, mask_ratio: float = 0.5,
                  noise: float = 0.0, augment_crops: bool = True):
         super().__init__()
+        if width < 1 or latent_dim < 4:
+            raise ValueError(f"width (at least 1) and latent_dim (at least 4) are sizes; got {width}, {latent_dim}")
         if latent_dim % 4:
             raise ValueError(f"latent_dim is 4 quadrants × channels: it must be a multiple of 4, got {latent_dim}")
         if image_size % 8 or image_size < 16:

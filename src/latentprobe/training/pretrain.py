@@ -22,7 +22,7 @@ from latentprobe.distributed import (
     machine,
     mean_across_ranks,
 )
-from latentprobe.models import create_model
+from latentprobe.models import check_model, create_model
 from latentprobe.options import TrainConfig
 from latentprobe.plots import image_grid, line_chart
 from latentprobe.runs import (
@@ -54,11 +54,13 @@ from latentprobe.training.engine import (
 RECORDING_OPTIONS = frozenset({"grid_every", "checkpoint_every", "probe_every", "probe_size"})
 
 
+def model_options(cfg: TrainConfig) -> dict:
+    """The model's keyword arguments: its own options and the latent size."""
+    return {**cfg.model_args, **({} if cfg.latent_dim is None else {"latent_dim": cfg.latent_dim})}
+
+
 def build_model(cfg: TrainConfig):
-    kwargs = dict(cfg.model_args)
-    if cfg.latent_dim is not None:
-        kwargs["latent_dim"] = cfg.latent_dim
-    return create_model(cfg.model, **kwargs)
+    return create_model(cfg.model, **model_options(cfg))
 
 
 def load_data(cfg: TrainConfig, device: torch.device):
@@ -130,6 +132,9 @@ def train(cfg: TrainConfig) -> Path:
     device = local_device(cfg.device)
     rank, world_size = init_distributed(device)
     run_dir = Path(cfg.out)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"--out {run_dir} is a file; give a folder (new, or a run to continue)")
+    check_model(cfg.model, device, **model_options(cfg))  # its options and its memory, before anything is made
     torch.manual_seed(cfg.seed)
     model = build_model(cfg).to(device)
     effective_batch = cfg.batch_size * cfg.accum_steps * world_size
