@@ -293,3 +293,16 @@ def test_a_mistyped_run_path_is_one_line_and_leaves_no_folder(tmp_path, command)
     assert str(stop.value.code) == f"error: no checkpoint at {typo / 'checkpoint.pt'}; train the run first " \
                                    f"(latentprobe train)"
     assert not (tmp_path / "runz").exists()
+
+
+def test_a_report_refuses_results_of_weights_the_run_no_longer_holds(cifar10_root, tmp_path):
+    run = train_tiny_run(cifar10_root, tmp_path / "run", latent_dim=16)
+    evaluate_run(run, fast_config(probes=["knn"], baselines=[]))
+    assert load_eval(run)["latent_dim"] == 16
+    (run / "checkpoint.pt").unlink()  # trained again in the same folder, with another latent size
+    train_tiny_run(cifar10_root, run, latent_dim=32)
+    with pytest.raises(ValueError, match="was made from other weights than .* holds now .* run `latentprobe "
+                                         "evaluate .*` again"):
+        load_eval(run)
+    evaluate_run(run, fast_config(probes=["knn"], baselines=[]))  # evaluated again: current
+    assert load_eval(run)["latent_dim"] == 32

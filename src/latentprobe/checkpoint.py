@@ -37,8 +37,13 @@ def weights_digest(model: nn.Module) -> str:
     """A short fingerprint of a model's weights and buffers: every cached artefact made from
     them (features, probe results, classifiers) carries it and is refused or redone when the
     weights change (a run retrained in the same folder, a longer run with a new best epoch)."""
+    return state_digest(model.state_dict())
+
+
+def state_digest(state: dict) -> str:
+    """``weights_digest`` of a state dict as a checkpoint holds it (no model built)."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in sorted(state.items()):
         flat = tensor.detach().cpu().contiguous().reshape(-1)
         digest.update(f"{name}:{flat.dtype}:{tuple(tensor.shape)};".encode())
         digest.update(flat.view(torch.uint8).numpy().tobytes())

@@ -53,7 +53,8 @@ def machine(device: torch.device) -> str:
         model = names[0] if names else model
     except OSError:
         pass
-    return f"{model} CPU, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    return f"{model} CPU, {threads} thread{'s' if threads != 1 else ''}"
 
 
 def is_main_process() -> bool:

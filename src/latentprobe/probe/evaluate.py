@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from latentprobe import config as configuration
-from latentprobe.checkpoint import CLASSIFIER, save_checkpoint, weights_digest
+from latentprobe.checkpoint import CLASSIFIER, save_checkpoint, state_digest, weights_digest
 from latentprobe.distributed import local_device, machine
 from latentprobe.metrics import confusion_matrix, mean_std
 from latentprobe.options import PROBE_OPTIONS, EvalConfig, check_run_options
@@ -184,7 +184,7 @@ def run_info(run: Run, device, pool: str | None = None) -> dict:
             "pool": getattr(model, "pool", None), "weights": weights_digest(model),
             "epochs_trained": run.checkpoint["epoch"], "probed_epoch": run.probed_epoch,
             "val_mse": probed.get("val_mse"), "val_psnr": probed.get("val_psnr"),
-            "train_seconds": sum(h.get("epoch_seconds", 0.0) for h in history),
+            "train_seconds": sum(h.get("epoch_seconds", 0.0) for h in history) if history else None,
             "train_wall_seconds": sum(wall) if wall and None not in wall else None,
             "trained_on": next((h["machine"] for h in reversed(history) if "machine" in h), None)}
 
@@ -320,4 +320,10 @@ def load_eval(run: Run | Path | str, label_type: str = "fine") -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; run `latentprobe evaluate {run.path}"
                                 f"{'' if label_type == 'fine' else ' --label-type ' + label_type}` first")
-    return {**run.read_result(path), "run": str(run.path)}
+    record = run.read_result(path)
+    if not isinstance(run, EncoderRun) and run.checkpoint_file.is_file():  # a run trained again since
+        checkpoint = run.checkpoint
+        if state_digest(checkpoint.get("best_model", checkpoint["model"])) != record.get("weights"):
+            raise ValueError(f"{path} was made from other weights than {run.checkpoint_file} holds now (the run "
+                             f"was trained again or further); run `latentprobe evaluate {run.path}` again")
+    return {**record, "run": str(run.path)}

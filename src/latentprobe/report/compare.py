@@ -86,7 +86,8 @@ def model_table(rows: list[Row]) -> Table:
         first = row.evals[0]
         walls = [r.get("train_wall_seconds") for r in row.evals]
         table.append([row.label, f"{first['encoder_params']:,} / {first['params']:,}", len(row.evals),
-                      ", ".join(f"{r['epochs_trained']} ({r.get('probed_epoch', r['epochs_trained'])})"
+                      ", ".join("–" if r["epochs_trained"] is None else
+                                f"{r['epochs_trained']} ({r.get('probed_epoch', r['epochs_trained'])})"
                                 for r in row.evals),
                       fmt([r["val_mse"] for r in row.evals], 1.0, 5),
                       fmt([r["val_psnr"] for r in row.evals], 1.0, 2),
@@ -147,8 +148,9 @@ def _footer(evals: list[dict], rows: list[Row], cfg: CompareConfig) -> list:
             + ". Reconstruction MSE is on [0, 1] pixels of the validation split, at the epoch the probes read "
             "(the one with the lowest validation loss).",
             "Runs: " + "; ".join(f"{row.label.split(' (')[0]}: " + ", ".join(
-                f"`{os.path.relpath(e['run'], out)}` (seed {e['train_config']['seed']}, {e['epochs_trained']} "
-                f"epoch{'s' if e['epochs_trained'] != 1 else ''})"
+                f"`{os.path.relpath(e['run'], out)}` (seed {e['train_config']['seed']}, " + (
+                    "not trained here" if e['epochs_trained'] is None else
+                    f"{e['epochs_trained']} epoch{'s' if e['epochs_trained'] != 1 else ''}") + ")"
                 for e in row.evals) for row in rows if row.kind == "encoder") + ".",
         ]),
     ]
