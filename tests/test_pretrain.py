@@ -225,6 +225,21 @@ def test_a_temp_file_left_by_a_killed_writer_is_swept_on_the_next_start(cifar10_
     assert not leftover.exists() and (run / "checkpoint.pt").is_file()
 
 
+def test_pictures_torn_by_a_kill_are_redrawn_when_the_finished_run_is_called_again(cifar10_root, tmp_path, capsys):
+    from latentprobe.cli import main
+
+    run = tmp_path / "run"
+    args = ["train", "--latent-dim", "8", "--model-args", "c1=4 c2=8", "--data-dir", str(cifar10_root),
+            "--no-download", "--val-size", "40", "--epochs", "1", "--device", "cpu", "--out", str(run)]
+    main(args)
+    (run / "grids" / "epoch_0001.png").write_bytes(b"")  # a kill while the last grid was written
+    (run / "loss.png").unlink()
+    capsys.readouterr()
+    main(args)
+    assert "the last pictures repaired" in capsys.readouterr().out
+    assert (run / "grids" / "epoch_0001.png").stat().st_size > 1000 and (run / "loss.png").stat().st_size > 1000
+
+
 def test_a_yaml_value_of_the_wrong_type_is_one_line(tmp_path):
     from latentprobe.cli import main
 

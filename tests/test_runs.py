@@ -116,3 +116,24 @@ def test_report_picks_what_the_paths_hold(tmp_path):
         report_kind([evaluated, classifiers])  # a comparison needs every run evaluated
     with pytest.raises(FileNotFoundError, match="missing: no such directory"):
         report_kind([tmp_path / "missing"])
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"[]", "holds a list, not a latentprobe result"),
+    (b"{}", "'model_name' is missing or not a str"),
+    (b'{"schema": 2, "model_name": "conv_ae", "latent_dim": 8, "train_config": {}, "representations": '
+     b'{"encoder": {"probes": {"linear": {"test": {"mean": 0.5}}}}}}', "encoder / linear has no seeds"),
+    (b'{"schema": 2, "model_name": "conv_ae", "latent_dim": 8, "train_config": {}, "representations": '
+     b'{"encoder": {"probes": {"linear": {"seeds": [{"test_acc": 7}], "test": {"mean": 7}}}}}}',
+     "has no seeds with a test_acc in [0, 1]"),
+    (bytes(range(256)), "holds binary bytes, not JSON"),
+])
+def test_a_result_file_of_the_wrong_shape_is_one_line_naming_it(tmp_path, content, message):
+    from latentprobe.cli import main
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "eval.json").write_bytes(content)
+    with pytest.raises(SystemExit) as stop:
+        main(["report", str(tmp_path / "run"), "--out", str(tmp_path / "report")])
+    error = str(stop.value.code)
+    assert error.startswith(f"error: {tmp_path / 'run' / 'eval.json'}") and message in error and "\n" not in error

@@ -398,7 +398,35 @@ def write_json(path: Path, record) -> None:
 
 
 def read_json(path: Path):
-    return _parse(Path(path).read_text(), Path(path))
+    try:
+        text = Path(path).read_text()
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} holds binary bytes, not JSON; delete it and run the command that wrote it "
+                         f"again") from None
+    return _parse(text, Path(path))
+
+
+def check_eval(record: dict, path: Path) -> dict:
+    """``record`` (an eval.json in the current schema) if it has the shape every reader relies on:
+    the run's facts and, per representation and probe, seeds with a test accuracy in [0, 1]."""
+    def need(condition: bool, what: str) -> None:
+        if not condition:
+            raise ValueError(f"{path}: {what}; it is not an eval.json that latentprobe wrote: delete it and run "
+                             f"`latentprobe evaluate` again")
+
+    for key, kind in (("model_name", str), ("latent_dim", int), ("train_config", dict), ("representations", dict)):
+        need(isinstance(record.get(key), kind), f"'{key}' is missing or not a {kind.__name__}")
+    for name, representation in record["representations"].items():
+        need(isinstance(representation, dict) and isinstance(representation.get("probes"), dict),
+             f"representation {name!r} has no 'probes' mapping")
+        for probe, result in representation["probes"].items():
+            seeds = result.get("seeds") if isinstance(result, dict) else None
+            need(isinstance(seeds, list) and bool(seeds) and all(
+                isinstance(s, dict) and isinstance(s.get("test_acc"), (int, float)) and 0 <= s["test_acc"] <= 1
+                for s in seeds), f"{name} / {probe} has no seeds with a test_acc in [0, 1]")
+            need(isinstance(result.get("test"), dict) and isinstance(result["test"].get("mean"), (int, float)),
+                 f"{name} / {probe} has no 'test' summary")
+    return record
 
 
 class TensorBoard:

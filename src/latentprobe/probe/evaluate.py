@@ -45,7 +45,7 @@ from latentprobe.probe.features import (
 from latentprobe.probe.heads import fit_heads, predict
 from latentprobe.probe.knn import knn_predict
 from latentprobe.probe.store import ConcatRows
-from latentprobe.runs import SCHEMA, EncoderRun, Run, write_json
+from latentprobe.runs import SCHEMA, EncoderRun, Run, check_eval, write_json
 
 LINEAR_PROBES = ("bn_linear", "logistic", "linear")  # the kinds a classifier.pt can hold
 
@@ -238,7 +238,7 @@ def _evaluate_run(run: Run, cfg: EvalConfig) -> dict:
         raise ValueError(f"{run.path} was trained with val_size 0; the probes need a validation split "
                          f"to choose their settings (train with --val-size > 0)")
     print(f"{run.path}: evaluating {', '.join(probe_names(cfg))} on {device}", flush=True)
-    previous = run.read_result(path) if path.exists() else {}
+    previous = check_eval(run.read_result(path), path) if path.exists() else {}
     # results are kept only for the same weights, images, labels and pooling
     identity = ("weights", "train_config", "pool")
     same = all(previous.get(k) == info[k] for k in identity) and previous.get("label_type") == cfg.label_type
@@ -320,7 +320,7 @@ def load_eval(run: Run | Path | str, label_type: str = "fine") -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; run `latentprobe evaluate {run.path}"
                                 f"{'' if label_type == 'fine' else ' --label-type ' + label_type}` first")
-    record = run.read_result(path)
+    record = check_eval(run.read_result(path), path)
     if not isinstance(run, EncoderRun) and run.checkpoint_file.is_file():  # a run trained again since
         checkpoint = run.checkpoint
         if state_digest(checkpoint.get("best_model", checkpoint["model"])) != record.get("weights"):

@@ -153,7 +153,10 @@ def _train(cfg: TrainConfig, run_dir: Path, model, optimizer, peak_lr: float, tr
     normalizer = Normalizer(cfg.dataset, device)
     start_epoch, history, best = _resume(run_dir, cfg, model, optimizer)
     if start_epoch >= cfg.epochs:
-        if main and not _metrics_match(run_dir / METRICS, history):  # killed between the checkpoint and its line
+        pictures = [run_dir / name for name in ("reconstructions.png", "reconstructions.pt", "loss.png",
+                                                 f"grids/epoch_{start_epoch:04d}.png")]
+        torn = [p for p in pictures if not p.is_file() or p.stat().st_size == 0]  # killed while drawing them
+        if main and (torn or not _metrics_match(run_dir / METRICS, history)):  # or before the metrics line
             write_jsonl(run_dir / METRICS, history)
             save_pictures(run_dir, model, normalizer(val_split.images[:8]), normalizer, start_epoch, history)
             print(f"{run_dir}: finished; metrics.jsonl and the last pictures repaired from the checkpoint")
