@@ -234,3 +234,37 @@ def test_an_archive_that_will_not_unpack_names_no_folder_to_delete(tmp_path):
         download_dataset(data.DATASETS["cifar10"], target, url=archive.as_uri(),
                          md5=hashlib.md5(archive.read_bytes()).hexdigest())
     assert list(target.iterdir()) == []
+
+
+def test_an_array_larger_than_its_file_is_refused_before_it_is_allocated(cifar10_root):
+    import numpy as np
+
+    class Crafted:  # a 229-byte file declaring a (150000, 3072) uint8 array: 460 MB
+        def __reduce__(self):
+            from numpy._core.multiarray import _reconstruct
+            return _reconstruct, (np.ndarray, (0,), b"b"), (1, (150000, 3072), np.dtype("uint8"), False, b"x")
+
+    path = cifar10_root / "cifar-10-batches-py" / "test_batch"
+    path.write_bytes(pickle.dumps({"data": Crafted(), "labels": [0]}, protocol=2))
+    with pytest.raises(DataError, match=r"an array of shape \(150000, 3072\) \(460,800,000 bytes\) in a file of"):
+        load_split("cifar10", "test", cifar10_root, download=False)
+
+
+def test_a_protocol_5_pickle_of_the_same_batch_reads_the_same(cifar10_root):
+    path = cifar10_root / "cifar-10-batches-py" / "test_batch"
+    before = load_split("cifar10", "test", cifar10_root, download=False)
+    record = data.read_batch_file(path)
+    path.write_bytes(pickle.dumps(record, protocol=5))  # numpy arrays as _frombuffer over the file's bytes
+    after = load_split("cifar10", "test", cifar10_root, download=False)
+    assert torch.equal(before.images, after.images) and torch.equal(before.labels, after.labels)
+
+
+@pytest.mark.parametrize("names, message", [
+    (["airplane"] * 10, "10 distinct printable class names"),
+    (["\x00ird"] + [f"c{i}" for i in range(9)], "10 distinct printable class names"),
+    ([f"c{i}" for i in range(13)], "got 13 such as"),
+])
+def test_class_names_that_cannot_be_cifar10s_are_refused(cifar10_root, names, message):
+    _rewrite(cifar10_root / "cifar-10-batches-py" / "batches.meta", label_names=names)
+    with pytest.raises(DataError, match=message):
+        load_split("cifar10", "test", cifar10_root, download=False)

@@ -94,6 +94,9 @@ class _ForbiddenGlobal(pickle.UnpicklingError):
     pass
 
 
+MAX_ARRAY_BYTES = 60_000 * 3 * 32 * 32 * 8  # the largest array CIFAR's layout allows (all images, int64 labels)
+
+
 class _RestrictedUnpickler(pickle._Unpickler):
     """Admits only what CIFAR batch files contain: dicts, lists, strings, numbers and numpy
     arrays. Any other global (``os.system``, ``builtins.eval``, …) is refused, so a planted
@@ -104,15 +107,39 @@ class _RestrictedUnpickler(pickle._Unpickler):
     _ALLOWED = {
         ("numpy.core.multiarray", "_reconstruct"),  # numpy 1 pickles (the official files)
         ("numpy._core.multiarray", "_reconstruct"),  # numpy 2 pickles
+        ("numpy.core.numeric", "_frombuffer"),  # protocol-5 pickles: an array over bytes of the file
+        ("numpy._core.numeric", "_frombuffer"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
         ("_codecs", "encode"),  # bytes in protocol-2 pickles written by Python 3
     }
 
+    def __init__(self, data: bytes, **kwargs):
+        super().__init__(io.BytesIO(data), **kwargs)
+        self.limit = len(data)  # an array holds no more bytes than the file it came from
+
     def find_class(self, module: str, name: str):
         if (module, name) in self._ALLOWED:
             return super().find_class(module, name)
         raise _ForbiddenGlobal(f"refusing to load global {module}.{name}")
+
+    def load_build(self):
+        """An array's state is checked before numpy allocates it: its declared size must fit in
+        the file (a 127-byte file cannot declare a 460 MB array) and in CIFAR's layout."""
+        state, instance = self.stack[-1], self.stack[-2]
+        if isinstance(instance, np.ndarray) and isinstance(state, tuple) and len(state) == 5:
+            shape, dtype = state[1], state[2]
+            if not (isinstance(shape, tuple) and all(isinstance(n, int) and n >= 0 for n in shape)
+                    and isinstance(dtype, np.dtype)):
+                raise _ForbiddenGlobal(f"an array state of shape {shape!r} and dtype {dtype!r}")
+            size = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+            if size > min(self.limit, MAX_ARRAY_BYTES):
+                raise _ForbiddenGlobal(f"an array of shape {shape} ({size:,} bytes) in a file of {self.limit:,} "
+                                       f"bytes")
+        super().load_build()
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+    dispatch[pickle.BUILD[0]] = load_build
 
 
 def read_batch_file(path: Path) -> dict:
@@ -121,7 +148,7 @@ def read_batch_file(path: Path) -> dict:
         raise DataError(f"{path} is missing; re-download the data set (drop --no-download) "
                         f"or point --data-dir / LATENTPROBE_DATA at a complete copy")
     try:
-        loaded = _RestrictedUnpickler(io.BytesIO(path.read_bytes()), encoding="latin1").load()
+        loaded = _RestrictedUnpickler(path.read_bytes(), encoding="latin1").load()
     except _ForbiddenGlobal as err:
         raise DataError(f"{path} is not a plain CIFAR batch file ({err}); delete it and re-download")
     except Exception as err:  # any failure to unpickle a data file (a frame claiming 2**50 bytes
@@ -167,7 +194,13 @@ def _names(meta: dict, key: str, path: Path) -> list[str]:
     if not isinstance(names, (list, tuple)) or not all(isinstance(n, (str, bytes)) for n in names):
         raise DataError(f"{path}: {key} must be a list of class names, got {type(names).__name__} "
                         f"{str(names)[:60]}; delete it and re-download")
-    return [n.decode("latin1") if isinstance(n, bytes) else n for n in names]
+    names = [n.decode("latin1") if isinstance(n, bytes) else n for n in names]
+    expected = {"label_names": 10, "fine_label_names": 100, "coarse_label_names": 20}.get(key)
+    if (expected and len(names) != expected) or len(set(names)) != len(names) or \
+            not all(n and n.isprintable() for n in names):
+        raise DataError(f"{path}: {key} must be {expected or 'the'} distinct printable class names, got "
+                        f"{len(names)} such as {names[:3]!r}; delete it and re-download")
+    return names
 
 
 def load_split(dataset: str = "cifar10", split: str = "train", root: Path | None = None,
