@@ -124,3 +124,24 @@ def test_predict_without_classifier_says_to_evaluate(tmp_path, images):
     run_dir = train_tiny_run(write_cifar10(tmp_path / "data"), tmp_path / "bare")
     with pytest.raises(FileNotFoundError, match="latentprobe evaluate"):
         predict_files(run_dir, [images["png"]], device="cpu")
+
+
+def test_paths_that_are_not_image_files_say_what_they_are(tmp_path, monkeypatch):
+    import os
+
+    from PIL import Image
+
+    from latentprobe.data import images
+
+    (tmp_path / "folder").mkdir()
+    os.mkfifo(tmp_path / "pipe")
+    Image.new("RGB", (150, 150)).save(tmp_path / "big.png")
+    monkeypatch.setattr(images, "MAX_PIXELS", 10_000)  # 22,500 pixels: over the limit (the warning band too)
+    Image.new("RGB", (120, 100)).save(tmp_path / "warned.png")  # 12,000: Pillow's warning band, an error here
+    for name, reason in (("folder", "a folder, not an image file"), ("pipe", "not a regular file (a pipe or device)"),
+                         ("big.png", "not a readable image (more than 10,000 pixels)"),
+                         ("warned.png", "not a readable image (more than 10,000 pixels)"),
+                         ("missing.png", "no such file")):
+        with pytest.raises(ValueError) as error:
+            load_image(tmp_path / name)
+        assert str(error.value) == reason

@@ -24,31 +24,68 @@ TEST_FRACTION = 0.2  # a folder without train/ and test/ gives this share of eac
 
 
 def _square(image, size: int) -> np.ndarray:
-    """A PIL image as uint8 (3, size, size): RGB, shorter side resized to ``size``, centre crop."""
+    """A PIL RGB image as uint8 (3, size, size): shorter side resized to ``size``, centre crop."""
     from PIL import Image
 
-    image = image.convert("RGB")
     width, height = image.size
     if (width, height) != (size, size):
         scale = size / min(width, height)
         width, height = max(size, round(width * scale)), max(size, round(height * scale))
-        image = image.resize((width, height), Image.Resampling.BILINEAR)
+        image = image.resize((width, height), Image.Resampling.BICUBIC)
         left, top = (width - size) // 2, (height - size) // 2
         image = image.crop((left, top, left + size, top + size))
-    return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
+    return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy()
+
+
+def _eight_bit(image):
+    """16-bit (modes I;16*, I) and float (mode F) greyscale images scaled to 8 bits by their value
+    range: ``convert("RGB")`` would clip them instead, and a 16-bit PNG would turn white."""
+    from PIL import Image
+
+    if image.mode not in ("I", "F") and not image.mode.startswith("I;16"):
+        return image
+    values = np.asarray(image, dtype=np.float64)
+    top = 1.0 if image.mode == "F" else 65535.0  # float pixels: 0..1; integer ones: 16 bits
+    if not np.isfinite(values).all() or values.min() < 0 or values.max() > top:
+        raise ValueError(f"{image.mode} pixels {values.min():g}..{values.max():g} are outside 0..{top:g}; "
+                         f"save the image with 8 bits per channel")
+    return Image.fromarray(np.round(values * (255.0 / top)).astype(np.uint8))  # mode L
 
 
 def read_image(path: Path, size: int) -> np.ndarray:
-    """One image file as uint8 (3, size, size); any failure (unreadable, truncated, too many
-    pixels) raises an error that names the file."""
-    from PIL import Image
+    """One image file of any size and mode as uint8 (3, size, size): the stored rotation applied,
+    16-bit and float greyscale scaled, transparency on white, shorter side resized, centre cropped.
+    Any failure is a ValueError with a one-line reason: not a file (a folder, a FIFO, a device),
+    not an image, more than ``MAX_PIXELS`` pixels (a decompression bomb), truncated."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
+    path = Path(path)
+    if not path.exists():
+        raise ValueError("no such file")
+    if not path.is_file():
+        raise ValueError("a folder, not an image file" if path.is_dir() else "not a regular file (a pipe or device)")
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-        with Image.open(path) as image:
-            image.load()
-            return _square(image, size)
+        try:
+            with Image.open(path) as image:
+                image.draft("RGB", (4 * size, 4 * size))  # JPEG: big photos decoded at a reduced size
+                image = ImageOps.exif_transpose(image)  # phone photos: the stored rotation
+                image = _eight_bit(image)
+                if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+                    # transparent pixels would otherwise turn into whatever colour they store: white
+                    background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+                    image = Image.alpha_composite(background, image.convert("RGBA"))
+                return _square(image.convert("RGB"), size)
+        except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+            reason = f"more than {MAX_PIXELS:,} pixels" if "ecompression" in type(err).__name__ else type(err).__name__
+            raise ValueError(f"not a readable image ({reason})") from None
+        except OSError as err:
+            raise ValueError(f"cannot read the image ({err})") from None
+        except ValueError:
+            raise
+        except Exception as err:  # noqa: BLE001 - a decoder's failure on a corrupt file, whatever its type
+            raise ValueError(f"not a readable image ({type(err).__name__})") from None
 
 
 def _class_folders(root: Path) -> dict[str, list[Path]]:
@@ -72,8 +109,8 @@ def _read_files(files: dict[str, list[Path]], class_names: list[str], size: int,
             try:
                 images.append(read_image(path, size))
                 labels.append(label)
-            except Exception as error:  # noqa: BLE001 - any undecodable file is skipped and listed
-                skipped.append(f"{path}: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
+            except ValueError as error:  # undecodable: skipped and listed
+                skipped.append(f"{path}: {error}")
     return images, labels
 
 

@@ -22,6 +22,7 @@ from latentprobe.checkpoint import (
     weights_digest,
 )
 from latentprobe.data.cifar import Normalizer
+from latentprobe.data.images import read_image
 from latentprobe.distributed import local_device
 from latentprobe.options import REPRESENTATIONS, SPLITS
 from latentprobe.probe.features import representation_features
@@ -55,42 +56,8 @@ def export_features(run: Run | Path | str, split: str = "test", source: str = "e
 
 
 def load_image(path: Path) -> torch.Tensor:
-    """One image file → uint8 (3, 32, 32). Raises ValueError with a one-line reason."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError("no such file")
-    try:
-        with Image.open(path) as image:
-            image.draft("RGB", (4 * IMAGE_SIZE, 4 * IMAGE_SIZE))  # JPEG: decode big photos at reduced size
-            image = ImageOps.exif_transpose(image)  # phone photos: apply the stored rotation
-            image = _eight_bit(image)
-            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-                # Transparent pixels would otherwise turn into whatever colour they store: use white.
-                background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-                image = Image.alpha_composite(background, image.convert("RGBA"))
-            image = image.convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC)
-    except (UnidentifiedImageError, Image.DecompressionBombError) as err:
-        raise ValueError(f"not a readable image ({type(err).__name__})") from err
-    except OSError as err:
-        raise ValueError(f"cannot read the image ({err})") from err
-    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)  # (3, 32, 32)
-
-
-def _eight_bit(image):
-    """16-bit (modes I;16*, I) and float (mode F) greyscale images scaled to 8 bits by their value
-    range: ``convert("RGB")`` would clip them instead, and a 16-bit PNG would turn white."""
-    from PIL import Image
-
-    if image.mode not in ("I", "F") and not image.mode.startswith("I;16"):
-        return image
-    values = np.asarray(image, dtype=np.float64)
-    top = 1.0 if image.mode == "F" else 65535.0  # float pixels: 0..1; integer ones: 16 bits
-    if not np.isfinite(values).all() or values.min() < 0 or values.max() > top:
-        raise ValueError(f"{image.mode} pixels {values.min():g}..{values.max():g} are outside 0..{top:g}; "
-                         f"save the image with 8 bits per channel")
-    return Image.fromarray(np.round(values * (255.0 / top)).astype(np.uint8))  # mode L
+    """One image file → uint8 (3, 32, 32) (``data.images.read_image``); ValueError with a one-line reason."""
+    return torch.from_numpy(read_image(Path(path), IMAGE_SIZE))
 
 
 def load_classifier(run: Run | Path | str, label_type: str = "fine") -> tuple[torch.nn.Module, dict]:
