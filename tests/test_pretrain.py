@@ -343,3 +343,31 @@ def test_ridge_accuracy_reads_separable_classes_in_the_primal_and_the_dual():
         assert ridge_accuracy(x[:200], labels[:200], x[200:], labels[200:]) == 1.0, dim
         noise = torch.randn(300, dim, generator=generator)  # no class information: about chance
         assert ridge_accuracy(noise[:200], labels[:200], noise[200:], labels[200:]) < 0.6, dim
+
+
+def test_a_full_disk_during_the_checkpoint_is_one_line_leaves_nothing_and_the_next_run_completes(
+        cifar10_root, tmp_path, monkeypatch):
+    import torch
+
+    from latentprobe import checkpoint
+    from latentprobe.cli import main
+
+    run = tmp_path / "run"
+    args = ["train", "--latent-dim", "8", "--model-args", "c1=4 c2=8", "--data-dir", str(cifar10_root),
+            "--no-download", "--val-size", "40", "--epochs", "1", "--device", "cpu", "--out", str(run)]
+    real_save = torch.save
+
+    def full_disk(obj, path, *a, **k):
+        with open(path, "wb") as handle:
+            handle.write(b"half")  # what a full disk leaves
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(checkpoint.torch, "save", full_disk)
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    error = str(stop.value.code)
+    assert error.startswith(f"error: cannot write {run}/") and "MiB free there" in error and "\n" not in error
+    assert not list(run.rglob("*.tmp")) and not (run / "checkpoint.pt").exists()
+    monkeypatch.setattr(checkpoint.torch, "save", real_save)
+    main(args)  # space freed: the same command completes
+    assert (run / "checkpoint.pt").is_file()

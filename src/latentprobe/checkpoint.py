@@ -6,6 +6,7 @@ reads them back and no pickled code from a user path ever runs.
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -50,14 +51,30 @@ def state_digest(state: dict) -> str:
     return digest.hexdigest()[:16]
 
 
+class WriteError(OSError):
+    """A file that could not be written (full disk, read-only folder): one line naming it."""
+
+
 def save_checkpoint(path: Path, **entries) -> None:
-    """``torch.save`` to a temp file beside ``path``, then ``os.replace``: a crash mid-write
-    leaves the previous checkpoint intact."""
+    """A checkpoint (``save_atomic``): a crash mid-write leaves the previous one intact."""
+    save_atomic({"format": FORMAT, **entries}, path)
+
+
+def save_atomic(obj, path: Path) -> None:
+    """``torch.save`` to a temp file beside ``path``, then ``os.replace``. A failed write (a full
+    disk is torch's "unexpected pos" RuntimeError) removes its temp file and is one line."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # unique: two writers never share one
-    torch.save({"format": FORMAT, **entries}, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as error:
+        tmp.unlink(missing_ok=True)  # the half-written file would keep the disk full
+        free = shutil.disk_usage(path.parent).free
+        reason = (str(error).splitlines() or [""])[0][:120]
+        raise WriteError(f"cannot write {path} ({reason}; {free / 2**20:,.0f} MiB free there); what was "
+                         f"saved before is kept: free space, then run the same command again") from None
 
 
 def load_checkpoint(path: Path, *, model_name: str | None = None, kind: str | None = None) -> dict:

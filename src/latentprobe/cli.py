@@ -18,6 +18,7 @@ at once; each handler imports its command where it runs.
 """
 
 import argparse
+import errno
 import os
 import sys
 from pathlib import Path
@@ -167,12 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean "the input is wrong", shown as one line without a traceback (imported only
     when an error needs sorting: the modules that define them import torch)."""
-    from latentprobe.checkpoint import CheckpointError
+    from latentprobe.checkpoint import CheckpointError, WriteError
     from latentprobe.data.download import DataError
     from latentprobe.runs import RunInUse
     from latentprobe.training.engine import TrainingError
 
-    return DataError, CheckpointError, TrainingError, RunInUse
+    return DataError, CheckpointError, TrainingError, RunInUse, WriteError
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -191,7 +192,10 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         sys.exit("interrupted; run the same command again to continue from the last checkpoint")
     except Exception as err:  # noqa: BLE001 - sorted here: the user's mistakes are one line, the rest raise
-        mistake = isinstance(err, (ValueError, FileNotFoundError)) or isinstance(err, _user_errors())
+        mistake = isinstance(err, (ValueError, FileNotFoundError)) or isinstance(err, _user_errors()) or \
+            isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT)
+        if mistake and isinstance(err, OSError) and err.filename and str(err.filename) not in str(err):
+            err = f"{err.filename}: {err.strerror}; free space or choose a folder you can write, then run again"
         if os.environ.get("LATENTPROBE_DEBUG") or not mistake:
             raise
         sys.exit(f"error: {err}")

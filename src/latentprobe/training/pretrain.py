@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from latentprobe import config as configuration
-from latentprobe.checkpoint import AUTOENCODER, save_checkpoint, unwrap
+from latentprobe.checkpoint import AUTOENCODER, save_atomic, save_checkpoint, unwrap
 from latentprobe.data.cifar import Normalizer, load_split, take, train_val_split
 from latentprobe.distributed import (
     barrier,
@@ -101,7 +101,7 @@ def _reconstructions(model, grid_images, normalizer) -> dict[str, torch.Tensor]:
 
 def save_reconstructions(path: Path, rows: dict[str, torch.Tensor]) -> None:
     """The pictures as uint8 tensors, so reports can compose them without the data set."""
-    torch.save({name: (images * 255).round().to(torch.uint8).cpu() for name, images in rows.items()}, path)
+    save_atomic({name: (images * 255).round().to(torch.uint8).cpu() for name, images in rows.items()}, path)
 
 
 def save_pictures(run_dir: Path, model, grid_images, normalizer, epoch: int, history: list[dict]) -> None:
