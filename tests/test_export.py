@@ -145,3 +145,18 @@ def test_paths_that_are_not_image_files_say_what_they_are(tmp_path, monkeypatch)
         with pytest.raises(ValueError) as error:
             load_image(tmp_path / name)
         assert str(error.value) == reason
+
+
+def test_export_from_other_data_files_reads_them_not_the_cache(run, tmp_path):
+    from conftest import write_cifar10
+
+    run, data, _ = run
+    first = np.load(export_features(run, split="test", out=tmp_path / "a.npz", device="cpu",
+                                    data_dir=str(data)))["features"]
+    other = write_cifar10(tmp_path / "other", per_batch=400, test=1000, seed=7)  # the same layout, other images
+    second = np.load(export_features(run, split="test", out=tmp_path / "b.npz", device="cpu",
+                                     data_dir=str(other), download=False))["features"]
+    assert first.shape == second.shape and not np.allclose(first, second)
+    again = np.load(export_features(run, split="test", out=tmp_path / "c.npz", device="cpu",
+                                    data_dir=str(data)))["features"]
+    assert np.array_equal(first, again)

@@ -144,8 +144,19 @@ class Run:
         return run_splits(self.train_config, self.data_dir, label_type, self.download)
 
     def data_identity(self) -> dict:
-        """The settings that decide which images the run's splits hold."""
-        return {k: self.train_config.get(k) for k in ("dataset", "val_size", "subset", "seed")}
+        """What decides which images the run's splits hold: its settings, and the data files this
+        session reads (their names, sizes and times: other files under the same name are other data)."""
+        return {**{k: self.train_config.get(k) for k in ("dataset", "val_size", "subset", "seed")},
+                "files": self._files_digest}
+
+    @cached_property
+    def _files_digest(self) -> str | None:
+        from latentprobe.data.cifar import DATASETS, data_root
+        from latentprobe.data.images import data_digest
+
+        spec = DATASETS.get(self.train_config.get("dataset"))
+        folder = data_root(self.data_dir or self.train_config.get("data_dir")) / spec.folder if spec else None
+        return data_digest("folder", folder) if folder is not None and folder.is_dir() else None
 
     def metrics(self) -> list[dict]:
         """One record per trained epoch (from metrics.jsonl, else from the checkpoint)."""
@@ -249,7 +260,9 @@ class EncoderRun(Run):
         return cache[label_type]
 
     def data_identity(self) -> dict:
-        return {**super().data_identity(), "image_size": self.source["image_size"], "images": self._data_digest}
+        identity = {k: self.source.get(k) for k in ("dataset", "val_size", "subset", "seed", "image_size")}
+        return {**identity, "files": self._data_digest if self.source["dataset"] in OWN_DATASETS
+                else self._files_digest}
 
     def exclusive(self):
         self.source  # noqa: B018 - read here, so a missing or foreign encoder.yaml stops us first

@@ -241,8 +241,10 @@ def _evaluate_run(run: Run, cfg: EvalConfig) -> dict:
     previous = check_eval(run.read_result(path), path) if path.exists() else {}
     # results are kept only for the same weights, images, labels and pooling
     identity = ("weights", "train_config", "pool")
-    same = all(previous.get(k) == info[k] for k in identity) and previous.get("label_type") == cfg.label_type
-    record = {"schema": SCHEMA, **info, "label_type": cfg.label_type, "machine": machine(device),
+    data = run.data_identity()
+    same = all(previous.get(k) == info[k] for k in identity) and previous.get("label_type") == cfg.label_type \
+        and previous.get("data", data) == data  # files of older results carry no data identity
+    record = {"schema": SCHEMA, **info, "data": data, "label_type": cfg.label_type, "machine": machine(device),
               "date": datetime.datetime.now().isoformat(timespec="seconds"), "command": configuration.command_line(),
               "git_sha": configuration.git_sha(), "class_names": previous.get("class_names") if same else None,
               "representations": previous.get("representations", {}) if same else {}}
