@@ -168,3 +168,11 @@ def test_the_test_set_is_read_once_by_the_epoch_chosen_on_validation(mae_run, mo
     assert read == [40, 40, 40, 50]  # validation after each epoch; the 50 test images once, at the end
     assert summary["best_epoch"] == max(summary["history"], key=lambda h: h["val_acc"])["epoch"]
     assert all("test_acc" not in h for h in summary["history"])
+
+
+def test_a_fine_tune_of_weights_the_run_no_longer_holds_is_refused(mae_run, cifar10_root, tmp_path):
+    _finetune(mae_run, out=str(tmp_path / "ft"))
+    (mae_run / "checkpoint.pt").unlink()  # pretrained again in the same folder, with other weights
+    _pretrain(cifar10_root, mae_run, seed=1)
+    with pytest.raises(CheckpointError, match="fine-tunes other pretrained weights than .* holds now"):
+        _finetune(mae_run, epochs=2, out=str(tmp_path / "ft"))

@@ -28,6 +28,7 @@ from latentprobe.checkpoint import (
     CheckpointError,
     load_checkpoint,
     save_checkpoint,
+    state_digest,
 )
 from latentprobe.data.cifar import Normalizer, batch_indices, take
 from latentprobe.distributed import (
@@ -149,10 +150,18 @@ def predict(classifier: nn.Module, images: torch.Tensor, normalizer: Normalizer,
     return torch.cat(outputs)
 
 
+def pretrained_weights(run: Run) -> str:
+    """The digest of the pretrained weights a fine-tune starts from (the run's probed epoch)."""
+    return state_digest(run.checkpoint.get("best_model", run.checkpoint["model"]))
+
+
 def _resume(out: Path, cfg: FinetuneConfig, run: Run, classifier, optimizer):
     if not (out / CHECKPOINT).exists():
         return 0, [], None
     checkpoint = load_checkpoint(out / CHECKPOINT, kind=CLASSIFIER)
+    if checkpoint.get("source_weights", pretrained_weights(run)) != pretrained_weights(run):  # older: no digest
+        raise CheckpointError(f"{out} fine-tunes other pretrained weights than {run.checkpoint_file} holds now (the "
+                              f"run was trained again or further); delete {out} or give another --out")
     if "model" not in checkpoint["best"]:
         raise CheckpointError(f"{out} was written before fine-tuning kept its chosen epoch's weights (to read the "
                               f"test set once, after training); delete it or use another --out to fine-tune again")
@@ -221,7 +230,8 @@ def _finetune(run: Run, cfg: FinetuneConfig, out: Path) -> dict:
         if main:
             save_checkpoint(out / CHECKPOINT, kind=CLASSIFIER, model_name=source["model_name"],
                             model_config=source["model_config"], finetune_config=configuration.to_dict(cfg),
-                            source_run=str(run.path.resolve()), model=classifier.state_dict(),
+                            source_run=str(run.path.resolve()), source_weights=pretrained_weights(run),
+                            model=classifier.state_dict(),
                             optimizer=optimizer.state_dict(), epoch=epoch, history=history, best=best)
             append_jsonl(out / METRICS, record)
             print(f"epoch {epoch}/{cfg.epochs}  loss {record['train_loss']:.4f}  train {record['train_acc']:.4f}  "
