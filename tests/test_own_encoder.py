@@ -149,6 +149,9 @@ def test_a_torchscript_export_of_a_run_gives_its_latents_bit_for_bit(cifar10_roo
     main(["evaluate", "--encoder", str(scripted), "--data-dir", str(cifar10_root), "--no-download",
           "--val-size", "40", "--probes", "knn", "--knn-k", "5", "--baselines", "none", "--device", "cpu",
           str(out)])
+    with pytest.raises(SystemExit, match="is TorchScript, whose modules take no hooks"):
+        main(["evaluate", "--encoder", str(scripted), "--layers", "model", "--data-dir", str(cifar10_root),
+              str(tmp_path / "hooked")])
     ours, theirs = run_features(run, "cpu"), run_features(Run.of(out), "cpu")
     for split in ("train", "val", "test"):
         a = ours.features[split][torch.arange(len(ours.labels[split]))]
@@ -170,6 +173,14 @@ def test_a_timm_model_from_a_local_state_dict_and_the_python_api(cifar10_root, t
           "--baselines", "random", "--device", "cpu", str(out)])  # the state dict's fc.* is left out
     record = load_eval(out)
     assert record["latent_dim"] == 512 and set(record["representations"]) == {"encoder", "random"}
+    main(["evaluate", "--encoder", "timm:resnet18", "--weights", str(weights), "--image-size", "32",
+          "--layers", "layer2,layer3", "--data-dir", str(cifar10_root), "--no-download", "--val-size", "40",
+          "--probes", "knn", "--knn-k", "5", "--baselines", "none", "--device", "cpu", str(tmp_path / "layers")])
+    record = load_eval(tmp_path / "layers")  # each layer's output averaged over positions
+    assert {k: v["latent_dim"] for k, v in record["representations"].items()} == \
+        {"encoder": 512, "layer_layer2": 128, "layer_layer3": 256}
+    main(["report", str(tmp_path / "layers"), "--out", str(tmp_path / "layers_report"), "--tsne-points", "0"])
+    assert "timm:resnet18 512-d, layer layer3" in (tmp_path / "layers_report" / "report.md").read_text()
     module = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     cfg = EvalConfig(data_dir=str(cifar10_root), download=False, val_size=40, probes=["knn"],
                      knn_k=[5], baselines=["random"], device="cpu")
@@ -244,6 +255,9 @@ def test_bad_images_are_one_line(encoders, tmp_path, capsys):
     assert not (tmp_path / "run").exists()
     error = _error(capsys, ["evaluate", "--encoder", "timm:resnet18", str(tmp_path / "out")])
     assert "needs --weights FILE, a local state dict (nothing is downloaded)" in error
+    error = _error(capsys, ["evaluate", "--encoder", f"{encoders}:small", "--layers", "net.9", str(tmp_path / "out")])
+    assert error == "error: --layers net.9: " + f"{encoders}:small has no module of that path; its top modules: net"
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow

@@ -190,7 +190,8 @@ class EvalConfig(RunData):
     pool: str | None = field(default=None, metadata=help_text(
         "ViT encoders: cls or mean token pooling (default: the run's)"))
     layers: list[str] = field(default_factory=list, metadata=help_text(
-        "also probe these encoder stages: all, or numbers from 1 (models with stages)"))
+        "also probe these encoder stages: all, or numbers from 1 (models with stages); with --encoder, module "
+        "paths (e.g. layer3), each output averaged over positions"))
     threads: int | None = field(default=1, metadata=help_text(
         "CPU threads for the probes (none: torch's default); one is fastest on a shared CPU"))
     device: str = field(default="auto", metadata=help_text("auto (CUDA if present), cpu, cuda or cuda:N"))
@@ -223,7 +224,8 @@ class EvalConfig(RunData):
         if unknown:
             raise ValueError(f"unknown probe(s) or baseline(s) {unknown}; probes: {', '.join(PROBES)}; "
                              f"baselines: {', '.join(BASELINES)}")
-        if any(layer != "all" and not (layer.isdigit() and int(layer) >= 1) for layer in self.layers):
+        if not self.encoder and any(layer != "all" and not (layer.isdigit() and int(layer) >= 1)
+                                    for layer in self.layers):
             raise ValueError(f"--layers takes all, or stage numbers from 1; got {','.join(self.layers)}")
         check_choice("probe_schedule", self.probe_schedule, SCHEDULES)
         check_choice("label_type", self.label_type, LABEL_TYPES)

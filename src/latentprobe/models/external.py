@@ -61,30 +61,61 @@ class Encoder(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.encode(images)
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
+    def encode(self, images: torch.Tensor, layer: str | None = None) -> torch.Tensor:
+        """The latent (B, D) of a normalised batch; with ``layer`` (a module path such as ``layer3``)
+        that module's output instead, averaged over positions (B, C, H, W) or tokens (B, T, D)."""
         size = self.config["image_size"]
         step = max(1, PIXELS_PER_PASS // size ** 2)
         if len(images) > step:  # large inputs in smaller passes: memory as for 1,000 CIFAR images
-            return torch.cat([self.encode(images[start:start + step]) for start in range(0, len(images), step)])
+            return torch.cat([self.encode(images[start:start + step], layer)
+                              for start in range(0, len(images), step)])
         images = fit_to(images, size)
+        captured = []
+        hook = self.net.get_submodule(layer).register_forward_hook(
+            lambda module, inputs, output: captured.append(output)) if layer else None
         try:
             out = self.net.encode(images) if hasattr(self.net, "encode") else self.net(images)
         except Exception as error:  # noqa: BLE001 - the user's code: its failure, in one line
             raise EncoderError(f"--encoder {self.spec} failed on a batch of shape {tuple(images.shape)}: "
                                f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}; "
                                f"give --image-size its input size") from None
+        finally:
+            if hook is not None:
+                hook.remove()
+        if layer:
+            out = captured[0] if captured else None
+            if not isinstance(out, torch.Tensor) or out.dim() not in (2, 3, 4):
+                shown = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+                raise EncoderError(f"--layers {layer}: gives {shown}, not a (B, D), (B, T, D) or (B, C, H, W) tensor")
+            return self._reduce(out, self.pool or "mean")
         if not isinstance(out, torch.Tensor):
             raise EncoderError(f"--encoder {self.spec} returned {type(out).__name__}, not a tensor; "
                                f"give it an encode method that returns the latent (B, D)")
-        if out.dim() == 2:
-            return out
-        if self.pool is None or out.dim() not in (3, 4):
+        if out.dim() != 2 and (self.pool is None or out.dim() not in (3, 4)):
             hint = "pass --pool mean to average it" if out.dim() in (3, 4) else "return (B, D)"
             raise EncoderError(f"--encoder {self.spec} gives a latent of shape {tuple(out.shape)}, not (B, D): "
                                f"{hint}")
+        return self._reduce(out, self.pool)
+
+    @staticmethod
+    def _reduce(out: torch.Tensor, pool: str | None) -> torch.Tensor:
+        if out.dim() == 2:
+            return out
         if out.dim() == 4:  # (B, C, H, W): the mean over positions
             return out.mean(dim=(2, 3))
-        return out[:, 0] if self.pool == "cls" else out.mean(dim=1)
+        return out[:, 0] if pool == "cls" else out.mean(dim=1)
+
+    def check_layers(self, names: list[str]) -> None:
+        """Each module path names a module of the encoder that hooks can read (not TorchScript)."""
+        if isinstance(self.net, torch.jit.ScriptModule):
+            raise EncoderError(f"--layers: {self.spec} is TorchScript, whose modules take no hooks; probe its output")
+        for name in names:
+            try:
+                self.net.get_submodule(name)
+            except AttributeError:
+                children = ", ".join(n for n, _ in self.net.named_children())
+                raise EncoderError(f"--layers {name}: {self.spec} has no module of that path; its top modules: "
+                                   f"{children}") from None
 
 
 def _factory(spec: str):

@@ -286,15 +286,14 @@ def evaluate_encoder(encoder: "str | torch.nn.Module", out: Path | str, cfg: Eva
     from latentprobe.options import DATASETS
     from latentprobe.runs import read_images
 
-    if cfg.layers:
-        raise ValueError("--layers applies to runs of the registered models; probe an encoder of your own at its "
-                         "output (or give a factory that returns the layer you want)")
     module = encoder if isinstance(encoder, torch.nn.Module) else None
     spec = encoder if module is None else f"python:{type(module).__name__}"
     if module is None:
         model = load_encoder(spec, cfg.weights, cfg.image_size, cfg.pool, cfg.seed)
     else:
         model = Encoder(module.eval(), spec, cfg.image_size or declared_size(module) or DEFAULT_IMAGE_SIZE, cfg.pool)
+    if cfg.layers:
+        model.check_layers(cfg.layers)
     size = model.config["image_size"]
     dataset = cfg.dataset or "cifar10"
     train, _, skipped = read_images(dataset, cfg.data_dir, size, cfg.seed, cfg.download is not False)

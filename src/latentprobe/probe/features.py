@@ -83,7 +83,7 @@ def _cache_name(name: str, flip_train: bool) -> str:
 
 
 def run_features(run: Run, device: torch.device, label_type: str = "fine", pool: str | None = None,
-                 layer: int | None = None, flip_train: bool = False) -> FeatureSet:
+                 layer: int | str | None = None, flip_train: bool = False) -> FeatureSet:
     """Cached features of a run's encoder (or of its ``layer``-th stage, counted from 1),
     extracted on the first call (and again whenever the weights, data, labels or pooling asked
     for differ from the cached ones); ``flip_train`` as in ``cache_features``, cached apart."""
@@ -91,7 +91,12 @@ def run_features(run: Run, device: torch.device, label_type: str = "fine", pool:
     model = run.model(device, pool)
     key = {"epoch": run.probed_epoch, "label_type": label_type, "pool": getattr(model, "pool", None),
            "weights": weights_digest(model), "data": run.data_identity()}
-    encode = model.encode if layer is None else (lambda images: model.stage_outputs(images)[layer - 1])
+    if layer is None:
+        encode = model.encode
+    elif isinstance(layer, str):  # a module of an encoder of your own, by its path
+        encode = lambda images: model.encode(images, layer=layer)  # noqa: E731
+    else:  # a stage of a registered model, counted from 1
+        encode = lambda images: model.stage_outputs(images)[layer - 1]  # noqa: E731
     folder = run.features_dir(_cache_name("encoder" if layer is None else f"layer_{layer}", flip_train))
     return cached_features(folder, key, device, flip_train, lambda: (encode, run.splits(label_type)))
 
@@ -100,6 +105,9 @@ def layer_names(run: Run, layers: list[str], pool: str | None = None) -> list[st
     """``["layer_1", …]`` for ``--layers all`` or a list of stage numbers, checked against the model."""
     if not layers:
         return []
+    if isinstance(run, EncoderRun):  # module paths of an encoder of your own
+        run.model("cpu", pool).check_layers(layers)
+        return [f"layer_{name}" for name in layers]
     model = run.untrained_model(pool).eval()
     if not hasattr(model, "stage_outputs"):
         raise ValueError(f"--layers: {run.model_name} does not expose its stages (a model's stage_outputs); "
@@ -202,7 +210,9 @@ def representation_features(run: Run, name: str, device: torch.device, label_typ
     if name == "encoder":
         return run_features(run, device, label_type, pool, flip_train=flip_train)
     if name.startswith("layer_"):
-        return run_features(run, device, label_type, pool, layer=int(name.split("_")[1]), flip_train=flip_train)
+        layer = name[len("layer_"):]
+        return run_features(run, device, label_type, pool, layer=int(layer) if layer.isdigit() else layer,
+                             flip_train=flip_train)
     if name == "random":
         return random_encoder_features(run, device, label_type, pool, flip_train)
     if name == "kmeans":

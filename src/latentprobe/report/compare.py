@@ -163,7 +163,8 @@ def _depth(rows: list[Row], probes: list[str], figures: Path) -> list:
     for row in rows:
         stages = sorted((r for r in rows if r.encoder == row.label and r.kind.startswith("layer_")), key=layer_number)
         for probe in probes:
-            points = [(layer_number(r), 100 * mean(r, probe)) for r in stages if mean(r, probe) is not None]
+            points = [(layer_number(r) or position, 100 * mean(r, probe))  # named layers: in their order
+                      for position, r in enumerate(stages, 1) if mean(r, probe) is not None]
             if points:
                 curves[f"{row.label}: {probe_title(probe)}"] = tuple(map(list, zip(*points)))
     if not curves:

@@ -101,7 +101,7 @@ def collect_rows(evals: list[dict]) -> list[Row]:
                     companion = next((r for r in companions[row.label] if r.kind == kind), None)
                     if companion is None:
                         name = row.label.split(" (")[0]  # the model and size; the options are in its row
-                        label = f"{name}, layer {kind.split('_')[1]}" if kind != "random" else f"{name}, untrained weights"
+                        label = f"{name}, layer {kind[len('layer_'):]}" if kind != "random" else f"{name}, untrained weights"
                         companion = Row(label, kind, rep["latent_dim"], [record], encoder=row.label)
                         companions[row.label].append(companion)
                     _pool(companion, rep)
@@ -133,7 +133,9 @@ def _companion_order(row: Row) -> tuple[int, int]:
 
 
 def layer_number(row: Row) -> int:
-    return int(row.kind.split("_")[1])
+    """A registered model's stage number (an encoder of your own names its layers: 0, kept in order)."""
+    layer = row.kind[len("layer_"):]
+    return int(layer) if layer.isdigit() else 0
 
 
 def _pool(row: Row, rep: dict) -> None:
