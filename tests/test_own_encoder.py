@@ -124,6 +124,10 @@ def test_a_factory_in_a_file_through_the_cli_on_an_image_folder(encoders, cifar1
     # no --weights: built from the seed, so the encoder is its own untrained twin
     random = record["representations"]["random"]["probes"]["linear"]
     assert random["test"] == linear["test"]
+    capsys.readouterr()
+    image = sorted((folder / "test" / "cat").iterdir())[0]
+    main(["predict", str(out), str(image)])
+    assert capsys.readouterr().out.count(".png: ") == 1  # the saved probe, on the folder's own statistics
     main(["report", str(out), "--out", str(tmp_path / "report")])
     assert ":small 64-d (its own weights, imagefolder at 32 px)" in (tmp_path / "report" / "report.md").read_text()
 

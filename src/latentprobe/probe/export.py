@@ -21,7 +21,7 @@ from latentprobe.checkpoint import (
     load_checkpoint,
     weights_digest,
 )
-from latentprobe.data.cifar import Normalizer
+from latentprobe.data.cifar import DATASETS, Normalizer
 from latentprobe.data.images import read_image
 from latentprobe.distributed import local_device
 from latentprobe.options import REPRESENTATIONS, SPLITS
@@ -87,19 +87,21 @@ def predict_files(run: Run | Path | str, paths: list[Path], top_k: int = 3, labe
     if saved.get("weights", weights_digest(model)) != weights_digest(model):  # older files carry no digest
         raise CheckpointError(f"{run.classifier_file(label_type)} was trained on other encoder weights (the run "
                               f"was retrained or continued since); run `latentprobe evaluate {run.path}` again")
-    normalizer = Normalizer(run.train_config["dataset"], device)
+    dataset = run.train_config["dataset"]  # images of your own: the statistics of the probes' training split
+    normalizer = Normalizer(dataset, device) if dataset in DATASETS else Normalizer.of(run.splits()["train"], device)
+    size = run.train_config.get("image_size") or IMAGE_SIZE
     head = head.to(device)
     images, names, failed = [], [], 0
     for path in paths:
         try:
-            images.append(load_image(path))
+            images.append(torch.from_numpy(read_image(Path(path), size)))
             names.append(str(path))
         except ValueError as err:
             print(f"error: {path}: {err}", file=sys.stderr, flush=True)
             failed += 1
     top_k = max(1, min(top_k, len(class_names)))
     for start in range(0, len(images), 256):
-        batch = torch.stack(images[start:start + 256]).to(device)  # (B, 3, 32, 32) uint8
+        batch = torch.stack(images[start:start + 256]).to(device)  # (B, 3, S, S) uint8
         probabilities = head(model.encode(normalizer(batch)).float()).exp()  # (B, C)
         values, indices = probabilities.topk(top_k, dim=1)
         for name, row_values, row_indices in zip(names[start:start + 256], values.tolist(), indices.tolist()):
