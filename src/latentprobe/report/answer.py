@@ -125,9 +125,9 @@ def verdict(rows: list[Row]) -> list:
         trained = next(r for r in rows if r.label == row.encoder)
         for name in row.accuracies:
             if mean(trained, name) is not None and mean(trained, name) < mean(row, name):
+                margin = _points(mean(trained, name) - mean(row, name), "them")
                 warnings.append(f"{trained.label} reads below its own untrained weights under {probe_title(name)} "
-                                f"({_points(mean(trained, name) - mean(row, name), 'them')}): its training made the latent "
-                                f"less useful to this probe.")
+                                f"({margin}): its training made the latent less useful to this probe.")
     protocols = {}
     for row in rows:
         for name, seen in row.protocols.items():

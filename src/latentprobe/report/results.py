@@ -28,7 +28,7 @@ class Row:
     evals: list[dict]  # the runs behind the row (the first one for a deduplicated baseline)
     accuracies: dict[str, list[float]] = field(default_factory=dict)  # probe → test acc per seed × run
     protocols: dict[str, list[dict]] = field(default_factory=dict)  # probe → each run's protocol for it
-    last_epochs: dict[str, int] = field(default_factory=dict)  # probe → seeds still learning at the last epoch allowed
+    last_epochs: dict[str, int] = field(default_factory=dict)  # probe → seeds still learning when stopped
     finetune: list[float] = field(default_factory=list)
     encoder: str = ""  # a layer or random-weight row: the label of its encoder's row
     family: str = ""  # an encoder row: its label without the latent size (rows of one curve share it)
@@ -101,7 +101,8 @@ def collect_rows(evals: list[dict]) -> list[Row]:
                     companion = next((r for r in companions[row.label] if r.kind == kind), None)
                     if companion is None:
                         name = row.label.split(" (")[0]  # the model and size; the options are in its row
-                        label = f"{name}, layer {kind[len('layer_'):]}" if kind != "random" else f"{name}, untrained weights"
+                        label = f"{name}, untrained weights" if kind == "random" else \
+                            f"{name}, layer {kind[len('layer_'):]}"
                         companion = Row(label, kind, rep["latent_dim"], [record], encoder=row.label)
                         companions[row.label].append(companion)
                     _pool(companion, rep)
