@@ -13,6 +13,7 @@ ROOT = Path(__file__).parents[1]
 TINY = {  # each script with arguments that make it run in seconds
     "benchmarks/bench_patch_ae.py": [["encode", "--filters", "16", "--images", "16"],
                                      ["train", "--filters", "16", "--images", "64"]],
+    "benchmarks/bench_startup.py": [["--repeats", "1"]],
     "benchmarks/bench_probe.py": [["--images", "300", "--dim", "64", "--epochs", "1"]],
     "benchmarks/bench_conv_ae.py": [["--latent-dim", "16", "--images", "128", "--batch-size", "32",
                                      "--probe-images", "300"]],
