@@ -213,7 +213,7 @@ def _error(capsys, argv) -> str:
 
 
 @pytest.mark.parametrize("factory, message", [
-    ("broken", "the factory raised RuntimeError: no weights here"),
+    ("broken", "the factory raised: RuntimeError: no weights here"),
     ("not_a_module", "the factory returned int, not a torch nn.Module"),
     ("spatial", "gives a latent of shape (2, 16, 8, 8), not (B, D): pass --pool mean to average it"),
     ("missing", "has no callable 'missing'"),

@@ -16,6 +16,7 @@ torch with the run's seed (a TorchScript file holds no architecture to rebuild, 
 import importlib
 import importlib.util
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -118,10 +119,21 @@ class Encoder(nn.Module):
                                    f"{children}") from None
 
 
+@contextmanager
+def users_code(what: str):
+    """Run code the user brought: any failure of it is one ``EncoderError`` line after ``what``."""
+    try:
+        yield
+    except EncoderError:
+        raise
+    except Exception as error:  # noqa: BLE001 - the user's code: any failure, in one line
+        raise EncoderError(f"{what}: {type(error).__name__}: {(str(error).splitlines() or [''])[0]}") from None
+
+
 def _factory(spec: str):
     """The callable named by ``module:factory`` or ``file.py:factory``."""
     where, _, name = spec.rpartition(":")
-    try:
+    with users_code(f"--encoder {spec}: importing {where} failed"):
         if where.endswith(".py"):
             path = Path(where).expanduser()
             if not path.is_file():
@@ -133,10 +145,6 @@ def _factory(spec: str):
             loader.loader.exec_module(module)
         else:
             module = importlib.import_module(where)
-    except EncoderError:
-        raise
-    except Exception as error:  # noqa: BLE001 - the user's module: its failure, in one line
-        raise EncoderError(f"--encoder {spec}: importing {where} failed: {type(error).__name__}: {error}") from None
     factory = getattr(module, name, None)
     if not callable(factory):
         raise EncoderError(f"--encoder {spec}: {where} has no callable {name!r}")
@@ -148,17 +156,10 @@ def _build(spec: str) -> nn.Module:
     if spec.startswith("timm:"):
         import timm
 
-        try:
+        with users_code(f"--encoder {spec}: timm cannot build it (`timm.list_models()` names them)"):
             return timm.create_model(spec[5:], pretrained=False, num_classes=0)
-        except Exception as error:  # noqa: BLE001 - an unknown name or bad arguments
-            raise EncoderError(f"--encoder {spec}: timm cannot build it ({error}); `timm.list_models()` "
-                               f"names the architectures") from None
-    try:
+    with users_code(f"--encoder {spec}: the factory raised"):
         module = _factory(spec)()
-    except EncoderError:
-        raise
-    except Exception as error:  # noqa: BLE001 - the user's factory: its failure, in one line
-        raise EncoderError(f"--encoder {spec}: the factory raised {type(error).__name__}: {error}") from None
     if not isinstance(module, nn.Module):
         raise EncoderError(f"--encoder {spec}: the factory returned {type(module).__name__}, not a torch nn.Module")
     return module
