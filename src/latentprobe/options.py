@@ -29,7 +29,7 @@ SPLITS = ("train", "val", "test")
 PROBE_OPTIONS = ("probe_lrs", "probe_weight_decays", "probe_epochs", "probe_patience", "probe_schedule",
                  "probe_batch_size", "probe_seeds", "flip_train", "refit")
 PRESETS = {
-    # a first look: a 4,000-image subset, few epochs (about a minute on a 2-core CPU)
+    # a first look: a 4,000-image subset, few epochs (about two minutes on a 2-core CPU)
     "quick": dict(subset=4000, epochs=3, probe_epochs=15),
     # all 45,000 training images, the epochs a CPU run affords (~1 hour on 2 cores)
     "standard": dict(subset=None, epochs=10, probe_epochs=30),
@@ -365,7 +365,7 @@ class PredictConfig:
 @dataclass
 class StudyConfig:
     preset: str = field(default="standard", metadata=help_text(
-        "quick (4,000 images, 3 epochs: about a minute on a CPU), standard (all images, 10 epochs) or full "
+        "quick (4,000 images, 3 epochs: about two minutes on a CPU), standard (all images, 10 epochs) or full "
         "(200 epochs, the write-up's)"))
     model: str = field(default="conv_ae", metadata=help_text("any registered model that takes latent_dim"))
     model_args: dict = field(default_factory=dict, metadata=help_text(
