@@ -67,6 +67,11 @@ def test_old_result_files_read_in_the_one_schema(tmp_path):
     assert pixels["probes"]["bn_linear"]["chosen"] == {"lr": 1e-3, "weight_decay": 0.0, "val_acc": 0.8, "best_epoch": 15}
     assert pixels["probes"]["knn_20"]["protocol"] == {"k": 20, "knn_temperature": 0.07, "flip_train": False}
     assert "run" not in record and "host" not in record  # a path and a host name from another machine
+    write_json(run.eval_file(), {"schema": 2, "run": "/x", "representations": {"encoder": {"probes": {  # dbafa74
+        "bn_linear": dict(probe)}}}, "protocol": {"probe_seeds": 3, "probe_epochs": 15, "flip_train": True}})
+    record = run.read_result(run.eval_file())
+    assert record["representations"]["encoder"]["probes"]["bn_linear"]["protocol"]["probe_epochs"] == 15
+    assert "protocol" not in record and "run" not in record
     write_json(run.eval_file(), {"schema": 7})
     with pytest.raises(ValueError, match="result schema 7; this latentprobe reads 2 and older"):
         run.read_result(run.eval_file())

@@ -297,17 +297,19 @@ def run_splits(train_config: dict, data_dir: str | None = None, label_type: str 
 def upgrade(record, path: Path):
     """A result record in the current schema. Version 1 files (no ``schema``) name the latent's
     size ``latent_dim``, their probe options ``probe_*`` (with the defaults of options that came
-    later), keep one protocol per probe result instead of one per file, and lose the absolute run
-    path and host name they stored. A record of a newer version, or not a mapping, is one line."""
+    later); they, and version 2 files of its first days (git dbafa74), keep one protocol per probe
+    result instead of one per file, and lose the absolute run path and host name they stored. A
+    record of a newer version, or not a mapping, is one line."""
     if not isinstance(record, dict):
         raise ValueError(f"{path} holds a {type(record).__name__}, not a latentprobe result; delete it and run the "
                          f"command that wrote it again")
     version = record.get("schema", 1)
-    if version == SCHEMA:
+    if version == SCHEMA and not isinstance(record.get("protocol"), dict):
         return record
-    if version != 1:
+    if version not in (1, SCHEMA):
         raise ValueError(f"{path} has result schema {version!r}; this latentprobe reads {SCHEMA} and older: "
                          f"upgrade latentprobe, or run the command that wrote it again")
+    # below: version 1, and the first days of version 2 (git dbafa74), whose protocol was one per file
     representations = record.get("representations") or {}
     for holder in [record, *representations.values()]:
         for old in _OLD_SIZE_NAMES:
