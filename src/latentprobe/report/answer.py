@@ -167,8 +167,9 @@ def latent_size_figure(rows: list[Row], figures: Path) -> list:
                    dashed=[label for label in curves if label.endswith("untrained")], lines=references)
     return [Heading(2, "Accuracy against latent size"),
             Figure("figures/latent_size.png", f"Test accuracy of the {probe_title(probe)} probe against the latent "
-                                              f"size; dashed: the same encoder untrained; dotted: raw pixels and "
-                                              f"reference baselines; bars: std over seeds")]
+                                              f"size; dashed: the same encoder untrained; "
+                                              + (f"dotted: {', '.join(references)}; " if references else "")
+                                              + "bars: std over seeds")]
 
 
 def compute_figure(rows: list[Row], figures: Path) -> list:
