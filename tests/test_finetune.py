@@ -176,3 +176,5 @@ def test_a_fine_tune_of_weights_the_run_no_longer_holds_is_refused(mae_run, cifa
     _pretrain(cifar10_root, mae_run, seed=1)
     with pytest.raises(CheckpointError, match="fine-tunes other pretrained weights than .* holds now"):
         _finetune(mae_run, epochs=2, out=str(tmp_path / "ft"))
+    with pytest.raises(ValueError, match="finetune.json fine-tuned other pretrained weights than .* holds now"):
+        write_mae_report(mae_run)  # its finetune.json is of the weights before

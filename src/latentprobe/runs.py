@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from latentprobe.checkpoint import AUTOENCODER, CheckpointError, load_checkpoint
+from latentprobe.checkpoint import AUTOENCODER, CheckpointError, load_checkpoint, state_digest
 from latentprobe.data.cifar import Split, load_split, take, train_val_split
 from latentprobe.models import create_model
 from latentprobe.options import OWN_DATASETS, PROBE_OPTIONS
@@ -107,6 +107,12 @@ class Run:
             raise CheckpointError(f"{self.checkpoint_file} lacks {', '.join(missing)}: it was not written by "
                                   f"`latentprobe train`; train the run again into a new --out")
         return checkpoint
+
+    @cached_property
+    def weights(self) -> str:
+        """The digest of the weights the probes read (the probed epoch's): every result made from
+        them carries it, and is refused when the run holds other weights since."""
+        return state_digest(self.checkpoint.get("best_model", self.checkpoint["model"]))
 
     @property
     def train_config(self) -> dict:

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from latentprobe import config as configuration
-from latentprobe.checkpoint import CLASSIFIER, save_checkpoint, state_digest, weights_digest
+from latentprobe.checkpoint import CLASSIFIER, save_checkpoint, weights_digest
 from latentprobe.distributed import local_device, machine
 from latentprobe.metrics import confusion_matrix, mean_std
 from latentprobe.options import PROBE_OPTIONS, EvalConfig, check_run_options
@@ -323,8 +323,7 @@ def load_eval(run: Run | Path | str, label_type: str = "fine") -> dict:
                                 f"{'' if label_type == 'fine' else ' --label-type ' + label_type}` first")
     record = check_eval(run.read_result(path), path)
     if not isinstance(run, EncoderRun) and run.checkpoint_file.is_file():  # a run trained again since
-        checkpoint = run.checkpoint
-        if state_digest(checkpoint.get("best_model", checkpoint["model"])) != record.get("weights"):
+        if run.weights != record.get("weights"):
             raise ValueError(f"{path} was made from other weights than {run.checkpoint_file} holds now (the run "
                              f"was trained again or further); run `latentprobe evaluate {run.path}` again")
     return {**record, "run": str(run.path)}

@@ -61,6 +61,11 @@ def load_results(run: Run) -> dict[str, dict]:
     for label, words, file in FINETUNED:
         if file(run).is_file():
             results[label], how[label] = run.read_result(file(run)), f"{words} (`{file(run).name}`)"
+            made_from = results[label].get("source_weights")  # older files carry no digest
+            if made_from and run.checkpoint_file.is_file() and made_from != run.weights:
+                raise ValueError(f"{file(run)} fine-tuned other pretrained weights than {run.checkpoint_file} holds "
+                                 f"now (the run was trained again or further); run `latentprobe finetune "
+                                 f"{run.path}` again into a new --out")
     if not results:
         raise FileNotFoundError(f"{run.path} has no classifier results; run `latentprobe probe RUN --head linear` "
                                 f"(and bn_linear) and `latentprobe finetune RUN` first")

@@ -28,7 +28,6 @@ from latentprobe.checkpoint import (
     CheckpointError,
     load_checkpoint,
     save_checkpoint,
-    state_digest,
 )
 from latentprobe.data.cifar import Normalizer, batch_indices, take
 from latentprobe.distributed import (
@@ -150,16 +149,11 @@ def predict(classifier: nn.Module, images: torch.Tensor, normalizer: Normalizer,
     return torch.cat(outputs)
 
 
-def pretrained_weights(run: Run) -> str:
-    """The digest of the pretrained weights a fine-tune starts from (the run's probed epoch)."""
-    return state_digest(run.checkpoint.get("best_model", run.checkpoint["model"]))
-
-
 def _resume(out: Path, cfg: FinetuneConfig, run: Run, classifier, optimizer):
     if not (out / CHECKPOINT).exists():
         return 0, [], None
     checkpoint = load_checkpoint(out / CHECKPOINT, kind=CLASSIFIER)
-    if checkpoint.get("source_weights", pretrained_weights(run)) != pretrained_weights(run):  # older: no digest
+    if checkpoint.get("source_weights", run.weights) != run.weights:  # older: no digest
         raise CheckpointError(f"{out} fine-tunes other pretrained weights than {run.checkpoint_file} holds now (the "
                               f"run was trained again or further); delete {out} or give another --out")
     if "model" not in checkpoint["best"]:
@@ -230,7 +224,7 @@ def _finetune(run: Run, cfg: FinetuneConfig, out: Path) -> dict:
         if main:
             save_checkpoint(out / CHECKPOINT, kind=CLASSIFIER, model_name=source["model_name"],
                             model_config=source["model_config"], finetune_config=configuration.to_dict(cfg),
-                            source_run=str(run.path.resolve()), source_weights=pretrained_weights(run),
+                            source_run=str(run.path.resolve()), source_weights=run.weights,
                             model=classifier.state_dict(),
                             optimizer=optimizer.state_dict(), epoch=epoch, history=history, best=best)
             append_jsonl(out / METRICS, record)
@@ -246,7 +240,7 @@ def _finetune(run: Run, cfg: FinetuneConfig, out: Path) -> dict:
     summary = {"val_acc": best["val_acc"], "test_acc": test_acc, "best_epoch": best["epoch"],
                "mode": "frozen" if cfg.freeze_encoder else "fine-tuned", "pool": classifier.pool,
                "latent_dim": classifier.encoder.latent_dim, "model_name": source["model_name"],
-               "pretrain_epoch": run.probed_epoch,
+               "pretrain_epoch": run.probed_epoch, "source_weights": run.weights,
                "history": history, "confusion": confusion.tolist(), "precision": precision.tolist(),
                "recall": recall.tolist(), "class_names": class_names,
                "finetune_config": configuration.to_dict(cfg), "device": str(device), "world_size": world_size}
