@@ -371,3 +371,21 @@ def test_a_full_disk_during_the_checkpoint_is_one_line_leaves_nothing_and_the_ne
     monkeypatch.setattr(checkpoint.torch, "save", real_save)
     main(args)  # space freed: the same command completes
     assert (run / "checkpoint.pt").is_file()
+
+
+def test_a_resume_after_the_data_files_changed_is_one_line(cifar10_root, tmp_path):
+    from conftest import write_cifar10
+
+    from latentprobe.cli import main
+
+    run = tmp_path / "run"
+    args = ["train", "--latent-dim", "8", "--model-args", "c1=4 c2=8", "--data-dir", str(cifar10_root),
+            "--no-download", "--val-size", "40", "--device", "cpu", "--out", str(run)]
+    main([*args, "--epochs", "1"])
+    import shutil
+
+    shutil.rmtree(cifar10_root / "cifar-10-batches-py")
+    write_cifar10(cifar10_root, seed=5)  # other images under the same names
+    with pytest.raises(SystemExit) as stop:
+        main([*args, "--epochs", "2"])
+    assert str(stop.value.code).startswith("error: the cifar10 files under ") and "changed since" in str(stop.value.code)

@@ -157,12 +157,7 @@ class Run:
 
     @cached_property
     def _files_digest(self) -> str | None:
-        from latentprobe.data.cifar import DATASETS, data_root
-        from latentprobe.data.images import data_digest
-
-        spec = DATASETS.get(self.train_config.get("dataset"))
-        folder = data_root(self.data_dir or self.train_config.get("data_dir")) / spec.folder if spec else None
-        return data_digest("folder", folder) if folder is not None and folder.is_dir() else None
+        return data_files(self.train_config.get("dataset"), self.data_dir or self.train_config.get("data_dir"))
 
     def metrics(self) -> list[dict]:
         """One record per trained epoch (from metrics.jsonl, else from the checkpoint)."""
@@ -273,6 +268,17 @@ class EncoderRun(Run):
     def exclusive(self):
         self.source  # noqa: B018 - read here, so a missing or foreign encoder.yaml stops us first
         return exclusive(self.path)
+
+
+def data_files(dataset: str, root: str | None) -> str | None:
+    """The identity of a CIFAR data set's files under ``root`` (names, sizes, times), None where
+    they are not there (yet)."""
+    from latentprobe.data.cifar import DATASETS, data_root
+    from latentprobe.data.images import data_digest
+
+    spec = DATASETS.get(dataset)
+    folder = data_root(root) / spec.folder if spec else None
+    return data_digest("folder", folder) if folder is not None and folder.is_dir() else None
 
 
 def read_images(dataset: str, root, image_size: int | None, seed: int, download: bool = True):

@@ -13,7 +13,8 @@ import torch
 
 from latentprobe import config as configuration
 from latentprobe.checkpoint import AUTOENCODER, save_atomic, save_checkpoint, unwrap
-from latentprobe.data.cifar import Normalizer, load_split, take, train_val_split
+from latentprobe.data.cifar import Normalizer, data_root, load_split, take, train_val_split
+from latentprobe.data.download import DataError
 from latentprobe.distributed import (
     barrier,
     init_distributed,
@@ -31,6 +32,7 @@ from latentprobe.runs import (
     Run,
     TensorBoard,
     append_jsonl,
+    data_files,
     exclusive,
     read_jsonl,
     write_jsonl,
@@ -75,6 +77,10 @@ def _resume(run_dir: Path, cfg: TrainConfig, model, optimizer) -> tuple[int, lis
         return 0, [], None
     checkpoint = Run(run_dir).read_checkpoint(cfg.model)
     saved = checkpoint["train_config"]
+    if checkpoint.get("data_files", data_files(cfg.dataset, cfg.data_dir)) != data_files(cfg.dataset, cfg.data_dir):
+        raise DataError(f"the {cfg.dataset} files under {data_root(cfg.data_dir)} changed since {run_dir} started "
+                        f"(names, sizes or times; a copy elsewhere counts as changed): restore them, or train into a "
+                        f"new --out")
     epoch, history = resume(run_dir, checkpoint, cfg, saved, model, optimizer,
                             may_change=RECORDING_OPTIONS | {"epochs"})
     if cfg.schedule == "cosine" and saved.get("epochs") != cfg.epochs and checkpoint["epoch"] < cfg.epochs:
@@ -152,6 +158,7 @@ def _train(cfg: TrainConfig, run_dir: Path, model, optimizer, peak_lr: float, tr
     main = is_main_process()
     normalizer = Normalizer(cfg.dataset, device)
     start_epoch, history, best = _resume(run_dir, cfg, model, optimizer)
+    files = data_files(cfg.dataset, cfg.data_dir)  # a resume checks them against these
     if start_epoch >= cfg.epochs:
         pictures = [run_dir / name for name in ("reconstructions.png", "reconstructions.pt", "loss.png",
                                                  f"grids/epoch_{start_epoch:04d}.png")]
@@ -210,7 +217,7 @@ def _train(cfg: TrainConfig, run_dir: Path, model, optimizer, peak_lr: float, tr
                             model_config=unwrap(model).config, train_config=configuration.to_dict(cfg),
                             model=unwrap(model).state_dict(), optimizer=optimizer.state_dict(),
                             epoch=epoch, history=history, best_epoch=best[1], best_model=best[2],
-                            best_val_loss=best[0])
+                            best_val_loss=best[0], data_files=files)
         if main:  # lines of epochs after the last checkpoint are dropped again on resume
             append_jsonl(run_dir / METRICS, record)
             board.scalars(record, epoch)
