@@ -55,6 +55,7 @@ class Run:
             return (EncoderRun if (Path(run) / ENCODER).is_file() else cls)(run, data_dir, download)
         if data_dir is not None or download is not None:
             run = copy.copy(run)  # keeps the checkpoint already read
+            run._splits = {}  # images of another location are read anew
             run.data_dir = data_dir if data_dir is not None else run.data_dir
             run.download = download if download is not None else run.download
         return run
@@ -146,8 +147,13 @@ class Run:
         return model.to(device).eval()
 
     def splits(self, label_type: str = "fine") -> dict[str, Split]:
-        """The train (same subset), validation and test splits the run used."""
-        return run_splits(self.train_config, self.data_dir, label_type, self.download)
+        """The train (same subset), validation and test splits the run used, read once per label
+        type and data location (the encoder, its twin and the pixels of one evaluation share them)."""
+        key = (label_type, self.data_dir, self.download)
+        cache = self.__dict__.setdefault("_splits", {})
+        if key not in cache:
+            cache[key] = run_splits(self.train_config, self.data_dir, label_type, self.download)
+        return cache[key]
 
     def data_identity(self) -> dict:
         """What decides which images the run's splits hold: its settings, and the data files this
@@ -252,13 +258,6 @@ class EncoderRun(Run):
         source = self.source
         own = source["dataset"] in OWN_DATASETS
         return data_digest(source["dataset"], self.data_dir or source["data_dir"]) if own else None
-
-    def splits(self, label_type: str = "fine") -> dict[str, Split]:
-        """As a run's, read once per label type (an image folder is decoded once per session)."""
-        cache = self.__dict__.setdefault("_splits", {})
-        if label_type not in cache:
-            cache[label_type] = super().splits(label_type)
-        return cache[label_type]
 
     def data_identity(self) -> dict:
         identity = {k: self.source.get(k) for k in ("dataset", "val_size", "subset", "seed", "image_size")}
