@@ -55,13 +55,30 @@ def _mapping(value, where: str, path: Path, allowed: tuple[str, ...]) -> dict:
     return value
 
 
-def _options(config_cls, values: dict, where: str, path: Path):
-    names = [f.name for f in dataclasses.fields(config_cls) if f.init]
-    _mapping(values, where, path, tuple(names))
+def _fields(config_cls) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(config_cls) if f.init)
+
+
+def _options(config_cls, values, where: str, path: Path, **fixed):
+    """``values`` (a mapping of ``config_cls``'s options, checked) with ``fixed`` set, resolved."""
     try:
-        return configuration.resolve(config_cls, None, **values)
+        return configuration.resolve(config_cls, None, **{**_mapping(values, where, path, _fields(config_cls)),
+                                                          **fixed})
     except (ValueError, TypeError) as error:
+        if str(error).startswith(f"{path}: "):  # already said with its place
+            raise
         raise ValueError(f"{path}: {where}: {error}") from None
+
+
+def _check_files(encoder: dict, where: str, path: Path) -> None:
+    """The encoder's file and its weights exist (a module path is imported only when it runs)."""
+    if not encoder.get("encoder"):
+        raise ValueError(f"{path}: {where}.encoder needs encoder: SPEC (docs/USING_YOUR_OWN.md)")
+    spec = str(encoder["encoder"])
+    module_file = spec.rpartition(":")[0] if ":" in spec else spec
+    for key, file in (("encoder", module_file), ("weights", encoder.get("weights"))):
+        if file and (key == "weights" or file.endswith(".py")) and not Path(file).expanduser().is_file():
+            raise ValueError(f"{path}: {where}.encoder.{key}: {file} not found")
 
 
 def load_plan(path: Path | str) -> Plan:
@@ -80,42 +97,29 @@ def load_plan(path: Path | str) -> Plan:
     if ("study" in top) == ("runs" in top):
         raise ValueError(f"{path}: give either study (a latent-size study) or runs (named runs), not "
                          f"{'both' if 'study' in top else 'neither'}")
-    report = _options(CompareConfig, {"out": str(out), **_mapping(top.get("report"), "report", path,
-                                                                   tuple(f.name for f in dataclasses.fields(
-                                                                       CompareConfig)))}, "report", path)
+    report = _options(CompareConfig, top.get("report"), "report", path, out=str(out))
     if "study" in top:
-        study = _options(StudyConfig, {**_mapping(top["study"], "study", path, tuple(
-            f.name for f in dataclasses.fields(StudyConfig))), "out": str(out)}, "study", path)
-        return Plan(out, study, {}, report)
-    shared = _mapping(top.get("evaluate"), "evaluate", path, tuple(f.name for f in dataclasses.fields(EvalConfig)))
-    runs = {}
+        return Plan(out, _options(StudyConfig, top["study"], "study", path, out=str(out)), {}, report)
+    shared = _mapping(top.get("evaluate"), "evaluate", path, _fields(EvalConfig))
     names = tuple(top["runs"]) if isinstance(top["runs"], dict) else ()
     if not names:
         raise ValueError(f"{path}: runs must map names to runs, e.g. runs: {{ae256: {{train: {{latent_dim: 256}}}}}}")
+    runs = {}
     for name, entry in _mapping(top["runs"], "runs", path, names).items():
         where = f"runs.{name}"
         entry = _mapping(entry, where, path, RUN_KEYS)
         if ("train" in entry) == ("encoder" in entry):
             raise ValueError(f"{path}: {where} needs either train (options of latentprobe train) or encoder "
                              f"(an encoder of your own), not {'both' if 'train' in entry else 'neither'}")
-        own = _mapping(entry.get("evaluate"), f"{where}.evaluate", path, tuple(shared) + tuple(
-            f.name for f in dataclasses.fields(EvalConfig)))
+        evaluate = {**shared, **_mapping(entry.get("evaluate"), f"{where}.evaluate", path, _fields(EvalConfig))}
         train = None
         if "train" in entry:
-            train = _options(TrainConfig, {**_mapping(entry["train"], f"{where}.train", path, tuple(
-                f.name for f in dataclasses.fields(TrainConfig))), "out": str(out / name)}, f"{where}.train", path)
-            evaluate = _options(EvalConfig, {**shared, **own}, f"{where}.evaluate", path)
+            train = _options(TrainConfig, entry["train"], f"{where}.train", path, out=str(out / name))
         else:
             encoder = _mapping(entry["encoder"], f"{where}.encoder", path, ENCODER_KEYS)
-            for key in ("encoder", "weights"):
-                target = encoder.get(key)
-                if key == "encoder" and not target:
-                    raise ValueError(f"{path}: {where}.encoder needs encoder: SPEC (docs/USING_YOUR_OWN.md)")
-                file = str(target).rpartition(":")[0] if key == "encoder" and ":" in str(target) else target
-                if file and (file.endswith(".py") or key == "weights") and not Path(file).expanduser().is_file():
-                    raise ValueError(f"{path}: {where}.encoder.{key}: {file} not found")
-            evaluate = _options(EvalConfig, {**shared, **own, **encoder}, f"{where}.evaluate", path)
-        runs[name] = (train, evaluate)
+            _check_files(encoder, where, path)
+            evaluate.update(encoder)
+        runs[name] = (train, _options(EvalConfig, evaluate, f"{where}.evaluate", path))
     return Plan(out, None, runs, report)
 
 

@@ -53,9 +53,9 @@ class Run:
         that directory (an ``EncoderRun`` where ``evaluate --encoder`` made it)."""
         if not isinstance(run, Run):
             return (EncoderRun if (Path(run) / ENCODER).is_file() else cls)(run, data_dir, download)
-        if data_dir is not None or download is not None:
+        if (data_dir is not None and data_dir != run.data_dir) or (download is not None and download != run.download):
             run = copy.copy(run)  # keeps the checkpoint already read
-            run._splits = {}  # images of another location are read anew
+            run._splits, run._pending = {}, None  # images of another location are read anew
             run.data_dir = data_dir if data_dir is not None else run.data_dir
             run.download = download if download is not None else run.download
         return run
@@ -148,12 +148,14 @@ class Run:
 
     def splits(self, label_type: str = "fine") -> dict[str, Split]:
         """The train (same subset), validation and test splits the run used, read once per label
-        type and data location (the encoder, its twin and the pixels of one evaluation share them)."""
-        key = (label_type, self.data_dir, self.download)
+        type (the encoder, its twin and the pixels of one evaluation share them)."""
         cache = self.__dict__.setdefault("_splits", {})
-        if key not in cache:
-            cache[key] = run_splits(self.train_config, self.data_dir, label_type, self.download)
-        return cache[key]
+        if label_type not in cache:
+            cache[label_type] = carve_splits(self.train_config, *self._read(), label_type)
+        return cache[label_type]
+
+    def _read(self) -> tuple[Split, Split]:
+        return run_images(self.train_config, self.data_dir, self.download)
 
     def data_identity(self) -> dict:
         """What decides which images the run's splits hold: its settings, and the data files this
@@ -187,16 +189,20 @@ class EncoderRun(Run):
     its weights, its input size and the images; an in-memory ``module`` (the Python API) takes
     the SPEC's place."""
 
+    _pending = None  # (train, test) images read before the run was made, for its first read
+
     def __init__(self, path: Path | str, data_dir: str | None = None, download: bool | None = None,
-                 module: torch.nn.Module | None = None):
+                 module: torch.nn.Module | None = None, images: tuple[Split, Split] | None = None):
         super().__init__(path, data_dir, download)
-        self.module = module
+        self.module, self._pending = module, images
 
     @classmethod
-    def create(cls, path: Path | str, source: dict, module: torch.nn.Module | None = None) -> "EncoderRun":
-        """Write ``source`` (encoder, weights, image_size, dataset, data_dir, val_size, subset, seed)
-        as PATH/encoder.yaml; results of another source in the folder are not reused (evaluate
-        compares what made them)."""
+    def create(cls, path: Path | str, source: dict, module: torch.nn.Module | None = None,
+               images: tuple[Split, Split] | None = None) -> "EncoderRun":
+        """Write ``source`` (encoder, weights, image_size, dataset, data_dir, download, val_size,
+        subset, seed) as PATH/encoder.yaml; results of another source in the folder are not reused
+        (evaluate compares what made them). ``images``: the (train, test) images of ``source``,
+        when already read (an image folder is decoded once)."""
         import yaml
 
         from latentprobe import config as configuration
@@ -211,7 +217,13 @@ class EncoderRun(Run):
         tmp = path / f"{ENCODER}.{os.getpid()}.tmp"
         tmp.write_text(yaml.safe_dump(record, sort_keys=False, width=1000))
         os.replace(tmp, path / ENCODER)
-        return cls(path, module=module)
+        return cls(path, source["data_dir"], source["download"], module=module, images=images)
+
+    def _read(self) -> tuple[Split, Split]:
+        if self._pending is not None:
+            images, self._pending = self._pending, None
+            return images
+        return super()._read()
 
     @cached_property
     def source(self) -> dict:
@@ -251,18 +263,8 @@ class EncoderRun(Run):
         return load_encoder(source["encoder"], source.get("weights"), source["image_size"], pool,
                             source["seed"]).to(device).eval()
 
-    @cached_property
-    def _data_digest(self) -> str | None:
-        from latentprobe.data.images import data_digest
-
-        source = self.source
-        own = source["dataset"] in OWN_DATASETS
-        return data_digest(source["dataset"], self.data_dir or source["data_dir"]) if own else None
-
     def data_identity(self) -> dict:
-        identity = {k: self.source.get(k) for k in ("dataset", "val_size", "subset", "seed", "image_size")}
-        return {**identity, "files": self._data_digest if self.source["dataset"] in OWN_DATASETS
-                else self._files_digest}
+        return {**super().data_identity(), "image_size": self.source["image_size"]}
 
     def exclusive(self):
         self.source  # noqa: B018 - read here, so a missing or foreign encoder.yaml stops us first
@@ -270,14 +272,16 @@ class EncoderRun(Run):
 
 
 def data_files(dataset: str, root: str | None) -> str | None:
-    """The identity of a CIFAR data set's files under ``root`` (names, sizes, times), None where
-    they are not there (yet)."""
+    """The identity of a data set's files under ``root`` (CIFAR's folder, an image folder: every
+    file's name, size and time; an npz: its bytes), None where they are not there (yet)."""
     from latentprobe.data.cifar import DATASETS, data_root
     from latentprobe.data.images import data_digest
 
-    spec = DATASETS.get(dataset)
-    folder = data_root(root) / spec.folder if spec else None
-    return data_digest("folder", folder) if folder is not None and folder.is_dir() else None
+    if dataset in OWN_DATASETS:
+        where = Path(root).expanduser() if root else None
+    else:
+        where = data_root(root) / DATASETS[dataset].folder if dataset in DATASETS else None
+    return data_digest(dataset, where) if where is not None and where.exists() else None
 
 
 def read_images(dataset: str, root, image_size: int | None, seed: int, download: bool = True):
@@ -293,13 +297,24 @@ def read_images(dataset: str, root, image_size: int | None, seed: int, download:
     return train, test, []
 
 
+def run_images(train_config: dict, data_dir: str | None = None, download: bool | None = None) -> tuple[Split, Split]:
+    """The training and test images of a run's data set, read from ``data_dir`` (None: the run's)
+    and downloaded if missing when ``download`` (None: the run's setting)."""
+    download = train_config.get("download", True) if download is None else download
+    train, test, _ = read_images(train_config["dataset"], data_dir or train_config.get("data_dir"),
+                                 train_config.get("image_size"), train_config["seed"], download)
+    return train, test
+
+
 def run_splits(train_config: dict, data_dir: str | None = None, label_type: str = "fine",
                download: bool | None = None) -> dict[str, Split]:
-    """The train (same subset), validation and test splits of a run's training config, read from
-    ``data_dir`` (None: the run's) and downloaded if missing when ``download`` (None: the run's)."""
-    dataset, root = train_config["dataset"], data_dir or train_config.get("data_dir")
-    download = train_config.get("download", True) if download is None else download
-    train, test, _ = read_images(dataset, root, train_config.get("image_size"), train_config["seed"], download)
+    """The train (same subset), validation and test splits of a run's training config."""
+    return carve_splits(train_config, *run_images(train_config, data_dir, download), label_type)
+
+
+def carve_splits(train_config: dict, train: Split, test: Split, label_type: str = "fine") -> dict[str, Split]:
+    """The train (same subset), validation and test splits of a run's training config, from the
+    data set's training and test images."""
     train, val = train_val_split(train, train_config["val_size"], seed=train_config["seed"])
     train = take(train, train_config.get("subset"), seed=train_config["seed"])
     return {name: split.with_label_type(label_type) for name, split in zip(SPLITS, (train, val, test))}

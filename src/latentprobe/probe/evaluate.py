@@ -296,14 +296,14 @@ def evaluate_encoder(encoder: "str | torch.nn.Module", out: Path | str, cfg: Eva
         model.check_layers(cfg.layers)
     size = model.config["image_size"]
     dataset = cfg.dataset or "cifar10"
-    train, _, skipped = read_images(dataset, cfg.data_dir, size, cfg.seed, cfg.download is not False)
+    train, test, skipped = read_images(dataset, cfg.data_dir, size, cfg.seed, cfg.download is not False)
     val_size = cfg.val_size or (5000 if dataset in DATASETS else max(1, len(train) // 10))
     if val_size >= len(train):
         raise ValueError(f"--val-size {val_size}: the training split holds {len(train)} images; give fewer")
     source = {"encoder": spec, "weights": cfg.weights, "image_size": size, "dataset": dataset,
               "data_dir": cfg.data_dir, "download": cfg.download is not False, "val_size": val_size,
               "subset": cfg.subset, "seed": cfg.seed}
-    run = EncoderRun.create(out, source, module)
+    run = EncoderRun.create(out, source, module, images=(train, test))
     listing = run.path / "skipped_images.txt"
     listing.unlink(missing_ok=True)
     if skipped:
