@@ -388,4 +388,29 @@ def test_a_resume_after_the_data_files_changed_is_one_line(cifar10_root, tmp_pat
     write_cifar10(cifar10_root, seed=5)  # other images under the same names
     with pytest.raises(SystemExit) as stop:
         main([*args, "--epochs", "2"])
-    assert str(stop.value.code).startswith("error: the cifar10 files under ") and "changed since" in str(stop.value.code)
+    error = str(stop.value.code)
+    assert error.startswith("error: data_batch_1, data_batch_2") and "changed since" in error and "\n" not in error
+
+
+def test_an_edit_that_keeps_a_files_size_and_time_is_named_on_resume(cifar10_root, tmp_path):
+    """One pixel of a batch file changed in place, its size and times put back: the run recorded
+    the digest of the bytes it read, so the resume names the file (names, sizes and times alone
+    cannot see it)."""
+    import os
+
+    from latentprobe.cli import main
+
+    run = tmp_path / "run"
+    args = ["train", "--latent-dim", "8", "--model-args", "c1=4 c2=8", "--data-dir", str(cifar10_root),
+            "--no-download", "--val-size", "40", "--device", "cpu", "--out", str(run)]
+    main([*args, "--epochs", "1"])
+    batch = cifar10_root / "cifar-10-batches-py" / "data_batch_2"
+    before = batch.stat()
+    content = bytearray(batch.read_bytes())
+    content[-200] ^= 0x01  # inside the pixel array: still a valid batch file, one pixel off by one level
+    batch.write_bytes(bytes(content))
+    os.utime(batch, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert batch.stat().st_size == before.st_size and batch.stat().st_mtime_ns == before.st_mtime_ns
+    with pytest.raises(SystemExit) as stop:
+        main([*args, "--epochs", "2"])
+    assert str(stop.value.code).startswith("error: data_batch_2 under ") and "changed since" in str(stop.value.code)

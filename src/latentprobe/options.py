@@ -29,12 +29,12 @@ SPLITS = ("train", "val", "test")
 PROBE_OPTIONS = ("probe_lrs", "probe_weight_decays", "probe_epochs", "probe_patience", "probe_schedule",
                  "probe_batch_size", "probe_seeds", "flip_train", "refit")
 PRESETS = {
-    # a first look: a 4,000-image subset, few epochs (about two minutes on a 2-core CPU)
-    "quick": dict(subset=4000, epochs=3, probe_epochs=15),
+    # a first look: 4,000 training and 1,000 validation images, few epochs (about a minute on 2 CPU cores)
+    "quick": dict(subset=4000, val_size=1000, epochs=3, probe_epochs=15),
     # all 45,000 training images, the epochs a CPU run affords (~1 hour on 2 cores)
-    "standard": dict(subset=None, epochs=10, probe_epochs=30),
+    "standard": dict(subset=None, val_size=5000, epochs=10, probe_epochs=30),
     # the write-up's length: its pictures come from epoch index 199 (a GPU job)
-    "full": dict(subset=None, epochs=200, probe_epochs=50),
+    "full": dict(subset=None, val_size=5000, epochs=200, probe_epochs=50),
 }
 
 
@@ -365,8 +365,8 @@ class PredictConfig:
 @dataclass
 class StudyConfig:
     preset: str = field(default="standard", metadata=help_text(
-        "quick (4,000 images, 3 epochs: about two minutes on a CPU), standard (all images, 10 epochs) or full "
-        "(200 epochs, the write-up's)"))
+        "quick (4,000 images, 1,000 for validation, 3 epochs: about a minute on a CPU), standard (all images, "
+        "10 epochs) or full (200 epochs, the write-up's)"))
     model: str = field(default="conv_ae", metadata=help_text("any registered model that takes latent_dim"))
     model_args: dict = field(default_factory=dict, metadata=help_text(
         "options of other models, 'key=value key=value'"))
@@ -381,7 +381,8 @@ class StudyConfig:
     data_dir: str | None = field(default=None, metadata=help_text(
         "folder holding the CIFAR folders (default: $LATENTPROBE_DATA, else ~/.cache/latentprobe)"))
     download: bool = field(default=True, metadata=help_text("download the data set if it is missing"))
-    val_size: int = field(default=5000, metadata=help_text("validation images carved from the training set"))
+    val_size: int | None = field(default=None, metadata=help_text(
+        "validation images carved from the training set (default: the preset's, 1,000 or 5,000)"))
     subset: int | None = field(default=None, metadata=help_text("training images (default: the preset's)"))
     epochs: int | None = field(default=None, metadata=help_text("autoencoder epochs (default: the preset's)"))
     batch_size: int = field(default=128, metadata=help_text("images per autoencoder step"))

@@ -19,18 +19,22 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def image_grid(rows: dict[str, torch.Tensor], path: Path, title: str | None = None) -> Path:
-    """One labelled row per entry; each value is (B, 3, H, W) in [0, 1]."""
+def image_grid(rows: dict[str, torch.Tensor], path: Path, title: str | None = None, gap: int = 2) -> Path:
+    """One labelled row per entry; each value is (B, 3, H, W) in [0, 1]. A row is one image (its
+    pictures side by side, ``gap`` white pixels apart) on one axes: a few axes per figure, not one per
+    picture, so a grid draws in a tenth of the time."""
     count = min(len(v) for v in rows.values())
-    fig, axes = plt.subplots(len(rows), count, figsize=(1.1 * count, 1.2 * len(rows)), squeeze=False)
-    for r, (label, images) in enumerate(rows.items()):
-        pixels = images[:count].detach().float().cpu().clamp(0, 1).permute(0, 2, 3, 1).numpy()
-        for c in range(count):
-            ax = axes[r][c]
-            ax.imshow(pixels[c], interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-        axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+    fig, axes = plt.subplots(len(rows), 1, figsize=(1.1 * count, 1.2 * len(rows)), squeeze=False)
+    for ax, (label, images) in zip(axes[:, 0], rows.items()):
+        pixels = images[:count].detach().float().cpu().clamp(0, 1)
+        padded = torch.nn.functional.pad(pixels, (0, gap), value=1.0)  # white to the right of each picture
+        strip = padded.permute(2, 0, 3, 1).reshape(pixels.shape[2], -1, 3)[:, :-gap]  # (H, count·(W+gap)−gap, 3)
+        ax.imshow(strip.numpy(), interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for side in ax.spines.values():
+            side.set_visible(False)
+        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)
     return _save(fig, path)

@@ -159,7 +159,7 @@ class Run:
 
     def data_identity(self) -> dict:
         """What decides which images the run's splits hold: its settings, and the data files this
-        session reads (their names, sizes and times: other files under the same name are other data)."""
+        session reads (``data_files``: other bytes under the same name are other data)."""
         return {**{k: self.train_config.get(k) for k in ("dataset", "val_size", "subset", "seed")},
                 "files": self._files_digest}
 
@@ -271,17 +271,28 @@ class EncoderRun(Run):
         return exclusive(self.path)
 
 
-def data_files(dataset: str, root: str | None) -> str | None:
-    """The identity of a data set's files under ``root`` (CIFAR's folder, an image folder: every
-    file's name, size and time; an npz: its bytes), None where they are not there (yet)."""
-    from latentprobe.data.cifar import DATASETS, data_root
+def data_files(dataset: str, root: str | None) -> dict | str | None:
+    """The identity of a data set's files under ``root``: CIFAR's files each with the digest of its
+    bytes; an image folder's every file's name, size and time; an npz's bytes. None where they are
+    not there (yet)."""
+    from latentprobe.data.cifar import DATASETS, data_root, dataset_files
     from latentprobe.data.images import data_digest
 
     if dataset in OWN_DATASETS:
         where = Path(root).expanduser() if root else None
-    else:
-        where = data_root(root) / DATASETS[dataset].folder if dataset in DATASETS else None
-    return data_digest(dataset, where) if where is not None and where.exists() else None
+        return data_digest(dataset, where) if where is not None and where.exists() else None
+    where = data_root(root) / DATASETS[dataset].folder if dataset in DATASETS else None
+    return dataset_files(dataset, where) if where is not None and where.is_dir() else None
+
+
+def changed_files(before: dict | str | None, now: dict | str | None) -> list[str]:
+    """The data files whose bytes differ between two ``data_files`` identities (every file, where
+    they are not both per-file)."""
+    if before == now:
+        return []
+    if isinstance(before, dict) and isinstance(now, dict):
+        return [name for name in sorted({*before, *now}) if before.get(name) != now.get(name)]
+    return ["the data files"]
 
 
 def read_images(dataset: str, root, image_size: int | None, seed: int, download: bool = True):

@@ -5,9 +5,11 @@ Batches are cut from tensors that already live on the training device: shuffling
 per-sample Python transform anywhere.
 """
 
+import hashlib
 import io
 import os
 import pickle
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -142,13 +144,50 @@ class _RestrictedUnpickler(pickle._Unpickler):
     dispatch[pickle.BUILD[0]] = load_build
 
 
+def _stat_key(path: Path) -> tuple:
+    stat = path.stat()
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
+
+
+_DIGESTS: dict[Path, tuple[tuple, str]] = {}  # path → (stat key, digest of its bytes), as last read
+
+
+def _remember_digest(path: Path, key: tuple, content: bytes) -> str:
+    digest = hashlib.sha256(content).hexdigest()[:16]
+    _DIGESTS[path.resolve()] = key, digest
+    return digest
+
+
+def file_digest(path: Path) -> str | None:
+    """The digest of a data file's bytes (None: no such file). A file is hashed when it is read
+    (or here, once a process while its inode, size and times stay the same): an edit that keeps a
+    file's size and time is still another digest in the next process."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    key = _stat_key(path)
+    known = _DIGESTS.get(path.resolve())
+    return known[1] if known and known[0] == key else _remember_digest(path, key, path.read_bytes())
+
+
+def dataset_files(dataset: str, folder: Path) -> dict[str, str | None]:
+    """Each file of a CIFAR folder with the digest of its bytes: what a run records on its first
+    read and checks on every resume, so a file that changed under it is named."""
+    spec = DATASETS[dataset]
+    return {name: file_digest(Path(folder) / name) for name in (spec.meta_file, *spec.train_files, *spec.test_files)}
+
+
 def read_batch_file(path: Path) -> dict:
-    """Unpickle one CIFAR file with the restricted unpickler; str keys, any protocol."""
+    """Unpickle one CIFAR file with the restricted unpickler; str keys, any protocol. The digest of
+    the bytes read is kept (``file_digest``)."""
     if not path.is_file():
         raise DataError(f"{path} is missing; re-download the data set (drop --no-download) "
                         f"or point --data-dir / LATENTPROBE_DATA at a complete copy")
+    key = _stat_key(path)
+    content = path.read_bytes()
+    _remember_digest(path, key, content)
     try:
-        loaded = _RestrictedUnpickler(path.read_bytes(), encoding="latin1").load()
+        loaded = _RestrictedUnpickler(content, encoding="latin1").load()
     except _ForbiddenGlobal as err:
         raise DataError(f"{path} is not a plain CIFAR batch file ({err}); delete it and re-download")
     except Exception as err:  # any failure to unpickle a data file (a frame claiming 2**50 bytes
@@ -203,9 +242,15 @@ def _names(meta: dict, key: str, path: Path) -> list[str]:
     return names
 
 
+_SPLITS: OrderedDict[tuple, Split] = OrderedDict()  # the last splits read, while their files stay the same
+_KEEP_SPLITS = 4
+
+
 def load_split(dataset: str = "cifar10", split: str = "train", root: Path | None = None,
                download: bool = True) -> Split:
-    """Read ``split`` ("train" or "test") of ``dataset`` from ``root`` (see ``data_root``)."""
+    """Read ``split`` ("train" or "test") of ``dataset`` from ``root`` (see ``data_root``). The last
+    few splits read stay in memory while their files are unchanged: a study of six runs reads the
+    files once (treat a split's tensors as read-only)."""
     if dataset not in DATASETS:
         raise DataError(f"unknown dataset {dataset!r}; choose one of {sorted(DATASETS)}")
     if split not in ("train", "test"):
@@ -219,8 +264,15 @@ def load_split(dataset: str = "cifar10", split: str = "train", root: Path | None
         download_dataset(spec, folder.parent)
 
     meta_path = folder / spec.meta_file
-    meta = read_batch_file(meta_path)
     files = spec.train_files if split == "train" else spec.test_files
+    try:
+        key = (dataset, split, folder.resolve(), *(_stat_key(folder / name) for name in (spec.meta_file, *files)))
+    except OSError:  # a missing file: read_batch_file says so below
+        key = None
+    if key in _SPLITS:
+        _SPLITS.move_to_end(key)
+        return _SPLITS[key]
+    meta = read_batch_file(meta_path)
     parts = [_images_and_labels(folder / name, spec) for name in files]
     images = torch.from_numpy(np.concatenate([p[0] for p in parts]))
     labels = {k: torch.from_numpy(np.concatenate([p[1][k] for p in parts])) for k in parts[0][1]}
@@ -229,8 +281,13 @@ def load_split(dataset: str = "cifar10", split: str = "train", root: Path | None
         raise DataError(f"{folder}: labels outside 0..{len(names) - 1}; delete the folder and re-download")
     coarse = labels.get(spec.coarse_label_key) if spec.coarse_label_key else None
     coarse_names = _names(meta, spec.coarse_names_key, meta_path) if spec.coarse_names_key else None
-    return Split(images=images, labels=labels[spec.label_key], class_names=names, dataset=dataset,
-                 coarse_labels=coarse, coarse_names=coarse_names)
+    loaded = Split(images=images, labels=labels[spec.label_key], class_names=names, dataset=dataset,
+                   coarse_labels=coarse, coarse_names=coarse_names)
+    if key is not None:
+        _SPLITS[key] = loaded
+        while len(_SPLITS) > _KEEP_SPLITS:
+            _SPLITS.popitem(last=False)
+    return loaded
 
 
 def data_root(root: Path | str | None = None) -> Path:

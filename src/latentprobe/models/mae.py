@@ -15,7 +15,6 @@ from functools import partial
 
 import torch
 import torch.nn as nn
-from timm.models.vision_transformer import Block
 
 from latentprobe.models import register_model
 
@@ -112,6 +111,7 @@ class MaskedAutoencoderViT(nn.Module):
         grid_size = img_size // patch_size
         self.num_patches = grid_size * grid_size
         norm_layer = partial(nn.LayerNorm, eps=1e-6)
+        from timm.models.vision_transformer import Block  # here: timm costs seconds to import, and conv studies skip it
 
         # ---- encoder: patches → tokens, CLS, fixed positions, blocks
         self.patch_embed = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)

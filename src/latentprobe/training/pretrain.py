@@ -5,6 +5,7 @@ metrics.jsonl (one line per epoch), TensorBoard events, reconstructions.png and 
 Running the same command again continues from the checkpoint; a finished run is not redone.
 """
 
+import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -32,6 +33,7 @@ from latentprobe.runs import (
     Run,
     TensorBoard,
     append_jsonl,
+    changed_files,
     data_files,
     exclusive,
     read_jsonl,
@@ -77,10 +79,11 @@ def _resume(run_dir: Path, cfg: TrainConfig, model, optimizer) -> tuple[int, lis
         return 0, [], None
     checkpoint = Run(run_dir).read_checkpoint(cfg.model)
     saved = checkpoint["train_config"]
-    if checkpoint.get("data_files", data_files(cfg.dataset, cfg.data_dir)) != data_files(cfg.dataset, cfg.data_dir):
-        raise DataError(f"the {cfg.dataset} files under {data_root(cfg.data_dir)} changed since {run_dir} started "
-                        f"(names, sizes or times; a copy elsewhere counts as changed): restore them, or train into a "
-                        f"new --out")
+    recorded = checkpoint.get("data_files")  # older checkpoints: none, or names, sizes and times only
+    changed = changed_files(recorded, data_files(cfg.dataset, cfg.data_dir)) if isinstance(recorded, dict) else []
+    if changed:
+        raise DataError(f"{', '.join(changed)} under {data_root(cfg.data_dir)} changed since {run_dir} started (other "
+                        f"bytes than it read): restore them, or train into a new --out")
     epoch, history = resume(run_dir, checkpoint, cfg, saved, model, optimizer,
                             may_change=RECORDING_OPTIONS | {"epochs"})
     if cfg.schedule == "cosine" and saved.get("epochs") != cfg.epochs and checkpoint["epoch"] < cfg.epochs:
@@ -113,8 +116,8 @@ def save_reconstructions(path: Path, rows: dict[str, torch.Tensor]) -> None:
 def save_pictures(run_dir: Path, model, grid_images, normalizer, epoch: int, history: list[dict]) -> None:
     rows = _reconstructions(model, grid_images, normalizer)
     title = f"{run_dir.name}, epoch {epoch}"
-    image_grid(rows, run_dir / "reconstructions.png", title=title)  # always the latest
-    image_grid(rows, run_dir / "grids" / f"epoch_{epoch:04d}.png", title=title)  # the history
+    latest = image_grid(rows, run_dir / "grids" / f"epoch_{epoch:04d}.png", title=title)  # the history
+    shutil.copyfile(latest, run_dir / "reconstructions.png")  # always the latest
     save_reconstructions(run_dir / "reconstructions.pt", rows)
     epochs = [h["epoch"] for h in history]
     probed = [h for h in history if "val_probe_acc" in h]  # epochs of the online probe (--probe-every)
