@@ -17,6 +17,7 @@ from latentprobe.data.cifar import (
     load_split,
     train_val_split,
 )
+from latentprobe.data import download
 from latentprobe.data.download import download_dataset
 
 
@@ -100,6 +101,26 @@ def test_download_from_file_url_with_checksum(cifar10_root, tmp_path, monkeypatc
     target = tmp_path / "fresh"
     train = load_split("cifar10", "train", target)  # downloads, verifies, unpacks
     assert len(train) == 200 and (target / "cifar-10-batches-py" / "data_batch_5").is_file()
+
+
+def test_a_downloaded_file_whose_bytes_change_is_refused_on_its_next_read(cifar10_root, tmp_path, monkeypatch):
+    """A download records its files' digests as unpacked from the md5-checked archive: one pixel
+    changed in place afterwards (size kept) is named on the next read, a fresh process's first too."""
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    archive.write_bytes(_archive(cifar10_root))
+    spec = replace(data.DATASETS["cifar10"], archive_url=archive.as_uri(),
+                   archive_md5=hashlib.md5(archive.read_bytes()).hexdigest())
+    monkeypatch.setitem(data.DATASETS, "cifar10", spec)
+    target = tmp_path / "fresh"
+    assert len(load_split("cifar10", "test", target)) == 50  # downloaded, then read as released
+    batch = target / "cifar-10-batches-py" / "test_batch"
+    content = bytearray(batch.read_bytes())
+    content[-300] ^= 0x01  # a pixel of the data array: the file still unpickles
+    batch.write_bytes(bytes(content))
+    monkeypatch.setattr(download, "_DIGESTS", {}, raising=False)  # as in a new process
+    with pytest.raises(DataError, match=r"test_batch is not the file unpacked from the md5-checked archive .*re-download"):
+        load_split("cifar10", "test", target)
+    assert len(load_split("cifar10", "train", target)) == 200  # the untouched files still read
 
 
 def test_download_checksum_mismatch_leaves_nothing(cifar10_root, tmp_path):

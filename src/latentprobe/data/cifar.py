@@ -5,7 +5,6 @@ Batches are cut from tensors that already live on the training device: shuffling
 per-sample Python transform anywhere.
 """
 
-import hashlib
 import io
 import os
 import pickle
@@ -16,7 +15,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from latentprobe.data.download import DataError, download_dataset, one_line
+from latentprobe.data.download import (
+    DataError,
+    download_dataset,
+    file_digest,
+    one_line,
+    released_digest,
+    remember_digest,
+    stat_key,
+)
 
 
 @dataclass(frozen=True)
@@ -144,32 +151,6 @@ class _RestrictedUnpickler(pickle._Unpickler):
     dispatch[pickle.BUILD[0]] = load_build
 
 
-def _stat_key(path: Path) -> tuple:
-    stat = path.stat()
-    return stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
-
-
-_DIGESTS: dict[Path, tuple[tuple, str]] = {}  # path → (stat key, digest of its bytes), as last read
-
-
-def _remember_digest(path: Path, key: tuple, content: bytes) -> str:
-    digest = hashlib.sha256(content).hexdigest()[:16]
-    _DIGESTS[path.resolve()] = key, digest
-    return digest
-
-
-def file_digest(path: Path) -> str | None:
-    """The digest of a data file's bytes (None: no such file). A file is hashed when it is read
-    (or here, once a process while its inode, size and times stay the same): an edit that keeps a
-    file's size and time is still another digest in the next process."""
-    path = Path(path)
-    if not path.is_file():
-        return None
-    key = _stat_key(path)
-    known = _DIGESTS.get(path.resolve())
-    return known[1] if known and known[0] == key else _remember_digest(path, key, path.read_bytes())
-
-
 def dataset_files(dataset: str, folder: Path) -> dict[str, str | None]:
     """Each file of a CIFAR folder with the digest of its bytes: what a run records on its first
     read and checks on every resume, so a file that changed under it is named."""
@@ -183,9 +164,13 @@ def read_batch_file(path: Path) -> dict:
     if not path.is_file():
         raise DataError(f"{path} is missing; re-download the data set (drop --no-download) "
                         f"or point --data-dir / LATENTPROBE_DATA at a complete copy")
-    key = _stat_key(path)
+    key = stat_key(path)
     content = path.read_bytes()
-    _remember_digest(path, key, content)
+    digest = remember_digest(path, key, content)
+    released = released_digest(path)
+    if released is not None and digest != released:
+        raise DataError(f"{path} is not the file unpacked from the md5-checked archive (its bytes changed since); "
+                        f"delete {path.parent} and re-download")
     try:
         loaded = _RestrictedUnpickler(content, encoding="latin1").load()
     except _ForbiddenGlobal as err:
@@ -266,7 +251,7 @@ def load_split(dataset: str = "cifar10", split: str = "train", root: Path | None
     meta_path = folder / spec.meta_file
     files = spec.train_files if split == "train" else spec.test_files
     try:
-        key = (dataset, split, folder.resolve(), *(_stat_key(folder / name) for name in (spec.meta_file, *files)))
+        key = (dataset, split, folder.resolve(), *(stat_key(folder / name) for name in (spec.meta_file, *files)))
     except OSError:  # a missing file: read_batch_file says so below
         key = None
     if key in _SPLITS:

@@ -1,10 +1,13 @@
-"""Fetch the official CIFAR archive, verify its md5, unpack it safely.
+"""Fetch the official CIFAR archive, verify its md5, unpack it safely; the digests of data files.
 
 The archive is written to a temporary file and only unpacked once its checksum matches;
-a failed or interrupted download leaves nothing behind but a clear message.
+a failed or interrupted download leaves nothing behind but a clear message. The unpacked folder
+gets a list of its files' digests (``RELEASED``), so a file whose bytes change after the download
+is refused on its next read.
 """
 
 import hashlib
+import json
 import shutil
 import tarfile
 import tempfile
@@ -29,6 +32,45 @@ def md5sum(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+RELEASED = ".released-digests.json"  # beside the data files: their digests as unpacked from the checked archive
+_DIGESTS: dict[Path, tuple[tuple, str]] = {}  # path → (stat key, digest of its bytes), as last read
+
+
+def stat_key(path: Path) -> tuple:
+    stat = path.stat()
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
+
+
+def remember_digest(path: Path, key: tuple, content: bytes) -> str:
+    """The digest of ``content``, the bytes of ``path`` read when it had ``stat_key`` ``key``."""
+    digest = hashlib.sha256(content).hexdigest()[:16]
+    _DIGESTS[Path(path).resolve()] = key, digest
+    return digest
+
+
+def file_digest(path: Path) -> str | None:
+    """The digest of a data file's bytes (None: no such file). A file is hashed when it is read
+    (or here, once a process while its inode, size and times stay the same): an edit that keeps a
+    file's size and time is still another digest in the next process."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    key = stat_key(path)
+    known = _DIGESTS.get(path.resolve())
+    return known[1] if known and known[0] == key else remember_digest(path, key, path.read_bytes())
+
+
+def released_digest(path: Path) -> str | None:
+    """The digest ``path`` had when it was unpacked from the md5-checked archive; None for a
+    folder that was not downloaded here (or a file the archive did not hold)."""
+    listing = Path(path).parent / RELEASED
+    try:
+        digests = json.loads(listing.read_text())
+    except (OSError, ValueError):
+        return None
+    return digests.get(Path(path).name) if isinstance(digests, dict) else None
 
 
 def fetch(url: str, destination: Path) -> None:
@@ -82,6 +124,8 @@ def _download_into(spec, root: Path, url: str, md5: str) -> Path:
         source = unpacked / spec.folder
         if not source.is_dir():
             raise DataError(f"{url} does not contain {spec.folder}/; it is not the CIFAR archive")
+        released = {f.name: file_digest(f) for f in sorted(source.iterdir()) if f.is_file()}
+        (source / RELEASED).write_text(json.dumps(released, indent=1) + "\n")
         target = root / spec.folder
         shutil.move(str(source), str(target))
     return target
