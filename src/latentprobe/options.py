@@ -159,18 +159,20 @@ class TrainConfig:
 class EvalConfig(RunData):
     probes: list[str] = field(default_factory=lambda: ["linear", "bn_linear", "mlp", "knn"], metadata=help_text(
         "probes to train: linear (the study's Linear + log-softmax), bn_linear (BatchNorm + Linear: MAE's), "
-        "logistic (logistic regression on standardised features, to convergence), mlp (one hidden layer), knn"))
+        "logistic (logistic regression on standardised features, solved by L-BFGS), mlp (one hidden layer), knn"))
     baselines: list[str] = field(default_factory=lambda: ["random", "pca", "pixels"], metadata=help_text(
         "representations probed beside the encoder: random (its untrained weights), pca (of the pixels, to "
         "the latent size), pixels, kmeans (the 2011 reference; patch_ae runs), or none"))
     probe_seeds: int = field(default=3, metadata=help_text(
-        "seeds 0 … N-1 of the chosen probe (its init and batch order); each reads the test set once"))
+        "seeds 0 … N-1 of the chosen probe (its init and batch order); each reads the test set once (the "
+        "logistic probe's optimum takes no seed: one fit)"))
     probe_lrs: list[float] = field(default_factory=lambda: [1e-3, 3e-3], metadata=help_text(
-        "the probes' Adam learning rates tried on the validation split"))
+        "the probes' Adam learning rates tried on the validation split (the logistic probe is solved: none)"))
     probe_weight_decays: list[float] = field(default_factory=lambda: [0.0, 1e-4], metadata=help_text(
         "the probes' L2 penalties tried on the validation split"))
     probe_epochs: int = field(default=30, metadata=help_text(
-        "most passes over the training features per probe (the best validation epoch is kept)"))
+        "most passes over the training features per probe (the best validation epoch is kept; the logistic "
+        "probe stops earlier once converged)"))
     probe_patience: int | None = field(default=5, metadata=help_text(
         "stop a probe after this many epochs without a validation gain (none: train every epoch)"))
     probe_schedule: str = field(default="constant", metadata=help_text(

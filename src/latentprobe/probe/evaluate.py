@@ -42,7 +42,7 @@ from latentprobe.probe.features import (
     pixel_features,
     representation_features,
 )
-from latentprobe.probe.heads import fit_heads, predict
+from latentprobe.probe.heads import LOGISTIC_TOLERANCE, fit_heads, predict
 from latentprobe.probe.knn import knn_predict
 from latentprobe.probe.store import ConcatRows
 from latentprobe.runs import SCHEMA, EncoderRun, Run, check_eval, write_json
@@ -60,6 +60,8 @@ def probe_protocol(cfg: EvalConfig, probe: str) -> dict:
     if probe.startswith("knn_"):
         return {"k": int(probe.split("_")[1]), "knn_temperature": cfg.knn_temperature, "flip_train": cfg.flip_train}
     protocol = {name: getattr(cfg, name) for name in PROBE_OPTIONS}
+    if probe == "logistic":  # solved by L-BFGS (results without "solver" were trained by Adam)
+        return {**protocol, "solver": "lbfgs", "tolerance": LOGISTIC_TOLERANCE}
     return {**protocol, "mlp_hidden": cfg.mlp_hidden} if probe == "mlp" else protocol
 
 
@@ -77,9 +79,12 @@ def _fit(kind: str, train, val, num_classes: int, cfg: EvalConfig, *, settings: 
                      patience=cfg.probe_patience if val is not None else None, hidden=cfg.mlp_hidden,
                      schedule=cfg.probe_schedule, device=device, desc=f"{kind} seed {seed}")
     for fit, (lr, weight_decay) in zip(fits, settings):
-        outcome = (f"validation {100 * fit.val_acc:.2f}% (epoch {fit.best_epoch})" if val is not None
-                   else f"refit on training + validation for {fit.best_epoch} epochs")
-        print(f"  {kind} lr {lr:g} weight decay {weight_decay:g} seed {seed}: {outcome}, gradient norm "
+        unit = "pass" if kind == "logistic" else "epoch"  # the logistic probe is solved, in passes over the features
+        outcome = (f"validation {100 * fit.val_acc:.2f}% ({unit} {fit.best_epoch})" if val is not None
+                   else f"refit on training + validation, {fit.best_epoch} {unit}{'es' if unit == 'pass' else 's'}")
+        setting = f"weight decay {weight_decay:g}" if kind == "logistic" else \
+            f"lr {lr:g} weight decay {weight_decay:g} seed {seed}"
+        print(f"  {kind} {setting}: {outcome}, gradient norm "
               f"{fit.convergence['gradient_norm']:.3g} (from {fit.convergence['initial_gradient_norm']:.3g}), "
               f"{time.perf_counter() - started:.0f} s", flush=True)
     return fits
@@ -98,10 +103,11 @@ def trained_probe(kind: str, train, val, test, num_classes: int, cfg: EvalConfig
     point = [(chosen["lr"], chosen["weight_decay"])]
     both = (ConcatRows(train[0], val[0]), torch.cat([train[1], val[1].to(train[1].device)]))
     seeds, first = [], None
-    for seed in range(cfg.probe_seeds):
+    solved = kind == "logistic"  # its optimum takes no seed: one fit, one reading
+    for seed in range(1 if solved else cfg.probe_seeds):
         if cfg.refit:  # the choice made, the validation images join the training ones
             fit = _fit(kind, both, None, num_classes, cfg, settings=point, seed=seed, device=device,
-                       epochs=chosen["best_epoch"])[0]
+                       epochs=None if solved else chosen["best_epoch"])[0]
         else:
             fit = chosen_fit if seed == 0 else _fit(kind, train, val, num_classes, cfg, settings=point, seed=seed,
                                                     device=device)[0]
@@ -112,7 +118,7 @@ def trained_probe(kind: str, train, val, test, num_classes: int, cfg: EvalConfig
         if seed == 0:
             first, confusion = fit, confusion_matrix(test[1], predictions, num_classes)
     record = {"protocol": probe_protocol(cfg, kind), "sizes": _sizes(train, val, test), "grid": grid,
-              "chosen": chosen,
+              "chosen": chosen, **({"deterministic": True} if solved else {}),
               "seeds": seeds, "test": _summary([s["test_acc"] for s in seeds]), "confusion": confusion.tolist(),
               "seconds": time.perf_counter() - started}
     return record, (first.head.cpu(), chosen)

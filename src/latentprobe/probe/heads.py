@@ -4,7 +4,8 @@
 linear-probe protocol of MAE: BatchNorm1d without affine parameters before the Linear, so the
 features' scale does not decide the result; ``logistic`` is multinomial logistic regression on
 features standardised with the training set's statistics, its L2 penalty on the weights only (a
-convex problem, trained until its gradient is near 0); ``mlp`` adds one hidden layer.
+convex problem, solved by full-batch L-BFGS until its gradient is near 0, as scikit-learn's lbfgs
+solver); ``mlp`` adds one hidden layer.
 
 ``fit_heads`` trains several heads of one kind, one per (lr, weight decay), in one pass over the
 features per epoch, never sees the test set and returns each head at the epoch of its best
@@ -184,25 +185,90 @@ def _param_groups(kind: str, head: nn.Module, lr: float, weight_decay: float) ->
             {"params": [head.linear.bias], "weight_decay": 0.0, "base_lr": lr}]
 
 
-def gradient_norms(bank: "HeadBank", groups: list[list[dict]], features, labels: torch.Tensor,
-                   chunk: int = 1024) -> list[float]:
-    """|∇| of each head's training objective (mean NLL over all of ``features`` plus its weight
-    decay) at its current weights, normalisation statistics fixed (eval mode): one pass."""
+def objective(bank: "HeadBank", groups: list[list[dict]], features, labels: torch.Tensor,
+              chunk: int = 1024) -> list[float]:
+    """Each head's training objective at its current weights, normalisation statistics fixed (eval
+    mode): mean NLL over all of ``features`` plus its penalty, weight_decay / 2 · |p|² on the
+    parameters of its groups, in one pass. Leaves the objective's gradient in each ``.grad``."""
     bank.eval()
     bank.zero_grad(set_to_none=True)
     device = next(bank.parameters()).device
+    values = torch.zeros(len(groups), dtype=torch.float64)
     with torch.enable_grad():
         for start in range(0, len(features), chunk):
             outputs = bank(features[start:start + chunk].to(device))
             target = labels[start:start + chunk].to(device)
-            sum(F.nll_loss(out, target, reduction="sum") for out in outputs).div(len(features)).backward()
-    norms = []
-    for head_groups in groups:
-        squared = sum(((p.grad if p.grad is not None else 0) + g["weight_decay"] * p.detach()).pow(2).sum()
-                      for g in head_groups for p in g["params"])
-        norms.append(float(squared) ** 0.5)
+            losses = torch.stack([F.nll_loss(out, target, reduction="sum") for out in outputs]) / len(features)
+            losses.sum().backward()  # each head's parameters get their own loss's gradient
+            values += losses.detach().double().cpu()
+    for g, head_groups in enumerate(groups):
+        for group in head_groups:
+            for param in group["params"]:
+                if param.grad is None:
+                    param.grad = torch.zeros_like(param)
+                if group["weight_decay"]:
+                    values[g] += group["weight_decay"] / 2 * param.detach().double().pow(2).sum().cpu()
+                    param.grad += group["weight_decay"] * param.detach()
+    return values.tolist()
+
+
+def gradient_norms(bank: "HeadBank", groups: list[list[dict]], features, labels: torch.Tensor,
+                   chunk: int = 1024) -> list[float]:
+    """|∇| of each head's training objective (``objective``) at its current weights: one pass."""
+    objective(bank, groups, features, labels, chunk)
+    norms = [float(sum(p.grad.pow(2).sum() for g in head_groups for p in g["params"])) ** 0.5 for head_groups in groups]
     bank.zero_grad(set_to_none=True)
     return norms
+
+
+LOGISTIC_TOLERANCE = 1e-4  # L-BFGS stops when the gradient's largest entry is this share of its start
+
+
+def _solve_logistic(train, val, num_classes: int, settings: list[tuple[float, float]], passes: int,
+                    device, desc: str | None) -> list["FitResult"]:
+    """The logistic probe, one per weight decay of ``settings`` (it takes no learning rate: settings
+    that differ only in theirs are solved once): from zero weights, full-batch L-BFGS with a
+    strong-Wolfe line search over standardised features, until the gradient's largest entry is
+    ``LOGISTIC_TOLERANCE`` of its start or after ``passes`` passes over the features. No seed
+    enters: the optimum is unique. ``best_epoch`` is the passes it took."""
+    x_train, y_train = train
+    y_train = y_train.to(device)
+    norm = Standardize(x_train.shape[1]).fit(x_train).to(device)  # the fixed input, fitted once
+    solved: dict[float, FitResult] = {}
+    progress = tqdm(settings, desc=desc or "logistic probe", unit="fit", leave=False, disable=None)
+    for lr, weight_decay in progress:
+        if weight_decay in solved:
+            continue
+        head = build_head("logistic", x_train.shape[1], num_classes)
+        head.norm = copy.deepcopy(norm)
+        nn.init.zeros_(head.linear.weight)
+        nn.init.zeros_(head.linear.bias)
+        bank = HeadBank([head]).to(device)
+        groups = [_param_groups("logistic", head, lr, weight_decay)]
+        history: list[dict] = []
+
+        def closure() -> float:  # one pass over the features: the objective and its gradient
+            value = objective(bank, groups, x_train, y_train)[0]
+            history.append({"epoch": len(history) + 1, "train_loss": value})
+            return value
+
+        objective(bank, groups, x_train, y_train)  # at zero weights: where the tolerance is measured from
+        start = max(float(p.grad.abs().max()) for p in head.linear.parameters())
+        initial = float(sum(p.grad.pow(2).sum() for p in head.linear.parameters())) ** 0.5
+        solver = torch.optim.LBFGS(list(head.linear.parameters()), lr=1.0, max_iter=passes, max_eval=passes,
+                                   tolerance_grad=LOGISTIC_TOLERANCE * start, tolerance_change=1e-12,
+                                   history_size=20, line_search_fn="strong_wolfe")
+        solver.step(closure)
+        head.eval()
+        final = gradient_norms(bank, groups, x_train, y_train)[0]
+        val_acc = None if val is None else accuracy(bank, val[0], val[1].to(device))
+        if val_acc is not None:
+            history[-1]["val_acc"] = val_acc
+        history[-1]["train_acc"] = accuracy(bank, x_train, y_train)
+        solved[weight_decay] = FitResult(head=head, best_epoch=len(history), val_acc=val_acc, history=history,
+                                         convergence={"initial_gradient_norm": initial, "gradient_norm": final})
+    progress.close()
+    return [solved[weight_decay] for _, weight_decay in settings]
 
 
 def fit_heads(kind: str, train, val, num_classes: int, *, settings: list[tuple[float, float]], epochs: int,
@@ -213,9 +279,9 @@ def fit_heads(kind: str, train, val, num_classes: int, *, settings: list[tuple[f
     for every head, each with its own optimiser state. The features may be a tensor or a
     FeatureMatrix read window by window; batches go to ``device`` (default: the labels'). Each head
     keeps the epoch of its best accuracy on ``val`` and stops after ``patience`` epochs without a
-    gain (None: trains every epoch); the logistic probe, a convex problem, and a refit on training +
-    validation (``val`` None) train all ``epochs`` and keep the last (the logistic probe's
-    validation accuracy is that of its last epoch). ``schedule``: Adam at a ``constant`` lr, or
+    gain (None: trains every epoch); a refit on training + validation (``val`` None) trains all
+    ``epochs`` and keeps the last. The logistic probe, a convex problem, is solved instead
+    (``_solve_logistic``: ``epochs`` caps its passes over the features). ``schedule``: Adam at a ``constant`` lr, or
     ``cosine``, decaying to 0 over ``epochs`` (a probe that settles; on wide latents it reads
     several points more, docs/RESULTS.md). The seed sets every head's init (the same for all: each
     is the head a fit of its setting alone would start from) and the order of the batches. The test
@@ -223,19 +289,18 @@ def fit_heads(kind: str, train, val, num_classes: int, *, settings: list[tuple[f
     start and at the weights kept: a converged probe's is near 0."""
     x_train, y_train = train
     device = torch.device(device) if device is not None else y_train.device
-    converged = kind == "logistic"  # a convex problem: its last weights (the optimum reached) are kept
+    if kind == "logistic":  # a convex problem: solved, not trained
+        return _solve_logistic(train, val, num_classes, settings, epochs, device, desc)
     heads = []
     for _ in settings:
         torch.manual_seed(seed)
         heads.append(build_head(kind, x_train.shape[1], num_classes, hidden=hidden))
     bank = HeadBank(heads).to(device)
-    if kind == "logistic":  # the fixed input of a convex problem: fitted once, shared by every head
-        bank.norm.fit(x_train)
     groups = [_param_groups(kind, head, lr, weight_decay) for head, (lr, weight_decay) in zip(heads, settings)]
     optimizer = torch.optim.Adam([group for head_groups in groups for group in head_groups])
     generator = torch.Generator().manual_seed(seed)
     # a BatchNorm head cannot train on a batch of one: its last, short batch is dropped
-    drop_last = kind not in ("linear", "logistic") and len(x_train) > batch_size
+    drop_last = kind != "linear" and len(x_train) > batch_size
     steps_per_epoch = len(x_train) // batch_size if drop_last else -(-len(x_train) // batch_size)
     y_train = y_train.to(device)
     initial = gradient_norms(bank, groups, x_train, y_train)
@@ -270,11 +335,11 @@ def fit_heads(kind: str, train, val, num_classes: int, *, settings: list[tuple[f
             histories[g].append({"epoch": epoch, "train_loss": (loss_sums[g] / seen).item(),
                                  "train_acc": (corrects[g] / seen).item(),
                                  **({} if val is None else {"val_acc": val_accs[g]})})
-            if val is None or converged or val_accs[g] > best[g][0]:
+            if val is None or val_accs[g] > best[g][0]:
                 state = {k: v.detach().clone() for k, v in heads[g].state_dict().items()}
                 state.update({f"norm.{k}": v.detach().clone() for k, v in bank.norm.state_dict().items()})
                 best[g] = (val_accs[g], epoch, state)
-            elif patience is not None and not converged and epoch - best[g][1] >= patience:
+            elif patience is not None and epoch - best[g][1] >= patience:
                 active[g] = False
         if val is not None:
             progress.set_postfix(val=f"{max(b[0] for b in best):.4f}")

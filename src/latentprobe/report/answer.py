@@ -52,6 +52,12 @@ def protocol_words(probe: str, protocol: dict) -> str:
         words = f"kNN, k = {protocol.get('k')}, cosine similarity, temperature {protocol.get('knn_temperature')}"
     elif not protocol:
         return f"{probe_title(probe)} (protocol not recorded)"
+    elif protocol.get("solver") == "lbfgs":
+        decays = ", ".join(f"{v:g}" for v in protocol.get("probe_weight_decays") or [])
+        words = (f"{probe_title(probe)}: L2 ∈ {{{decays}}} chosen on validation, each solved by full-batch L-BFGS from "
+                 f"zero weights (until its gradient is {protocol.get('tolerance'):g} of its start, at most "
+                 f"{protocol.get('probe_epochs')} passes), one fit (no seed enters)"
+                 + (", refit on training + validation before the test" if protocol.get("refit") else ""))
     else:
         lrs = ", ".join(f"{v:g}" for v in protocol.get("probe_lrs") or [])
         decays = ", ".join(f"{v:g}" for v in protocol.get("probe_weight_decays") or [])
@@ -116,8 +122,9 @@ def verdict(rows: list[Row]) -> list:
                                                                      f"{len(row.accuracies[name])})")
     for (name, limit), where in still_learning.items():
         if name == "logistic":
-            warnings.append(f"The logistic probe had not converged after {limit} epochs (its gradient norm above "
-                            f"1% of its start) for {', '.join(where)} seeds: more epochs may read more.")
+            warnings.append(f"The logistic probe had not converged after {limit} passes (its gradient norm above "
+                            f"1% of its start) for {', '.join(where)} seeds: more passes (--probe-epochs) may read "
+                            f"more.")
             continue
         warnings.append(f"The {probe_title(name)} probe kept its last allowed epoch ({limit} of {limit}), so it was "
                         f"still learning, for {', '.join(where)} seeds: a longer or converged probe may read more.")

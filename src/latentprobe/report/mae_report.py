@@ -30,7 +30,7 @@ from latentprobe.runs import Run
 # frozen probes of eval.json: (label, how the number was made)
 FROZEN = {"linear": ("frozen, linear", "the study's head: Linear + log-softmax over cached latents, Adam"),
           "bn_linear": ("frozen, BN + linear", "MAE linear-probe protocol: BatchNorm1d(affine=False) → Linear"),
-          "logistic": ("frozen, logistic", "logistic regression on standardised latents, trained to convergence")}
+          "logistic": ("frozen, logistic", "logistic regression on standardised latents, to convergence")}
 # classifiers of `finetune`: (label, how, the result file in RUN)
 FINETUNED = (
     ("frozen, online head", "`finetune --freeze-encoder`: head on the frozen encoder, augmented batches",
