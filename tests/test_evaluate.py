@@ -210,14 +210,23 @@ def test_retraining_in_the_same_folder_refreshes_every_cache(tmp_path, capsys):
     ("probe", ["--pool", "max"], "unknown --pool 'max'"),
     ("export", ["--label-type", "medium"], "unknown --label-type 'medium'"),
     ("predict", ["image.png", "--top-k", "0"], "--top-k must be at least 1, got 0"),
+    # the fourth hostile round (2026-12-03)
+    ("evaluate", ["--probes", ""], "--probes needs distinct values, at least one"),
+    ("evaluate", ["--probes", "linear,linear"], "--probes needs distinct values, at least one; got 'linear,linear'"),
+    ("evaluate", ["--knn-k", "20,20"], "--knn-k needs distinct values"),
+    ("evaluate", ["--threads", "100000"], "--threads must be a number in [1, 256]"),
+    ("evaluate", ["--mlp-hidden", "99999999999"], "--mlp-hidden must be a number in [1, 65536]"),
+    ("report", ["--out", "{file}"], "is a file; give a folder for the report"),
 ])
 def test_bad_probe_options_are_one_line(tmp_path, command, flags, message):
     from latentprobe.cli import main
 
+    (tmp_path / "file").write_text("mine")
     with pytest.raises(SystemExit) as stop:
-        main([command, str(tmp_path / "run"), *flags])
+        main([command, str(tmp_path / "run"), *(flag.format(file=tmp_path / "file") for flag in flags)])
     assert str(stop.value.code).startswith("error: ") and message in str(stop.value.code)
-    assert not (tmp_path / "run").exists()
+    assert "\n" not in str(stop.value.code) and not (tmp_path / "run").exists()
+    assert (tmp_path / "file").read_text() == "mine"
 
 
 @pytest.mark.parametrize("command", ["evaluate", "probe", "export"])

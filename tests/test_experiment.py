@@ -33,8 +33,12 @@ def test_the_quick_experiment_is_the_readmes_quick_study():
     assert plan.study == configuration.resolve(StudyConfig, args)
 
 
-def _write(path: Path, record: dict) -> Path:
-    path.write_text(yaml.safe_dump(record, sort_keys=False))
+def _write(path: Path, record: dict | str | bytes) -> Path:
+    """An experiment file: a record as YAML, or the text or bytes given (what YAML cannot dump)."""
+    if isinstance(record, bytes):
+        path.write_bytes(record)
+    else:
+        path.write_text(record if isinstance(record, str) else yaml.safe_dump(record, sort_keys=False))
     return path
 
 
@@ -85,6 +89,10 @@ def test_an_experiment_trains_evaluates_reports_and_resumes_after_a_kill(cifar10
     ({"out": "x", "study": {"preset": "quick"}, "runs": {"a": {"train": {}}}}, "not both"),
     ({"runs": {}}, "out must name the folder"),
     ({"out": "x", "runs": [1]}, "runs must map names to runs"),
+    ({"out": "x", "runs": {"../../escape": {"train": {}}}}, "run name '../../escape' must be a plain folder name"),
+    ({"out": "x", "runs": {".hidden": {"train": {}}}}, "run name '.hidden' must be a plain folder name"),
+    ("out: x\nruns:\n  a: {train: {}}\n  a: {train: {latent_dim: 8}}\n", "'a' is given twice"),
+    (b"out: x\n# \xff\xfe\n", "cannot read it"),
 ])
 def test_a_bad_experiment_file_is_one_line_naming_the_key_and_the_file(tmp_path, record, message):
     path = _write(tmp_path / "bad.yaml", record)

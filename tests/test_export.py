@@ -138,13 +138,43 @@ def test_paths_that_are_not_image_files_say_what_they_are(tmp_path, monkeypatch)
     Image.new("RGB", (150, 150)).save(tmp_path / "big.png")
     monkeypatch.setattr(images, "MAX_PIXELS", 10_000)  # 22,500 pixels: over the limit (the warning band too)
     Image.new("RGB", (120, 100)).save(tmp_path / "warned.png")  # 12,000: Pillow's warning band, an error here
+    (tmp_path / "loop_a").symlink_to(tmp_path / "loop_b")
+    (tmp_path / "loop_b").symlink_to(tmp_path / "loop_a")
     for name, reason in (("folder", "a folder, not an image file"), ("pipe", "not a regular file (a pipe or device)"),
+                         ("loop_a", "a link that leads nowhere (a loop, or a missing target)"),
                          ("big.png", "not a readable image (more than 10,000 pixels)"),
                          ("warned.png", "not a readable image (more than 10,000 pixels)"),
                          ("missing.png", "no such file")):
         with pytest.raises(ValueError) as error:
             load_image(tmp_path / name)
         assert str(error.value) == reason
+
+
+def test_export_waits_for_no_writer_and_says_where_it_wrote(run, tmp_path, capsys):
+    """`export` is refused in one line while another process writes the run (a training in
+    progress); given a folder as --out it writes into it, and the path it prints is the file."""
+    import subprocess
+    import sys
+
+    run, data, _ = run
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom latentprobe.runs import exclusive\n"
+                               f"with exclusive({str(run)!r}):\n    print('held', flush=True)\n    time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(SystemExit) as stop:
+            main(["export", str(run), "--data-dir", str(data), "--split", "val", "--out", str(tmp_path / "v.npz")])
+        assert "is being written by another latentprobe process" in str(stop.value.code)
+        assert not (tmp_path / "v.npz").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    (tmp_path / "folder").mkdir()
+    main(["export", str(run), "--data-dir", str(data), "--split", "val", "--out", str(tmp_path / "folder")])
+    main(["export", str(run), "--data-dir", str(data), "--split", "val", "--out", str(tmp_path / "plain")])
+    printed = capsys.readouterr().out
+    assert f"{tmp_path / 'folder' / 'features_val.npz'}: " in printed and f"{tmp_path / 'plain.npz'}: " in printed
+    assert (tmp_path / "folder" / "features_val.npz").is_file() and (tmp_path / "plain.npz").is_file()
 
 
 def test_export_from_other_data_files_reads_them_not_the_cache(run, tmp_path):

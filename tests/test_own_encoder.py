@@ -45,6 +45,42 @@ def broken():
 
 def not_a_module():
     return 42
+
+
+class Odd(nn.Module):
+    """An encoder whose latents the probes cannot read (the fourth hostile round)."""
+
+    def __init__(self, kind):
+        super().__init__()
+        self.kind, self.linear = kind, nn.Linear(3, 4)
+
+    def forward(self, x):
+        rows = torch.ones(len(x), 4) + x.mean()
+        if self.kind == "nan_on_images":  # blank images pass, real ones do not
+            return rows * float("nan") if x.abs().sum() > 0 else rows
+        return {"int": rows.long(), "one_row": rows[:1], "inf": rows * float("inf")}[self.kind]
+
+
+def nan_on_images():
+    return Odd("nan_on_images")
+
+
+def integers():
+    return Odd("int")
+
+
+def one_row():
+    return Odd("one_row")
+
+
+def infinite():
+    return Odd("inf")
+
+
+def exits():
+    import sys
+
+    sys.exit(3)
 '''
 
 
@@ -217,6 +253,11 @@ def _error(capsys, argv) -> str:
     ("not_a_module", "the factory returned int, not a torch nn.Module"),
     ("spatial", "gives a latent of shape (2, 16, 8, 8), not (B, D): pass --pool mean to average it"),
     ("missing", "has no callable 'missing'"),
+    ("nan_on_images", "gave NaN or infinite latent values on a batch of"),
+    ("integers", "gave torch.int64 values; return floating-point latents"),
+    ("one_row", "gave 1 latent rows for 2 images; return one per image"),
+    ("infinite", "gave NaN or infinite latent values on a batch of 2 images"),
+    ("exits", "the factory raised: SystemExit: 3"),
 ])
 def test_a_bad_factory_is_one_line_and_makes_no_folder(encoders, cifar10_root, tmp_path, capsys, factory, message):
     out = tmp_path / "out"
@@ -243,7 +284,22 @@ def test_bad_images_are_one_line(encoders, tmp_path, capsys):
              x_test=np.zeros((2, 8, 8, 3), np.uint8), y_test=np.zeros(2, int))
     with open(tmp_path / "pickled.npz", "wb") as handle:
         pickle.dump({"x_train": 1}, handle)
+    np.savez(tmp_path / "no_train.npz", x_train=np.zeros((0, 8, 8, 3), np.uint8), y_train=np.zeros(0, int),
+             x_test=np.zeros((2, 8, 8, 3), np.uint8), y_test=np.zeros(2, int))
+    np.savez(tmp_path / "unseen.npz", x_train=np.zeros((4, 8, 8, 3), np.uint8), y_train=np.arange(4) % 2,
+             x_test=np.zeros((2, 8, 8, 3), np.uint8), y_test=np.array([7, 8]))
+    np.savez(tmp_path / "twice.npz", x_train=np.zeros((4, 8, 8, 3), np.uint8), y_train=np.arange(4) % 2,
+             x_test=np.zeros((2, 8, 8, 3), np.uint8), y_test=np.array([0, 1]), class_names=np.array(["a", "a"]))
+    few = tmp_path / "few"
+    write_folder(few, torch.zeros(2, 3, 8, 8, dtype=torch.uint8), [0, 1], ["a", "b"])
     cases = [(["--dataset", "imagefolder", "--data-dir", str(one)], "1 class folder(s); an image folder needs"),
+             (["--dataset", "npz", "--data-dir", str(tmp_path / "no_train.npz")], "x_train holds no image"),
+             (["--dataset", "npz", "--data-dir", str(tmp_path / "unseen.npz")],
+              "y_test holds classes no training image has ([7, 8])"),
+             (["--dataset", "npz", "--data-dir", str(tmp_path / "twice.npz")], "class_names must be distinct"),
+             (["--dataset", "npz", "--data-dir", str(tmp_path)], "a folder, not a file; --data-dir names the .npz"),
+             (["--dataset", "imagefolder", "--data-dir", str(few)],
+              "no readable test image (a fifth of each class goes to test: give each class at least 5 images"),
              (["--dataset", "imagefolder", "--data-dir", str(empty)], "class folder(s) b hold no image"),
              (["--dataset", "npz", "--data-dir", str(tmp_path / "bad.npz")],
               "x_train holds 5 images but y_train has shape (4,)"),
@@ -255,7 +311,7 @@ def test_bad_images_are_one_line(encoders, tmp_path, capsys):
         assert message in error and len(error.splitlines()) == 1, (flags, error)
         assert not (tmp_path / "out").exists()
     error = _error(capsys, ["evaluate", "--dataset", "npz", str(tmp_path / "run")])
-    assert error == "error: --dataset apply with --encoder; a run is probed on its own images"
+    assert error == "error: --dataset applies only with --encoder; a run is probed on its own images"
     assert not (tmp_path / "run").exists()
     error = _error(capsys, ["evaluate", "--encoder", "timm:resnet18", str(tmp_path / "out")])
     assert "needs --weights FILE, a local state dict (nothing is downloaded)" in error

@@ -169,7 +169,7 @@ def test_train_seeds_repeats_pretraining_one_run_per_seed(cifar10_root, tmp_path
 @pytest.mark.parametrize("flags, message", [
     (["--latent-dim", "0"], "--latent-dim must be at least 1, got 0"),
     (["--probe-every", "0"], "--probe-every must be at least 1, got 0"),
-    (["--probe-every", "1", "--val-size", "0"], "--probe-every scores the probe on the validation split"),
+    (["--probe-every", "1", "--val-size", "0"], "--val-size must be at least 1: the validation split chooses"),
     (["--latent-dim", "-5"], "--latent-dim must be at least 1, got -5"),
     (["--epochs", "-1"], "--epochs must be at least 1, got -1"),
     (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
@@ -189,6 +189,11 @@ def test_train_seeds_repeats_pretraining_one_run_per_seed(cifar10_root, tmp_path
      "mae_vit_micro_patch4 cannot be built with num_heads=5: AssertionError: dim should be divisible by num_heads"),
     (["--model", "mae_vit_micro_patch4", "--model-args", "depth=-1"], "cannot be built with depth=-1"),
     (["--latent-dim", "1000000000"], "parameters: 161,186 GiB to train (weights, gradients and Adam's two moments)"),
+    # the fourth hostile round (2026-12-03)
+    (["--latent-dim", "99999999999999999999999"], "--latent-dim must be a number in [1, 2147483647]"),
+    (["--seed", "99999999999999999999999"], "--seed must be a number in [0, 9223372036854775807]"),
+    (["--warmup-epochs", "1e300", "--epochs", "1"], "--warmup-epochs must be a number in [0, 1]"),
+    (["--val-size", "0"], "--val-size must be at least 1: the validation split chooses"),
 ])
 def test_bad_options_are_one_line_before_any_directory(cifar10_root, tmp_path, capsys, flags, message):
     from latentprobe.cli import main
@@ -253,7 +258,7 @@ def test_a_yaml_tag_in_model_args_is_refused_in_one_line(tmp_path, capsys):
     from latentprobe.cli import main
 
     (tmp_path / "config.yaml").write_text("model_args:\n  c1: !!python/object/apply:os.system ['true']\n")
-    with pytest.raises(SystemExit, match="cannot read config file"):  # safe_load: no object is ever built
+    with pytest.raises(SystemExit, match="config file .*cannot read it"):  # safe loading: no object is ever built
         main(["train", "--config", str(tmp_path / "config.yaml"), "--out", str(tmp_path / "run")])
     with pytest.raises(SystemExit):
         main(["train", "--model-args", "c1=!!python/object/apply:os.system", "--out", str(tmp_path / "run")])
@@ -392,7 +397,7 @@ def test_a_resume_after_the_data_files_changed_is_one_line(cifar10_root, tmp_pat
     assert error.startswith("error: data_batch_1, data_batch_2") and "changed since" in error and "\n" not in error
 
 
-def test_an_edit_that_keeps_a_files_size_and_time_is_named_on_resume(cifar10_root, tmp_path):
+def test_an_edit_that_keeps_a_files_size_and_time_is_named_on_resume(cifar10_root, tmp_path, capsys):
     """One pixel of a batch file changed in place, its size and times put back: the run recorded
     the digest of the bytes it read, so the resume names the file (names, sizes and times alone
     cannot see it)."""
@@ -414,3 +419,6 @@ def test_an_edit_that_keeps_a_files_size_and_time_is_named_on_resume(cifar10_roo
     with pytest.raises(SystemExit) as stop:
         main([*args, "--epochs", "2"])
     assert str(stop.value.code).startswith("error: data_batch_2 under ") and "changed since" in str(stop.value.code)
+    capsys.readouterr()
+    main(["export", str(run), "--data-dir", str(cifar10_root), "--split", "val", "--out", str(tmp_path / "val")])
+    assert f"note: data_batch_2 changed since {run} was trained" in capsys.readouterr().out  # reading it is said

@@ -48,3 +48,13 @@ def test_study_of_the_deep_conv_autoencoder(cifar10_root, tmp_path):
           "--data-dir", str(cifar10_root), "--no-download", "--device", "cpu", "--out", str(out)])
     summary = (out / "report.md").read_text().split("## Summary")[1].split("##")[0]
     assert "| 16 |" in summary and "| 32 |" in summary
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--latent-sizes", "8,8"], "--latent-sizes needs distinct values, at least one; got '8,8'"),
+    (["--seed", "-1"], "--seed must be a number in [0, 9223372036854775807]"),
+])
+def test_bad_study_options_are_one_line_before_any_folder(tmp_path, flags, message):
+    with pytest.raises(SystemExit) as stop:
+        main(["study", "--out", str(tmp_path / "study"), *flags])
+    assert str(stop.value.code).startswith(f"error: {message}") and not (tmp_path / "study").exists()

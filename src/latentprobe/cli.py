@@ -70,6 +70,8 @@ def cmd_report(args, cfg) -> None:
 
 
 def cmd_evaluate(args, cfg) -> None:
+    if not cfg.encoder:
+        options.check_run_options(cfg)  # before the heavy imports: a stray option is one line at once
     from latentprobe.probe.evaluate import evaluate_encoder, evaluate_run
 
     if cfg.encoder:

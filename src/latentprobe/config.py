@@ -129,11 +129,35 @@ def _check_type(name: str, value, annotation) -> None:
         raise ValueError(f"option {name} must be {wanted}, got {value!r}")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: merged keys may be given again
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"{key!r} is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml_file(path: Path) -> Any:
+    """A YAML file a user wrote (a config, an experiment): plain values only (safe loading, no
+    tags), every key once. Unreadable, not UTF-8 or not YAML: ValueError naming the file."""
+    try:
+        return yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:  # a !!python tag too: plain values only
+        raise ValueError(f"{path}: cannot read it ({' '.join(str(err).split())[:200]})") from None
+
+
 def load_yaml(path: Path, names: set[str]) -> dict[str, Any]:
     try:
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:  # a !!python tag too: safe_load builds plain values only
-        raise SystemExit(f"error: cannot read config file {path}: {' '.join(str(err).split())[:200]}")
+        loaded = read_yaml_file(path) or {}
+    except ValueError as err:
+        raise SystemExit(f"error: config file {err}") from None
     if not isinstance(loaded, dict):
         raise SystemExit(f"error: config file {path} must hold a mapping of option: value")
     unknown = sorted(set(loaded) - names)

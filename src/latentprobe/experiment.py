@@ -24,6 +24,7 @@ unknown key, a wrong type or a missing file is one line naming the key and the f
 """
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from latentprobe import config as configuration
 from latentprobe.options import CompareConfig, EvalConfig, StudyConfig, TrainConfig
 
 TOP_KEYS = ("out", "study", "runs", "evaluate", "report")
+RUN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")  # a folder of its own under out: no path, no ".."
 RUN_KEYS = ("train", "encoder", "evaluate")
 ENCODER_KEYS = ("encoder", "weights", "dataset", "data_dir", "image_size", "val_size", "subset", "seed", "pool")
 
@@ -83,14 +85,8 @@ def _check_files(encoder: dict, where: str, path: Path) -> None:
 
 def load_plan(path: Path | str) -> Plan:
     """The experiment in ``path``, checked whole (types, keys, files named) before anything runs."""
-    import yaml
-
     path = Path(path)
-    try:
-        loaded = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as error:
-        raise ValueError(f"{path}: cannot read the experiment file ({' '.join(str(error).split())[:200]})") from None
-    top = _mapping(loaded, "the file", path, TOP_KEYS)
+    top = _mapping(configuration.read_yaml_file(path), "the file", path, TOP_KEYS)
     if not isinstance(top.get("out"), str):
         raise ValueError(f"{path}: out must name the folder the experiment writes, e.g. out: runs/mine")
     out = Path(top["out"])
@@ -107,6 +103,9 @@ def load_plan(path: Path | str) -> Plan:
     runs = {}
     for name, entry in _mapping(top["runs"], "runs", path, names).items():
         where = f"runs.{name}"
+        if not (isinstance(name, str) and RUN_NAME.fullmatch(name)):
+            raise ValueError(f"{path}: run name {name!r} must be a plain folder name under out (letters, digits, "
+                             f"'.', '_', '-'; not starting with '.')")
         entry = _mapping(entry, where, path, RUN_KEYS)
         if ("train" in entry) == ("encoder" in entry):
             raise ValueError(f"{path}: {where} needs either train (options of latentprobe train) or encoder "

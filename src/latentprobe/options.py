@@ -76,6 +76,17 @@ def at_least_one(config, *names: str) -> None:
             raise ValueError(f"{_flag(name)} must be at least 1, got {value}")
 
 
+def distinct(config, *names: str) -> None:
+    """One clear line for a list option that is empty or names a value twice (None passes)."""
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and (not value or len(set(value)) < len(value)):
+            raise ValueError(f"{_flag(name)} needs distinct values, at least one; got {','.join(map(str, value))!r}")
+
+
+MAX_SEED = 2**63 - 1  # torch's generators take a 64-bit seed
+
+
 def check_device(requested: str) -> None:
     """The form of a device name (auto, cpu, cuda, cuda:N); whether CUDA is there is checked when
     the command runs."""
@@ -137,12 +148,13 @@ class TrainConfig:
     def __post_init__(self):
         at_least_one(self, "epochs", "batch_size", "accum_steps", "grid_every", "checkpoint_every", "latent_dim",
                      "subset", "probe_every", "probe_size")
-        if self.probe_every is not None and self.val_size == 0:
-            raise ValueError("--probe-every scores the probe on the validation split: give --val-size > 0")
-        if self.val_size < 0:
-            raise ValueError(f"--val-size must not be negative, got {self.val_size}")
+        if self.val_size < 1:
+            raise ValueError(f"--val-size must be at least 1: the validation split chooses the epoch the probes "
+                             f"read (and --probe-every scores on it), got {self.val_size}")
         check_range(self, "weight_decay", 0)
-        check_range(self, "warmup_epochs", 0)
+        check_range(self, "warmup_epochs", 0, self.epochs)
+        check_range(self, "seed", 0, MAX_SEED)
+        check_range(self, "latent_dim", 1, 2**31 - 1)
         for name in ("lr", "base_lr"):
             check_range(self, name, 0, 10, open_low=True)
         check_range(self, "clip_grad", 0, open_low=True)
@@ -237,6 +249,10 @@ class EvalConfig(RunData):
         check_range(self, "knn_temperature", 0, open_low=True)
         at_least_one(self, "probe_seeds", "probe_epochs", "probe_patience", "probe_batch_size", "mlp_hidden",
                      "knn_k", "threads")
+        distinct(self, "probes", "knn_k", "probe_lrs", "probe_weight_decays")
+        check_range(self, "mlp_hidden", 1, 65536)
+        check_range(self, "threads", 1, 256)
+        check_range(self, "seed", 0, MAX_SEED)
         if not self.probe_lrs or not self.probe_weight_decays:
             raise ValueError("--probe-lrs and --probe-weight-decays need at least one value each")
         check_device(self.device)
@@ -248,7 +264,8 @@ def check_run_options(cfg: EvalConfig) -> None:
     own = {"weights": None, "dataset": None, "image_size": None, "val_size": None, "subset": None, "seed": 0}
     stray = [_flag(name) for name, default in own.items() if getattr(cfg, name) != default]
     if stray:
-        raise ValueError(f"{', '.join(stray)} apply with --encoder; a run is probed on its own images")
+        raise ValueError(f"{', '.join(stray)} {'applies' if len(stray) == 1 else 'apply'} only with --encoder; a run "
+                         f"is probed on its own images")
 
 
 @dataclass
@@ -311,7 +328,8 @@ class FinetuneConfig(RunData):
         check_range(self, "layer_decay", 0, 1, open_low=True)
         check_range(self, "label_smoothing", 0, 1, open_high=True)
         check_range(self, "drop_path", 0, 1, open_high=True)
-        check_range(self, "warmup_epochs", 0)
+        check_range(self, "warmup_epochs", 0, self.epochs)
+        check_range(self, "seed", 0, MAX_SEED)
         check_choice("pool", self.pool, POOLS)
         check_choice("compile_mode", self.compile_mode, COMPILE_MODES)
         check_device(self.device)
@@ -401,8 +419,8 @@ class StudyConfig:
             if getattr(self, key) is None:
                 setattr(self, key, value)
         at_least_one(self, "latent_sizes", "c1", "c2", "subset", "epochs", "batch_size", "probe_epochs")
-        if not self.latent_sizes:
-            raise ValueError("--latent-sizes needs at least one size")
+        distinct(self, "latent_sizes")
+        check_range(self, "seed", 0, MAX_SEED)
         check_range(self, "noise", 0)
         check_range(self, "clip_grad", 0, open_low=True)
         check_range(self, "lr", 0, 10, open_low=True)

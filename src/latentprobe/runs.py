@@ -163,6 +163,14 @@ class Run:
         return {**{k: self.train_config.get(k) for k in ("dataset", "val_size", "subset", "seed")},
                 "files": self._files_digest}
 
+    def data_note(self) -> str | None:
+        """A line naming the data files whose bytes differ from those the run was trained on (None:
+        the same, or a run that recorded none)."""
+        recorded = self.checkpoint.get("data_files")
+        changed = changed_files(recorded, self._files_digest) if isinstance(recorded, dict) else []
+        return (f"note: {', '.join(changed)} changed since {self.path} was trained (other bytes than it read); its "
+                f"features are of the files as they are now") if changed else None
+
     @cached_property
     def _files_digest(self) -> str | None:
         return data_files(self.train_config.get("dataset"), self.data_dir or self.train_config.get("data_dir"))
@@ -381,6 +389,28 @@ class RunInUse(Exception):
     """Another process is writing into the run directory."""
 
 
+def _lock(handle, run_dir: Path, kind: int) -> None:
+    try:
+        fcntl.flock(handle, kind | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        raise RunInUse(f"{run_dir} is being written by another latentprobe process (pid {holder}); "
+                       f"wait for it to finish, or use another --out") from None
+
+
+def check_not_in_use(run_dir: Path) -> None:
+    """Refuse at once, creating nothing, a run directory that another process writes (before a
+    command spends time reading data it could not write anyway)."""
+    try:
+        handle = open(Path(run_dir) / LOCK)
+    except OSError:  # no lock file (a new run) or no folder: nobody writes it
+        return
+    with handle:
+        _lock(handle, Path(run_dir), fcntl.LOCK_SH)
+        fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 @contextmanager
 def exclusive(run_dir: Path):
     """One writer per run directory: an advisory lock (``flock``) on RUN/.lock, held while the
@@ -395,13 +425,7 @@ def exclusive(run_dir: Path):
     except OSError as error:  # read-only, no permission, disk full
         raise ValueError(f"cannot write in {run_dir} ({error.strerror}); give --out a folder you can write") from None
     with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            raise RunInUse(f"{run_dir} is being written by another latentprobe process (pid {holder}); "
-                           f"wait for it to finish, or use another --out") from None
+        _lock(handle, run_dir, fcntl.LOCK_EX)
         handle.seek(0)
         handle.truncate()
         handle.write(str(os.getpid()))

@@ -61,7 +61,7 @@ def read_image(path: Path, size: int) -> np.ndarray:
 
     path = Path(path)
     if not path.exists():
-        raise ValueError("no such file")
+        raise ValueError("a link that leads nowhere (a loop, or a missing target)" if path.is_symlink() else "no such file")
     if not path.is_file():
         raise ValueError("a folder, not an image file" if path.is_dir() else "not a regular file (a pipe or device)")
     with warnings.catch_warnings():
@@ -145,7 +145,10 @@ def load_image_folder(root: Path | str, size: int, seed: int = 0) -> tuple[Split
     test = _split(*_read_files(test_files, class_names, size, skipped), class_names, "imagefolder")
     for split, name in ((train, "training"), (test, "test")):
         if len(split) == 0:
-            raise DataError(f"{root}: no readable {name} image ({len(skipped)} skipped, e.g. {skipped[:1]})")
+            why = f"{len(skipped)} files could not be read, e.g. {skipped[0]}" if skipped else \
+                f"a fifth of each class goes to test: give each class at least {round(1 / TEST_FRACTION)} images, " \
+                f"or train/ and test/ folders"
+            raise DataError(f"{root}: no readable {name} image ({why})")
     return train, test, skipped
 
 
@@ -166,7 +169,8 @@ def load_npz(path: Path | str) -> tuple[Split, Split, list[str]]:
     size (the encoder resizes each batch to its input)."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise DataError(f"{path}: no such file; --data-dir names the .npz (arrays {', '.join(NPZ_KEYS)})")
+        what = "a folder, not a file" if path.is_dir() else "no such file" if not path.exists() else "not a plain file"
+        raise DataError(f"{path}: {what}; --data-dir names the .npz (arrays {', '.join(NPZ_KEYS)})")
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
@@ -181,14 +185,23 @@ def load_npz(path: Path | str) -> tuple[Split, Split, list[str]]:
         if y.ndim != 1 or len(x) != len(y):
             raise DataError(f"{path}: x_{part} holds {len(x)} images but y_{part} has shape {y.shape}; "
                             f"give one integer label per image")
-        if not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0):
+        if not len(y):
+            raise DataError(f"{path}: x_{part} holds no image; give at least one per class")
+        if not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
             raise DataError(f"{path}: y_{part} must hold integer labels 0 … C-1")
         splits.append((_npz_images(x, path, f"x_{part}"), torch.from_numpy(y.astype(np.int64))))
-    count = int(max(splits[0][1].max(), splits[1][1].max())) + 1
+    (_, train), (_, test) = splits
+    unseen = sorted(set(test.unique().tolist()) - set(train.unique().tolist()))
+    if unseen:
+        raise DataError(f"{path}: y_test holds classes no training image has ({unseen[:5]}); a probe can only "
+                        f"predict the classes it was trained on")
+    count = int(train.max()) + 1
     names = [str(n) for n in arrays["class_names"]] if "class_names" in arrays else [str(i) for i in range(count)]
     if len(names) < count or count < 2:
         raise DataError(f"{path}: labels run to {count - 1} but {len(names)} class names are given"
                         if len(names) < count else f"{path}: one class only; a probe needs two or more")
+    if len(set(names)) < len(names):
+        raise DataError(f"{path}: class_names must be distinct, got {names[:10]}")
     return (*(Split(x, y, names, "npz") for x, y in splits), [])
 
 

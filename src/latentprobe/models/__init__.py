@@ -45,8 +45,9 @@ def create_model(name: str, **kwargs) -> nn.Module:
         raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
     try:
         model = _REGISTRY[name](**kwargs)
-    except TypeError as err:  # an option the model does not take
-        raise ValueError(f"{name}: {err}; its options are the keyword arguments of its class "
+    except TypeError as err:  # an option the model does not take, or a size no tensor can have
+        first = (str(err).splitlines() or [""])[0][:200]
+        raise ValueError(f"{name}: {first}; its options are the keyword arguments of its class "
                          f"(`latentprobe models` lists the models)") from None
     model.model_name = name
     # Convolutions on the CPU run 1.2-2x faster with channels-last weights (benchmarks/bench_conv_ae.py);

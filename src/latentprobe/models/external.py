@@ -16,6 +16,7 @@ torch with the run's seed (a TorchScript file holds no architecture to rebuild, 
 import importlib
 import importlib.util
 import sys
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -88,7 +89,7 @@ class Encoder(nn.Module):
             if not isinstance(out, torch.Tensor) or out.dim() not in (2, 3, 4):
                 shown = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
                 raise EncoderError(f"--layers {layer}: gives {shown}, not a (B, D), (B, T, D) or (B, C, H, W) tensor")
-            return self._reduce(out, self.pool or "mean")
+            return self._checked(self._reduce(out, self.pool or "mean"), len(images), f"--layers {layer}")
         if not isinstance(out, torch.Tensor):
             raise EncoderError(f"--encoder {self.spec} returned {type(out).__name__}, not a tensor; "
                                f"give it an encode method that returns the latent (B, D)")
@@ -96,7 +97,19 @@ class Encoder(nn.Module):
             hint = "pass --pool mean to average it" if out.dim() in (3, 4) else "return (B, D)"
             raise EncoderError(f"--encoder {self.spec} gives a latent of shape {tuple(out.shape)}, not (B, D): "
                                f"{hint}")
-        return self._reduce(out, self.pool)
+        return self._checked(self._reduce(out, self.pool), len(images), f"--encoder {self.spec}")
+
+    @staticmethod
+    def _checked(latent: torch.Tensor, count: int, what: str) -> torch.Tensor:
+        """A latent the probes can read: one row per image, real numbers, all finite."""
+        if latent.shape[0] != count:
+            raise EncoderError(f"{what} gave {latent.shape[0]} latent rows for {count} images; return one per image")
+        if not latent.is_floating_point():
+            raise EncoderError(f"{what} gave {latent.dtype} values; return floating-point latents")
+        if not torch.isfinite(latent).all():
+            raise EncoderError(f"{what} gave NaN or infinite latent values on a batch of {count} images; check its "
+                               f"weights, its input size (--image-size) and its numerics")
+        return latent
 
     @staticmethod
     def _reduce(out: torch.Tensor, pool: str | None) -> torch.Tensor:
@@ -126,7 +139,7 @@ def users_code(what: str):
         yield
     except EncoderError:
         raise
-    except Exception as error:  # noqa: BLE001 - the user's code: any failure, in one line
+    except (Exception, SystemExit) as error:  # noqa: BLE001 - the user's code: any failure (an exit too), one line
         raise EncoderError(f"{what}: {type(error).__name__}: {(str(error).splitlines() or [''])[0]}") from None
 
 
@@ -175,10 +188,12 @@ def load_net(spec: str, weights: str | None = None) -> nn.Module:
         if weights:
             raise EncoderError(f"--weights: {spec} is a TorchScript file and holds its weights; leave --weights out")
         try:
-            return torch.jit.load(str(Path(spec).expanduser()), map_location="cpu")
+            with warnings.catch_warnings():  # torch deprecates TorchScript; the file is still read as it is
+                warnings.simplefilter("ignore", FutureWarning)
+                return torch.jit.load(str(Path(spec).expanduser()), map_location="cpu")
         except Exception as error:  # noqa: BLE001 - not TorchScript
-            raise EncoderError(f"--encoder {spec}: not a TorchScript file ({str(error).splitlines()[0]}); a state "
-                               f"dict needs its architecture: --encoder module:factory --weights FILE") from None
+            raise EncoderError(f"--encoder {spec}: not a TorchScript file ({str(error).splitlines()[0][:120]}); a "
+                               f"state dict needs its architecture: --encoder module:factory --weights FILE") from None
     if ":" not in spec:
         raise EncoderError(f"--encoder {spec}: not a file, and not module:factory or timm:NAME")
     if spec.startswith("timm:") and not weights:

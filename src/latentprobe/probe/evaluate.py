@@ -25,6 +25,7 @@ setting, one seed) and a full evaluation share one file. The best linear probe o
 
 import datetime
 import itertools
+import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -170,7 +171,9 @@ def _encoder_params(model) -> int:
     model.zero_grad(set_to_none=True)
     size = getattr(model, "config", {}).get("image_size") or getattr(model, "config", {}).get("img_size", 32)
     with torch.enable_grad():
-        model.encode(torch.zeros(2, 3, size, size, device=next(model.parameters()).device)).sum().backward()
+        latent = model.encode(torch.zeros(2, 3, size, size, device=next(model.parameters()).device))
+        if latent.requires_grad:  # else its latent depends on no parameter at all
+            latent.sum().backward()
     used = sum(p.numel() for p in model.parameters() if p.grad is not None)
     model.zero_grad(set_to_none=True)
     return used
@@ -248,6 +251,8 @@ def _evaluate_run(run: Run, cfg: EvalConfig) -> dict:
     # results are kept only for the same weights, images, labels and pooling
     identity = ("weights", "train_config", "pool")
     data = run.data_identity()
+    if note := run.data_note():  # the run was trained on other bytes
+        print(note, flush=True)
     same = all(previous.get(k) == info[k] for k in identity) and previous.get("label_type") == cfg.label_type \
         and previous.get("data", data) == data  # files of older results carry no data identity
     record = {"schema": SCHEMA, **info, "data": data, "label_type": cfg.label_type, "machine": machine(device),
@@ -288,7 +293,7 @@ def evaluate_encoder(encoder: "str | torch.nn.Module", out: Path | str, cfg: Eva
     images are ``cfg.dataset`` (CIFAR, an image folder or an npz). The encoder and the images are
     checked before ``out`` is made; ``out`` then holds encoder.yaml, the cached features and
     eval.json, and reads as a run (``latentprobe report OUT``)."""
-    from latentprobe.models.external import DEFAULT_IMAGE_SIZE, Encoder, declared_size, load_encoder
+    from latentprobe.models.external import DEFAULT_IMAGE_SIZE, Encoder, EncoderError, declared_size, load_encoder
     from latentprobe.options import DATASETS
     from latentprobe.runs import read_images
 
@@ -309,6 +314,7 @@ def evaluate_encoder(encoder: "str | torch.nn.Module", out: Path | str, cfg: Eva
     source = {"encoder": spec, "weights": cfg.weights, "image_size": size, "dataset": dataset,
               "data_dir": cfg.data_dir, "download": cfg.download is not False, "val_size": val_size,
               "subset": cfg.subset, "seed": cfg.seed}
+    made = not Path(out).exists()
     run = EncoderRun.create(out, source, module, images=(train, test))
     listing = run.path / "skipped_images.txt"
     listing.unlink(missing_ok=True)
@@ -316,7 +322,12 @@ def evaluate_encoder(encoder: "str | torch.nn.Module", out: Path | str, cfg: Eva
         listing.write_text("".join(f"{line}\n" for line in skipped))
         print(f"{len(skipped)} image file(s) could not be read and were skipped (e.g. {skipped[0]}); "
               f"all are listed in {listing}", flush=True)
-    return evaluate_run(run, cfg)
+    try:
+        return evaluate_run(run, cfg)
+    except EncoderError:  # the encoder failed on the images: a folder this command made holds nothing to keep
+        if made and not run.eval_file().exists():
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise
 
 
 def load_eval(run: Run | Path | str, label_type: str = "fine") -> dict:

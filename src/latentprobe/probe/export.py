@@ -42,15 +42,19 @@ def export_features(run: Run | Path | str, split: str = "test", source: str = "e
         raise ValueError(f"unknown source {source!r}; use one of {', '.join(REPRESENTATIONS)}")
     run = Run.of(run, data_dir, download)
     run_dir = run.path
-    data = representation_features(run, source, local_device(device), label_type, pool=pool)
     suffix = "" if source == "encoder" else f"_{source}"
     suffix += "" if label_type == "fine" else f"_{label_type}"
-    out = Path(out) if out else run_dir / f"features_{split}{suffix}.npz"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, features=data.features[split][:].cpu().numpy().astype(np.float32),
-             labels=data.labels[split].cpu().numpy().astype(np.int64),
-             class_names=np.array(data.class_names, dtype=str), split=np.array(split),
-             source=np.array(source), run=np.array(str(run_dir)))
+    name = f"features_{split}{suffix}.npz"
+    out = run_dir / name if not out else Path(out) / name if Path(out).is_dir() else Path(out).with_suffix(".npz")
+    with run.exclusive():  # the features and weights of a run no other command is writing
+        if note := run.data_note():  # the run was trained on other bytes
+            print(note, flush=True)
+        data = representation_features(run, source, local_device(device), label_type, pool=pool)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(out, features=data.features[split][:].cpu().numpy().astype(np.float32),
+                 labels=data.labels[split].cpu().numpy().astype(np.int64),
+                 class_names=np.array(data.class_names, dtype=str), split=np.array(split),
+                 source=np.array(source), run=np.array(str(run_dir)))
     print(f"{out}: {len(data.labels[split])} × {data.dim} {source} features of the {split} split")
     return out
 

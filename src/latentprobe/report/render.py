@@ -40,6 +40,8 @@ def render(paths: list[Path], cfg: CompareConfig | None = None, kind: str | None
     (study, comparison, classifiers); returns its path. ``cfg`` (the comparison's options) applies
     to a comparison only."""
     cfg = cfg or CompareConfig()
+    if cfg.out and Path(cfg.out).exists() and not Path(cfg.out).is_dir():
+        raise ValueError(f"--out {cfg.out} is a file; give a folder for the report (new or a report's)")
     kind = kind or report_kind(paths, cfg.label_type)
     if kind == "study":
         return write_study_report(Path(paths[0]))

@@ -9,7 +9,7 @@ undercounts a ViT by the number of tokens; so MACs come from ``torch.utils.flop_
 
 import torch
 
-from latentprobe.models import create_model
+from latentprobe.models import check_model, create_model
 
 
 def model_summary(name: str, model_args: dict | None = None, *, batch_size: int = 1, depth: int = 3,
@@ -17,6 +17,7 @@ def model_summary(name: str, model_args: dict | None = None, *, batch_size: int 
     """torchinfo's table for ``create_model(name, **model_args)`` on (batch_size, 3, S, S) images."""
     from torchinfo import summary
 
+    check_model(name, **(model_args or {}))  # a bad or too-large option: one line before anything is built
     torch.manual_seed(0)  # masks are random: the same table every call
     model = create_model(name, **(model_args or {})).eval()
     images = torch.randn(batch_size, 3, image_size, image_size)

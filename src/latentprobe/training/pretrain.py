@@ -34,6 +34,7 @@ from latentprobe.runs import (
     TensorBoard,
     append_jsonl,
     changed_files,
+    check_not_in_use,
     data_files,
     exclusive,
     read_jsonl,
@@ -149,6 +150,8 @@ def train(cfg: TrainConfig) -> Path:
     effective_batch = cfg.batch_size * cfg.accum_steps * world_size
     peak_lr = cfg.base_lr * effective_batch / 256 if cfg.base_lr is not None else cfg.lr
     optimizer = build_optimizer(model, cfg.optimizer, peak_lr, cfg.weight_decay)
+    if is_main_process():  # a run another command trains: one line now, not after reading the data
+        check_not_in_use(run_dir)
     train_split, val_split = load_data(cfg, device)  # before writing anything: bad data leaves no run
     writer = exclusive(run_dir) if is_main_process() else nullcontext()  # one writer; resume state read under it
     with explained_divergence(run_dir, "--lr"), writer:  # a diverged run says what it kept
