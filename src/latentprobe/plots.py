@@ -74,19 +74,21 @@ def _legend_beside(ax, handles=None, labels=None, offset: float = 1.01) -> None:
 
 
 def errorbar_chart(series: dict[str, list[tuple[float, float, float]]], path: Path, *, title: str, xlabel: str,
-                   ylabel: str, log_x: bool = False, dashed: list[str] = (),
+                   ylabel: str, log_x: bool = False, dashed: list[str] = (), dotted: list[str] = (),
                    front: list[tuple[float, float]] | None = None, lines: dict[str, float] | None = None) -> Path:
     """Curves of ``{label: [(x, y, error)]}`` with error bars; ``dashed`` labels drawn dashed in the
-    colour of the solid curve of the same family (its label up to the last comma); ``front``: the
+    colour of the solid curve of the same family (its label up to the last comma), ``dotted`` ones
+    (references measured at several sizes) dotted in grey shades; ``front``: the
     points of a Pareto front, joined by a grey line; ``lines``: horizontal reference levels."""
     fig, ax = plt.subplots(figsize=(6.8, 4.0))
     colours = {}
     for label, points in series.items():
         x, y, err = map(list, zip(*points))
         family = label.rsplit(",", 1)[0]
-        colour = colours.setdefault(family, f"C{len(colours) % 10}")
-        ax.errorbar(x, y, yerr=err, marker="o", markersize=4, capsize=3, linestyle="--" if label in dashed else "-",
-                    color=colour, label=label)
+        colour = str(0.2 + 0.2 * dotted.index(label)) if label in dotted else \
+            colours.setdefault(family, f"C{len(colours) % 10}")
+        ax.errorbar(x, y, yerr=err, marker="o", markersize=4, capsize=3, color=colour, label=label,
+                    linestyle=":" if label in dotted else "--" if label in dashed else "-")
     if front:
         fx, fy = zip(*front)
         ax.plot(fx, fy, color="0.5", linewidth=1, zorder=0, label="Pareto front")

@@ -104,8 +104,9 @@ def verdict(rows: list[Row]) -> list:
         margins = []
         for kind, words in (("random", "its untrained weights"), ("pixels", "raw pixels"),
                             ("kmeans", "the 2011 k-means reference"), ("pca", "PCA of the pixels")):
-            other = next((r for r in rows if r.kind == kind and (kind != "random" or r.encoder == winner.label)
-                          and mean(r, probe) is not None), None)
+            measured = [r for r in rows if r.kind == kind and mean(r, probe) is not None]
+            own = [r for r in measured if r.encoder == winner.label]  # its twin; its own whitening's k-means
+            other = (own or ([] if kind == "random" else measured) or [None])[0]
             if other is not None:
                 margins.append(_points(mean(winner, probe) - mean(other, probe), words))
         beaten = any(mean(r, probe) > mean(winner, probe) for r in rows if mean(r, probe or "") is not None)
@@ -123,11 +124,11 @@ def verdict(rows: list[Row]) -> list:
     for (name, limit), where in still_learning.items():
         if name == "logistic":
             warnings.append(f"The logistic probe had not converged after {limit} passes (its gradient norm above "
-                            f"1% of its start) for {', '.join(where)} seeds: more passes (--probe-epochs) may read "
+                            f"1% of its start; seeds): {', '.join(where)}. More passes (--probe-epochs) may read "
                             f"more.")
             continue
         warnings.append(f"The {probe_title(name)} probe kept its last allowed epoch ({limit} of {limit}), so it was "
-                        f"still learning, for {', '.join(where)} seeds: a longer or converged probe may read more.")
+                        f"still learning (seeds): {', '.join(where)}. A longer or converged probe may read more.")
     for row in (r for r in rows if r.kind == "random"):
         trained = next(r for r in rows if r.label == row.encoder)
         for name in row.accuracies:
@@ -166,16 +167,25 @@ def latent_size_figure(rows: list[Row], figures: Path) -> list:
                 curves.setdefault(label, []).append((row.dim, 100 * mean(source, probe), 100 * std))
     if not curves:
         return []
-    references = {row.label: 100 * mean(row, probe) for row in rows
-                  if row.kind in ("pixels", "kmeans") and mean(row, probe) is not None}
+    references, swept = {}, []  # a baseline at one size is a level; one measured at several sizes, a curve
+    for kind, name in (("kmeans", "k-means triangle (2011 reference)"), ("pca", "PCA of the pixels"),
+                       ("pixels", "raw pixels")):
+        measured = [row for row in rows if row.kind == kind and mean(row, probe) is not None]
+        if len({row.dim for row in measured}) > 1:
+            curves[name] = sorted((row.dim, 100 * mean(row, probe), 100 * mean_std(row.accuracies[probe])[1])
+                                  for row in measured)
+            swept.append(name)
+        else:
+            references.update({row.label: 100 * mean(row, probe) for row in measured})
     errorbar_chart({label: sorted(points) for label, points in curves.items()}, figures / "latent_size.png",
                    title=f"Test accuracy against latent size ({probe_title(probe)} probe)",
                    xlabel="latent size (values per image)", ylabel="test accuracy, %", log_x=True,
-                   dashed=[label for label in curves if label.endswith("untrained")], lines=references)
+                   dashed=[label for label in curves if label.endswith("untrained")], dotted=swept, lines=references)
     return [Heading(2, "Accuracy against latent size"),
             Figure("figures/latent_size.png", f"Test accuracy of the {probe_title(probe)} probe against the latent "
                                               f"size; dashed: the same encoder untrained; "
-                                              + (f"dotted: {', '.join(references)}; " if references else "")
+                                              + (f"dotted: {', '.join([*swept, *references])}; "
+                                                 if swept or references else "")
                                               + "bars: std over seeds")]
 
 

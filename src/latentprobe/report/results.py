@@ -118,7 +118,8 @@ def collect_rows(evals: list[dict]) -> list[Row]:
                 counted.add(key)
                 # split seeds are repeats of one baseline; another data set or subset is another baseline
                 group = json.dumps([label, {k: v for k, v in data.items() if k != "seed"}], sort_keys=True)
-                baseline = baselines.setdefault(group, Row(label, kind, rep["latent_dim"], [record]))
+                baseline = baselines.setdefault(group, Row(label, kind, rep["latent_dim"], [record],
+                                                           encoder=row.label if kind == "kmeans" else ""))
                 _pool(baseline, rep)
         row.finetune = [acc for record in row.evals for acc in _finetune_accuracies(record["run"])]
     labels = [row.label for row in baselines.values()]
