@@ -91,3 +91,28 @@ def test_a_refit_reads_the_test_set_only_after_the_choice(monkeypatch):
                for seed in bn_linear["seeds"])
     assert bn_linear["protocol"]["refit"] is True and bn_linear["test"]["n"] == 2
     assert logistic["deterministic"] and logistic["test"]["n"] == 1 and logistic["seeds"][0]["val_acc"] is None
+
+
+def test_the_penalty_path_reaches_each_cold_optimum_in_fewer_passes():
+    """Each penalty started from the last one's solution ends where a fit from zero weights ends
+    (the optimum is unique), in fewer passes; a head carried over to other standardisation
+    statistics computes the same logits."""
+    from latentprobe.probe.heads import _carry_over, fit_heads
+
+    data = _data(spread=4.0, sizes=(1500, 300, 400), dim=32)
+    train = (data.features["train"], data.labels["train"])
+    val = (data.features["val"], data.labels["val"])
+    penalties = [(0.0, 1e-1), (0.0, 1e-2), (0.0, 1e-3)]
+    path = fit_heads("logistic", train, val, 4, settings=penalties, epochs=500)
+    cold = [fit_heads("logistic", train, val, 4, settings=[setting], epochs=500)[0] for setting in penalties]
+    for warm, alone in zip(path, cold):
+        assert torch.allclose(warm.head.linear.weight, alone.head.linear.weight, atol=2e-3)
+        assert warm.val_acc == alone.val_acc
+    assert path[0].best_epoch == cold[0].best_epoch  # the largest penalty: from zero weights, as alone
+    assert sum(fit.best_epoch for fit in path[1:]) < sum(fit.best_epoch for fit in cold[1:])
+
+    other = fit_heads("logistic", (train[0][:700] * 3 + 1, train[1][:700]), None, 4, settings=[(0.0, 1e-2)],
+                      epochs=3)[0].head  # other statistics
+    _carry_over(path[1].head, other)
+    with torch.no_grad():
+        assert torch.allclose(other(data.features["test"]), path[1].head(data.features["test"]), atol=1e-4)

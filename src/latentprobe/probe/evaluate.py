@@ -71,14 +71,14 @@ def _summary(values: list[float]) -> dict:
 
 
 def _fit(kind: str, train, val, num_classes: int, cfg: EvalConfig, *, settings: list[tuple[float, float]],
-         seed: int, device, epochs: int | None = None) -> list:
+         seed: int, device, epochs: int | None = None, start=None) -> list:
     """``fit_heads`` under the protocol's options, printing each head's outcome as it ends (``val``
     None: a refit for ``epochs``, the last kept)."""
     started = time.perf_counter()
     fits = fit_heads(kind, train, val, num_classes, settings=settings, epochs=epochs or cfg.probe_epochs,
                      batch_size=cfg.probe_batch_size, seed=seed,
                      patience=cfg.probe_patience if val is not None else None, hidden=cfg.mlp_hidden,
-                     schedule=cfg.probe_schedule, device=device, desc=f"{kind} seed {seed}")
+                     schedule=cfg.probe_schedule, device=device, desc=f"{kind} seed {seed}", start=start)
     for fit, (lr, weight_decay) in zip(fits, settings):
         unit = "pass" if kind == "logistic" else "epoch"  # the logistic probe is solved, in passes over the features
         outcome = (f"validation {100 * fit.val_acc:.2f}% ({unit} {fit.best_epoch})" if val is not None
@@ -108,7 +108,7 @@ def trained_probe(kind: str, train, val, test, num_classes: int, cfg: EvalConfig
     for seed in range(1 if solved else cfg.probe_seeds):
         if cfg.refit:  # the choice made, the validation images join the training ones
             fit = _fit(kind, both, None, num_classes, cfg, settings=point, seed=seed, device=device,
-                       epochs=None if solved else chosen["best_epoch"])[0]
+                       epochs=None if solved else chosen["best_epoch"], start=chosen_fit.head if solved else None)[0]
         else:
             fit = chosen_fit if seed == 0 else _fit(kind, train, val, num_classes, cfg, settings=point, seed=seed,
                                                     device=device)[0]

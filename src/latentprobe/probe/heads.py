@@ -225,26 +225,34 @@ LOGISTIC_TOLERANCE = 1e-4  # L-BFGS stops when the gradient's largest entry is t
 
 
 def _solve_logistic(train, val, num_classes: int, settings: list[tuple[float, float]], passes: int,
-                    device, desc: str | None) -> list["FitResult"]:
+                    device, desc: str | None, start: nn.Module | None = None) -> list["FitResult"]:
     """The logistic probe, one per weight decay of ``settings`` (it takes no learning rate: settings
-    that differ only in theirs are solved once): from zero weights, full-batch L-BFGS with a
-    strong-Wolfe line search over standardised features, until the gradient's largest entry is
-    ``LOGISTIC_TOLERANCE`` of its start or after ``passes`` passes over the features. No seed
-    enters: the optimum is unique. ``best_epoch`` is the passes it took."""
+    that differ only in theirs are solved once), by full-batch L-BFGS with a strong-Wolfe line
+    search over standardised features, until the gradient's largest entry is
+    ``LOGISTIC_TOLERANCE`` of its value at zero weights or after ``passes`` passes over the
+    features. The penalties are solved along their path, the largest first from zero weights (or
+    from ``start``, a logistic head fitted on other rows: a refit's choice), each next one from the
+    last solution, as scikit-learn's and glmnet's regularisation paths: the optimum of a penalised
+    problem is unique, so only the passes it takes depend on where it starts. No seed enters.
+    ``best_epoch`` is the passes it took."""
     x_train, y_train = train
     y_train = y_train.to(device)
     norm = Standardize(x_train.shape[1]).fit(x_train).to(device)  # the fixed input, fitted once
+    head = build_head("logistic", x_train.shape[1], num_classes)
+    head.norm = norm
+    nn.init.zeros_(head.linear.weight)
+    nn.init.zeros_(head.linear.bias)
+    bank = HeadBank([head]).to(device)
+    objective(bank, [_param_groups("logistic", head, 0.0, 0.0)], x_train, y_train)  # at zero: no penalty enters
+    tolerance = LOGISTIC_TOLERANCE * max(float(p.grad.abs().max()) for p in head.linear.parameters())
+    initial = float(sum(p.grad.pow(2).sum() for p in head.linear.parameters())) ** 0.5
+    if start is not None:
+        _carry_over(start, head)
     solved: dict[float, FitResult] = {}
-    progress = tqdm(settings, desc=desc or "logistic probe", unit="fit", leave=False, disable=None)
-    for lr, weight_decay in progress:
-        if weight_decay in solved:
-            continue
-        head = build_head("logistic", x_train.shape[1], num_classes)
-        head.norm = copy.deepcopy(norm)
-        nn.init.zeros_(head.linear.weight)
-        nn.init.zeros_(head.linear.bias)
-        bank = HeadBank([head]).to(device)
-        groups = [_param_groups("logistic", head, lr, weight_decay)]
+    penalties = sorted({weight_decay for _, weight_decay in settings}, reverse=True)
+    progress = tqdm(penalties, desc=desc or "logistic probe", unit="fit", leave=False, disable=None)
+    for weight_decay in progress:
+        groups = [_param_groups("logistic", head, 0.0, weight_decay)]
         history: list[dict] = []
 
         def closure() -> float:  # one pass over the features: the objective and its gradient
@@ -252,12 +260,9 @@ def _solve_logistic(train, val, num_classes: int, settings: list[tuple[float, fl
             history.append({"epoch": len(history) + 1, "train_loss": value})
             return value
 
-        objective(bank, groups, x_train, y_train)  # at zero weights: where the tolerance is measured from
-        start = max(float(p.grad.abs().max()) for p in head.linear.parameters())
-        initial = float(sum(p.grad.pow(2).sum() for p in head.linear.parameters())) ** 0.5
         solver = torch.optim.LBFGS(list(head.linear.parameters()), lr=1.0, max_iter=passes, max_eval=passes,
-                                   tolerance_grad=LOGISTIC_TOLERANCE * start, tolerance_change=1e-12,
-                                   history_size=20, line_search_fn="strong_wolfe")
+                                   tolerance_grad=tolerance, tolerance_change=1e-12, history_size=20,
+                                   line_search_fn="strong_wolfe")
         solver.step(closure)
         head.eval()
         final = gradient_norms(bank, groups, x_train, y_train)[0]
@@ -265,15 +270,27 @@ def _solve_logistic(train, val, num_classes: int, settings: list[tuple[float, fl
         if val_acc is not None:
             history[-1]["val_acc"] = val_acc
         history[-1]["train_acc"] = accuracy(bank, x_train, y_train)
-        solved[weight_decay] = FitResult(head=head, best_epoch=len(history), val_acc=val_acc, history=history,
+        solved[weight_decay] = FitResult(head=copy.deepcopy(head), best_epoch=len(history), val_acc=val_acc,
+                                         history=history,
                                          convergence={"initial_gradient_norm": initial, "gradient_norm": final})
     progress.close()
     return [solved[weight_decay] for _, weight_decay in settings]
 
 
+@torch.no_grad()
+def _carry_over(source: nn.Module, head: nn.Module) -> None:
+    """Set ``head`` to the classifier ``source`` computes on the raw features, through ``head``'s
+    own standardisation: logits = x · (W / std)ᵀ + b − (W / std) · mean is kept as it is."""
+    raw = source.linear.weight / source.norm.std
+    bias = source.linear.bias - raw @ source.norm.mean
+    head.linear.weight.copy_(raw * head.norm.std)
+    head.linear.bias.copy_(bias + raw @ head.norm.mean)
+
+
 def fit_heads(kind: str, train, val, num_classes: int, *, settings: list[tuple[float, float]], epochs: int,
               batch_size: int = 256, seed: int = 0, patience: int | None = 5, hidden: int = 512,
-              schedule: str = "constant", device=None, desc: str | None = None) -> list[FitResult]:
+              schedule: str = "constant", device=None, desc: str | None = None,
+              start: nn.Module | None = None) -> list[FitResult]:
     """The one probe trainer. One head of ``kind`` per (lr, weight decay) in ``settings``, all
     trained on ``train`` = (features (N, D), labels (N,)) in one pass per epoch: the same batches
     for every head, each with its own optimiser state. The features may be a tensor or a
@@ -281,7 +298,8 @@ def fit_heads(kind: str, train, val, num_classes: int, *, settings: list[tuple[f
     keeps the epoch of its best accuracy on ``val`` and stops after ``patience`` epochs without a
     gain (None: trains every epoch); a refit on training + validation (``val`` None) trains all
     ``epochs`` and keeps the last. The logistic probe, a convex problem, is solved instead
-    (``_solve_logistic``: ``epochs`` caps its passes over the features). ``schedule``: Adam at a ``constant`` lr, or
+    (``_solve_logistic``: ``epochs`` caps its passes over the features; ``start``, a logistic head,
+    is where it starts). ``schedule``: Adam at a ``constant`` lr, or
     ``cosine``, decaying to 0 over ``epochs`` (a probe that settles; on wide latents it reads
     several points more, docs/RESULTS.md). The seed sets every head's init (the same for all: each
     is the head a fit of its setting alone would start from) and the order of the batches. The test
@@ -290,7 +308,7 @@ def fit_heads(kind: str, train, val, num_classes: int, *, settings: list[tuple[f
     x_train, y_train = train
     device = torch.device(device) if device is not None else y_train.device
     if kind == "logistic":  # a convex problem: solved, not trained
-        return _solve_logistic(train, val, num_classes, settings, epochs, device, desc)
+        return _solve_logistic(train, val, num_classes, settings, epochs, device, desc, start)
     heads = []
     for _ in settings:
         torch.manual_seed(seed)

@@ -54,8 +54,8 @@ def protocol_words(probe: str, protocol: dict) -> str:
         return f"{probe_title(probe)} (protocol not recorded)"
     elif protocol.get("solver") == "lbfgs":
         decays = ", ".join(f"{v:g}" for v in protocol.get("probe_weight_decays") or [])
-        words = (f"{probe_title(probe)}: L2 ∈ {{{decays}}} chosen on validation, each solved by full-batch L-BFGS from "
-                 f"zero weights (until its gradient is {protocol.get('tolerance'):g} of its start, at most "
+        words = (f"{probe_title(probe)}: L2 ∈ {{{decays}}} chosen on validation, each solved by full-batch L-BFGS "
+                 f"(until its gradient is {protocol.get('tolerance'):g} of its value at zero weights, at most "
                  f"{protocol.get('probe_epochs')} passes), one fit (no seed enters)"
                  + (", refit on training + validation before the test" if protocol.get("refit") else ""))
     else:
