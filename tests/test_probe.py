@@ -37,7 +37,12 @@ def test_one_probe_one_setting_separates_a_separable_set():
         else:
             assert len(history) == 20 and result["chosen"]["val_acc"] == max(h["val_acc"] for h in history)
         assert sum(map(sum, result["confusion"])) == 400
-        assert result["protocol"]["probe_patience"] is None and result["protocol"]["probe_seeds"] == 1
+        if head == "logistic":  # solved: no lr, batch, patience or seed decides its numbers
+            assert result["protocol"] == {"probe_weight_decays": [0.0], "probe_epochs": 20, "flip_train": False,
+                                          "refit": False, "solver": "lbfgs", "tolerance": 1e-4}
+            assert [point["lr"] for point in result["grid"]] == [None]
+        else:
+            assert result["protocol"]["probe_patience"] is None and result["protocol"]["probe_seeds"] == 1
 
 
 def test_the_converged_logistic_probe_agrees_with_scikit_learn():
@@ -83,9 +88,9 @@ def test_a_refit_reads_the_test_set_only_after_the_choice(monkeypatch):
                      probe_epochs=5, probe_seeds=2, refit=True, probe_batch_size=64)
     results = evaluate_features(_data(spread=3.0), cfg, torch.device("cpu"))[0]
     # the grid on training alone, then per seed a refit on training + validation and one test reading;
-    # the logistic probe's optimum takes no seed: one refit, one reading
+    # the logistic probe takes no lr (one fit per weight decay) and its optimum no seed: one refit, one reading
     assert events == [("grid", 800, 4), ("refit", 1000, 1), ("test", 400), ("refit", 1000, 1), ("test", 400),
-                      ("grid", 800, 4), ("refit", 1000, 1), ("test", 400)]
+                      ("grid", 800, 2), ("refit", 1000, 1), ("test", 400)]
     bn_linear, logistic = results["bn_linear"], results["logistic"]
     assert all(seed["best_epoch"] == bn_linear["chosen"]["best_epoch"] and seed["val_acc"] is None
                for seed in bn_linear["seeds"])

@@ -61,8 +61,9 @@ def probe_protocol(cfg: EvalConfig, probe: str) -> dict:
     if probe.startswith("knn_"):
         return {"k": int(probe.split("_")[1]), "knn_temperature": cfg.knn_temperature, "flip_train": cfg.flip_train}
     protocol = {name: getattr(cfg, name) for name in PROBE_OPTIONS}
-    if probe == "logistic":  # solved by L-BFGS (results without "solver" were trained by Adam)
-        return {**protocol, "solver": "lbfgs", "tolerance": LOGISTIC_TOLERANCE}
+    if probe == "logistic":  # solved by L-BFGS (results without "solver" were trained by Adam): no lr, batch, seed
+        solved = ("probe_weight_decays", "probe_epochs", "flip_train", "refit")
+        return {**{name: protocol[name] for name in solved}, "solver": "lbfgs", "tolerance": LOGISTIC_TOLERANCE}
     return {**protocol, "mlp_hidden": cfg.mlp_hidden} if probe == "mlp" else protocol
 
 
@@ -96,7 +97,9 @@ def trained_probe(kind: str, train, val, test, num_classes: int, cfg: EvalConfig
     seed at the chosen point (refit on training + validation with ``cfg.refit``) reads the test
     set once. Returns the record and (seed-0 probe, chosen setting)."""
     started = time.perf_counter()
-    settings = list(itertools.product(cfg.probe_lrs, cfg.probe_weight_decays))
+    solved = kind == "logistic"  # solved, not trained: no learning rate, and its optimum takes no seed
+    settings = [(None, weight_decay) for weight_decay in cfg.probe_weight_decays] if solved else \
+        list(itertools.product(cfg.probe_lrs, cfg.probe_weight_decays))
     fits = _fit(kind, train, val, num_classes, cfg, settings=settings, seed=0, device=device)
     grid = [{"lr": lr, "weight_decay": weight_decay, "best_epoch": fit.best_epoch, "val_acc": fit.val_acc}
             for fit, (lr, weight_decay) in zip(fits, settings)]
@@ -104,7 +107,6 @@ def trained_probe(kind: str, train, val, test, num_classes: int, cfg: EvalConfig
     point = [(chosen["lr"], chosen["weight_decay"])]
     both = (ConcatRows(train[0], val[0]), torch.cat([train[1], val[1].to(train[1].device)]))
     seeds, first = [], None
-    solved = kind == "logistic"  # its optimum takes no seed: one fit, one reading
     for seed in range(1 if solved else cfg.probe_seeds):
         if cfg.refit:  # the choice made, the validation images join the training ones
             fit = _fit(kind, both, None, num_classes, cfg, settings=point, seed=seed, device=device,

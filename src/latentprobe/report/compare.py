@@ -106,7 +106,7 @@ def selection_table(rows: list[Row], probes: list[str]) -> Table:
             result = rep["probes"].get(probe)
             if result is None or "chosen" not in result:
                 continue
-            table.append([row.label, probe_title(probe), f"{result['chosen']['lr']:g}",
+            table.append([row.label, probe_title(probe), "–" if result["chosen"]["lr"] is None else f"{result['chosen']['lr']:g}",
                           f"{result['chosen']['weight_decay']:g}",
                           ", ".join(str(s["best_epoch"]) for s in result["seeds"]),
                           fmt([result["chosen"].get("val_acc")]), fmt([s["test_acc"] for s in result["seeds"]])])
