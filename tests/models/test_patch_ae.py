@@ -66,6 +66,20 @@ def test_an_odd_map_gives_its_middle_row_and_column_to_the_first_quadrants():
     torch.testing.assert_close(latent, expected.flatten(1))
 
 
+def test_a_finer_pooling_grid_sums_its_regions_row_by_row(monkeypatch):
+    # 8 filters, both polarities, 3×3 regions of a 7×7 map: rows/columns 0-2, 3-4, 5-6
+    import latentprobe.models.patch_ae as patch_ae
+    model = tiny(latent_dim=144, encoding="soft_threshold", img_size=9, pool_grid=3)
+    images = torch.rand(2, 3, 9, 9)
+    maps = model.feature_map(images)  # (2, 16, 7, 7)
+    spans = [slice(0, 3), slice(3, 5), slice(5, 7)]
+    expected = torch.stack([maps[..., rows, cols].sum((-2, -1)) for rows in spans for cols in spans], dim=-1)
+    torch.testing.assert_close(model.encode(images, chunk=1), expected.flatten(1))
+    monkeypatch.setattr(patch_ae, "FUSE_ABOVE", 0)  # the compiled pass pools the same regions
+    torch.testing.assert_close(model.encode(images, chunk=2), expected.flatten(1), atol=1e-5, rtol=1e-5)
+    assert tiny(latent_dim=16, pool_grid=1).encode(images[:, :, :8, :8]).shape == (2, 16)  # one sum per code
+
+
 def test_training_lowers_the_loss_and_evaluation_rebuilds_the_image():
     torch.manual_seed(0)
     model = tiny(latent_dim=64)
@@ -90,6 +104,8 @@ def test_training_lowers_the_loss_and_evaluation_rebuilds_the_image():
     (dict(latent_dim=18), "latent_dim is 4 × the number of filters"),
     (dict(latent_dim=0), "latent_dim is 4 × the number of filters"),
     (dict(patch_size=5), "patch_size 5 does not fit a 8x8 image"),
+    (dict(pool_grid=7), "pool_grid 7 must be 1 … 6"),
+    (dict(pool_grid=3), "latent_dim is 9 × the number of filters"),
 ])
 def test_bad_sizes_are_clear_errors(options, message):
     with pytest.raises(ValueError, match=message):

@@ -15,12 +15,14 @@ The pipeline of Coates, Lee & Ng (AISTATS 2011), with a trained autoencoder as i
      (with their sign), the rest set to 0 (a k-sparse autoencoder; with one winner each filter
      learns a cluster of patches, as k-means does);
 3. the latent of an image is an encoding at every position (stride 1), sum-pooled over the four
-   quadrants of the map. ``encoding``: ``relu`` (the training code without its top-k, K values per
-   position, ``latent_dim = 4K``) or ``soft_threshold``, both polarities of the response past a
-   fixed threshold α: ``relu(W x - α)`` and ``relu(-W x - α)`` (2K values, ``latent_dim = 8K``),
-   the encoding that reads a patch dictionary best in Coates & Ng (ICML 2011); or ``triangle``,
-   the 2011 paper's k-means encoding, ``relu(mean(z) - z_k)`` with ``z_k`` the distance of the
-   whitened patch to filter k as stored (K values per position, ``latent_dim = 4K``).
+   quadrants of the map (``pool_grid=2``; ``pool_grid=G`` sums over a G×G grid of regions instead,
+   finer pooling that keeps more of where things are, G² sums per code). ``encoding``: ``relu``
+   (the training code without its top-k, K values per position, ``latent_dim = 4K``) or
+   ``soft_threshold``, both polarities of the response past a fixed threshold α: ``relu(W x - α)``
+   and ``relu(-W x - α)`` (2K values, ``latent_dim = 8K``), the encoding that reads a patch
+   dictionary best in Coates & Ng (ICML 2011); or ``triangle``, the 2011 paper's k-means encoding,
+   ``relu(mean(z) - z_k)`` with ``z_k`` the distance of the whitened patch to filter k as stored
+   (K values per position, ``latent_dim = 4K``). (With ``pool_grid=G``, G² in place of 4.)
 
 The reference point, k-means with the triangle encoding, shares this pipeline:
 ``kmeans_iterations=N`` makes ``prepare`` replace the filters by k-means centroids of the
@@ -49,7 +51,6 @@ import torch.nn.functional as F
 
 from latentprobe.models import register_model
 
-QUADRANTS = 4
 ACTIVATIONS = ("relu", "winner_take_all")
 ENCODINGS = ("relu", "soft_threshold", "triangle")
 FUSE_ABOVE = 2**22  # responses per chunk above which the code + pooling pass is compiled (fused)
@@ -62,16 +63,22 @@ class PatchAutoencoder(nn.Module):
     def __init__(self, *, latent_dim: int = 6400, patch_size: int = 6, img_size: int = 32, in_chans: int = 3,
                  sparsity: float = 0.1, threshold: float = 0.25, contrast_eps: float = 10.0,
                  zca_eps: float = 0.1, whitening_patches: int = 400_000, patches_per_image: int = 32,
-                 activation: str = "relu", winners: int = 1, encoding: str = "relu", kmeans_iterations: int = 0):
+                 activation: str = "relu", winners: int = 1, encoding: str = "relu", kmeans_iterations: int = 0,
+                 pool_grid: int = 2):
         super().__init__()
         if activation not in ACTIVATIONS or encoding not in ENCODINGS:
             raise ValueError(f"unknown activation {activation!r} or encoding {encoding!r}; activation: "
                              f"{', '.join(ACTIVATIONS)}; encoding: {', '.join(ENCODINGS)}")
-        per_filter = QUADRANTS * (2 if encoding == "soft_threshold" else 1)
+        if not 1 <= pool_grid <= img_size - patch_size + 1:
+            raise ValueError(f"pool_grid {pool_grid} must be 1 … {img_size - patch_size + 1} (the side of the "
+                             f"map of patch positions); 2 is the reference (quadrants)")
+        polarities = 2 if encoding == "soft_threshold" else 1
+        per_filter = pool_grid**2 * polarities
         if latent_dim < per_filter or latent_dim % per_filter:
-            raise ValueError(f"latent_dim is {per_filter} × the number of filters (one sum per image quadrant"
-                             f"{' and polarity' if per_filter == 8 else ''}); got {latent_dim}, use a positive "
-                             f"multiple of {per_filter} such as {per_filter * 1600} (1,600 filters)")
+            raise ValueError(f"latent_dim is {per_filter} × the number of filters (one sum per pooling region"
+                             f"{' and polarity' if polarities == 2 else ''}, {pool_grid}×{pool_grid} regions); got "
+                             f"{latent_dim}, use a positive multiple of {per_filter} such as {per_filter * 1600} "
+                             f"(1,600 filters)")
         if not 1 <= winners <= latent_dim // per_filter:
             raise ValueError(f"winners {winners} must be 1 … the number of filters ({latent_dim // per_filter})")
         if kmeans_iterations < 0:
@@ -90,10 +97,10 @@ class PatchAutoencoder(nn.Module):
                            sparsity=sparsity, threshold=threshold, contrast_eps=contrast_eps, zca_eps=zca_eps,
                            whitening_patches=whitening_patches, patches_per_image=patches_per_image,
                            activation=activation, winners=winners, encoding=encoding,
-                           kmeans_iterations=kmeans_iterations)
+                           kmeans_iterations=kmeans_iterations, pool_grid=pool_grid)
         self.latent_dim, self.num_filters = latent_dim, latent_dim // per_filter
         self.activation, self.winners, self.encoding, self.threshold = activation, winners, encoding, threshold
-        self.kmeans_iterations = kmeans_iterations
+        self.kmeans_iterations, self.pool_grid = kmeans_iterations, pool_grid
         self.patch_size, self.img_size, self.in_chans = patch_size, img_size, in_chans
         self.sparsity, self.contrast_eps, self.zca_eps = sparsity, contrast_eps, zca_eps
         self.whitening_patches, self.patches_per_image = whitening_patches, patches_per_image
@@ -280,14 +287,15 @@ class PatchAutoencoder(nn.Module):
     def encode(self, images: torch.Tensor, chunk: int = CHUNK) -> torch.Tensor:
         """(B, latent_dim): each code summed over the four quadrants of the map (the middle row and
         column, when the map's side is odd, go to the first half), code-major: code k's sums over
-        the top-left, top-right, bottom-left and bottom-right quadrants are values 4k … 4k+3.
+        the top-left, top-right, bottom-left and bottom-right quadrants are values 4k … 4k+3. (With
+        ``pool_grid=G``: over G×G regions, row by row, the G² values of code k from G²·k.)
         ``chunk`` images at a time: one matrix product, then one pass for codes and sums."""
         side = self.map_side
         pooled = []
         for part in images.split(chunk):
             responses = self._responses(self._whiten(self._patches(part))).view(len(part), side, side, -1)
             pool = _fused_pool if responses.numel() >= FUSE_ABOVE and len(part) == chunk else pooled_codes
-            pooled.append(pool(responses, self.encoding, self.bias, self.threshold))
+            pooled.append(pool(responses, self.encoding, self.bias, self.threshold, self.pool_grid))
         return torch.cat(pooled)
 
 
@@ -303,15 +311,19 @@ def latent_codes(responses: torch.Tensor, encoding: str, bias: torch.Tensor, thr
     return [F.relu(responses - threshold), F.relu(-responses - threshold)]
 
 
-def pooled_codes(responses: torch.Tensor, encoding: str, bias: torch.Tensor, threshold: float) -> torch.Tensor:
-    """(b, S', S', K) responses → (b, latent_dim): the codes summed over the four quadrants,
-    code-major (the first half takes the middle row and column of an odd map)."""
-    half = (responses.shape[1] + 1) // 2
+def pooled_codes(responses: torch.Tensor, encoding: str, bias: torch.Tensor, threshold: float,
+                 grid: int = 2) -> torch.Tensor:
+    """(b, S', S', K) responses → (b, latent_dim): the codes summed over a ``grid`` × ``grid`` split
+    of the map (2: its quadrants), regions row by row, code-major. Region i ends at row and column
+    ⌈i·S'/grid⌉, so the first half of an odd map takes its middle row and column."""
+    side = responses.shape[1]
+    edges = [-(-i * side // grid) for i in range(grid + 1)]
+    spans = list(zip(edges, edges[1:]))
     sums = []
     for codes in latent_codes(responses, encoding, bias, threshold):
-        sums.append(torch.stack([codes[:, :half, :half].sum((1, 2)), codes[:, :half, half:].sum((1, 2)),
-                                 codes[:, half:, :half].sum((1, 2)), codes[:, half:, half:].sum((1, 2))], dim=-1))
-    return torch.cat(sums, dim=1).flatten(1)  # (b, K·parts, 4) → code-major
+        sums.append(torch.stack([codes[:, top:bottom, left:right].sum((1, 2))
+                                 for top, bottom in spans for left, right in spans], dim=-1))
+    return torch.cat(sums, dim=1).flatten(1)  # (b, K·parts, grid²) → code-major
 
 
 _compiled = None
@@ -348,5 +360,5 @@ def lloyd_step(points: torch.Tensor, centroids: torch.Tensor, chunk: int = 4096)
 
 @register_model
 def patch_ae(**kwargs) -> PatchAutoencoder:
-    """Sparse autoencoder on whitened 6×6 patches, at every position, sum-pooled per quadrant."""
+    """Sparse autoencoder on whitened 6×6 patches, at every position, sum-pooled per quadrant (or G×G regions)."""
     return PatchAutoencoder(**kwargs)

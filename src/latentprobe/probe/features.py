@@ -146,14 +146,14 @@ def kmeans_features(run: Run, device: torch.device, label_type: str = "fine",
     """Baseline of the patch autoencoder: the 2011 reference as released by Coates, Lee & Ng
     (k-means from ``randn · 0.1``, 50 Lloyd iterations, empty centroids zeroed) on the run's own
     whitened patches, with as many centroids as the run has filters, read with the triangle
-    encoding (4 values per centroid)."""
+    encoding, pooled as the run pools (4 values per centroid over quadrants)."""
     run = Run.of(run)
     if run.model_name != "patch_ae":
         raise ValueError(f"--baselines kmeans is the patch dictionary of Coates et al., a baseline of patch_ae "
                          f"runs; {run.path} holds {run.model_name}: leave kmeans out")
-    filters = run.untrained_model().num_filters
+    model = run.untrained_model()
     config = {**run.model_config(), "encoding": "triangle", "kmeans_iterations": KMEANS_ITERATIONS,
-              "latent_dim": 4 * filters}
+              "latent_dim": model.pool_grid**2 * model.num_filters}
     return _fitted_features(run, "kmeans", config, device, label_type, flip_train)
 
 
