@@ -287,6 +287,11 @@ def test_kmeans_reference_is_a_baseline_of_patch_runs_only(tmp_path, evaluated):
     expected = extract(kmeans.eval().encode, reference.splits()["test"].images, Normalizer("cifar10"))
     # the run's whitening, k-means as released, triangle; cached as float16
     torch.testing.assert_close(cached.features["test"][:], expected, rtol=1e-3, atol=1e-3)
+    finer = train(TrainConfig(model="patch_ae", latent_dim=144, data_dir=str(data), download=False, val_size=60,
+                              model_args={"encoding": "soft_threshold", "whitening_patches": 5000, "pool_grid": 3},
+                              epochs=1, batch_size=32, device="cpu", out=str(tmp_path / "finer")))
+    record = evaluate_run(finer, fast_config(data_dir=str(data), probes=["bn_linear"], baselines=["kmeans"]))
+    assert record["representations"]["kmeans"]["latent_dim"] == 72  # 8 centroids × 9 regions: pooled as its run
     conv_run, conv_data, _ = evaluated
     with pytest.raises(ValueError, match="baseline of patch_ae runs"):
         evaluate_run(conv_run, fast_config(data_dir=str(conv_data), baselines=["kmeans"]))
