@@ -41,3 +41,10 @@ def test_a_reference_measured_at_several_sizes_is_a_curve_not_levels(tmp_path, m
     assert drawn["dotted"] == ["k-means triangle (2011 reference)"] and not drawn["lines"]
     assert sorted(drawn["series"]["patch_ae, trained"]) == [(400, 64.0, 0.0), (800, 70.0, 0.0)]
     assert "dotted: k-means triangle (2011 reference)" in caption
+
+
+def test_no_k_means_margin_when_the_winners_own_reference_was_not_probed():
+    rows = sweep()
+    rows[-1].accuracies = {}  # the 800-d run's k-means: not probed under this probe
+    answer = next(block for block in verdict(rows) if isinstance(block, Bullets)).items[0]
+    assert "k-means" not in answer and "1.00 points above its untrained weights" in answer

@@ -106,7 +106,7 @@ def verdict(rows: list[Row]) -> list:
                             ("kmeans", "the 2011 k-means reference"), ("pca", "PCA of the pixels")):
             measured = [r for r in rows if r.kind == kind and mean(r, probe) is not None]
             own = [r for r in measured if r.encoder == winner.label]  # its twin; its own whitening's k-means
-            other = (own or ([] if kind == "random" else measured) or [None])[0]
+            other = (own or ([] if kind in ("random", "kmeans") else measured) or [None])[0]  # never another's
             if other is not None:
                 margins.append(_points(mean(winner, probe) - mean(other, probe), words))
         beaten = any(mean(r, probe) > mean(winner, probe) for r in rows if mean(r, probe or "") is not None)
