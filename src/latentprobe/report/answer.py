@@ -104,9 +104,9 @@ def verdict(rows: list[Row]) -> list:
         margins = []
         for kind, words in (("random", "its untrained weights"), ("pixels", "raw pixels"),
                             ("kmeans", "the 2011 k-means reference"), ("pca", "PCA of the pixels")):
-            measured = [r for r in rows if r.kind == kind and mean(r, probe) is not None]
-            own = [r for r in measured if r.encoder == winner.label]  # its twin; its own whitening's k-means
-            other = (own or ([] if kind in ("random", "kmeans") else measured) or [None])[0]  # never another's
+            # a baseline of one encoder (its twin, its whitening's k-means) counts for that encoder alone
+            other = next((r for r in rows if r.kind == kind and r.encoder in ("", winner.label)
+                          and mean(r, probe) is not None), None)
             if other is not None:
                 margins.append(_points(mean(winner, probe) - mean(other, probe), words))
         beaten = any(mean(r, probe) > mean(winner, probe) for r in rows if mean(r, probe or "") is not None)

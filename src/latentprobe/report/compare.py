@@ -106,7 +106,8 @@ def selection_table(rows: list[Row], probes: list[str]) -> Table:
             result = rep["probes"].get(probe)
             if result is None or "chosen" not in result:
                 continue
-            table.append([row.label, probe_title(probe), "–" if result["chosen"]["lr"] is None else f"{result['chosen']['lr']:g}",
+            lr = result["chosen"]["lr"]  # None: the solved logistic probe takes none
+            table.append([row.label, probe_title(probe), "–" if lr is None else f"{lr:g}",
                           f"{result['chosen']['weight_decay']:g}",
                           ", ".join(str(s["best_epoch"]) for s in result["seeds"]),
                           fmt([result["chosen"].get("val_acc")]), fmt([s["test_acc"] for s in result["seeds"]])])
