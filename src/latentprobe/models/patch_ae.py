@@ -24,6 +24,14 @@ The pipeline of Coates, Lee & Ng (AISTATS 2011), with a trained autoencoder as i
    ``relu(mean(z) - z_k)`` with ``z_k`` the distance of the whitened patch to filter k as stored
    (K values per position, ``latent_dim = 4K``). (With ``pool_grid=G``, G² in place of 4.)
 
+``flip_invariant=true`` makes the latent the same for an image and its mirror image: the
+dictionary holds each learned filter and its mirror image (2K filters for K learned), the
+whitening is fitted on the patches and their mirror images, the pooling regions are symmetric
+(an odd map's middle row and column belong to both halves), and each filter's sum over a region
+is added to its mirror image's sum over the mirrored region (``latent_dim`` as for K filters).
+Mirror images of the training images then add nothing to a probe: ``evaluate --flip-train``
+would only extract each image twice.
+
 The reference point, k-means with the triangle encoding, shares this pipeline:
 ``kmeans_iterations=N`` makes ``prepare`` replace the filters by k-means centroids of the
 whitening sample, as the paper's released code fits them: started at ``randn · 0.1``, N Lloyd
@@ -64,7 +72,7 @@ class PatchAutoencoder(nn.Module):
                  sparsity: float = 0.1, threshold: float = 0.25, contrast_eps: float = 10.0,
                  zca_eps: float = 0.1, whitening_patches: int = 400_000, patches_per_image: int = 32,
                  activation: str = "relu", winners: int = 1, encoding: str = "relu", kmeans_iterations: int = 0,
-                 pool_grid: int = 2):
+                 pool_grid: int = 2, flip_invariant: bool = False):
         super().__init__()
         if activation not in ACTIVATIONS or encoding not in ENCODINGS:
             raise ValueError(f"unknown activation {activation!r} or encoding {encoding!r}; activation: "
@@ -81,6 +89,8 @@ class PatchAutoencoder(nn.Module):
                              f"(1,600 filters)")
         if not 1 <= winners <= latent_dim // per_filter:
             raise ValueError(f"winners {winners} must be 1 … the number of filters ({latent_dim // per_filter})")
+        if not isinstance(flip_invariant, bool):
+            raise ValueError(f"flip_invariant must be true or false, got {flip_invariant!r}")
         if kmeans_iterations < 0:
             raise ValueError(f"kmeans_iterations must be 0 (no k-means) or more, got {kmeans_iterations}")
         if not 1 <= patch_size <= img_size // 2:
@@ -97,10 +107,10 @@ class PatchAutoencoder(nn.Module):
                            sparsity=sparsity, threshold=threshold, contrast_eps=contrast_eps, zca_eps=zca_eps,
                            whitening_patches=whitening_patches, patches_per_image=patches_per_image,
                            activation=activation, winners=winners, encoding=encoding,
-                           kmeans_iterations=kmeans_iterations, pool_grid=pool_grid)
+                           kmeans_iterations=kmeans_iterations, pool_grid=pool_grid, flip_invariant=flip_invariant)
         self.latent_dim, self.num_filters = latent_dim, latent_dim // per_filter
         self.activation, self.winners, self.encoding, self.threshold = activation, winners, encoding, threshold
-        self.kmeans_iterations, self.pool_grid = kmeans_iterations, pool_grid
+        self.kmeans_iterations, self.pool_grid, self.flip_invariant = kmeans_iterations, pool_grid, flip_invariant
         self.patch_size, self.img_size, self.in_chans = patch_size, img_size, in_chans
         self.sparsity, self.contrast_eps, self.zca_eps = sparsity, contrast_eps, zca_eps
         self.whitening_patches, self.patches_per_image = whitening_patches, patches_per_image
@@ -114,6 +124,9 @@ class PatchAutoencoder(nn.Module):
         # ZCA: whitened = (patch - zca_mean) @ zca_matrix; identity until ``prepare`` fits them.
         self.register_buffer("zca_mean", torch.zeros(patch_dim))
         self.register_buffer("zca_matrix", torch.eye(patch_dim))
+        # where each value of a patch goes in its mirror image (left-right; unfold's order C, row, column)
+        columns = torch.arange(patch_dim).view(in_chans, patch_size, patch_size)
+        self.register_buffer("mirror", columns.flip(-1).flatten(), persistent=False)
 
     @property
     def map_side(self) -> int:
@@ -141,8 +154,15 @@ class PatchAutoencoder(nn.Module):
     def _whiten(self, patches: torch.Tensor) -> torch.Tensor:
         return (patches - self.zca_mean) @ self.zca_matrix
 
+    def _dictionary(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The filters as stored (K, D) and their biases (K,); with ``flip_invariant``, the learned
+        filters and then their mirror images (2K, D), each mirror image with its filter's bias."""
+        if not self.flip_invariant:
+            return self.weight, self.bias
+        return torch.cat([self.weight, self.weight[:, self.mirror]]), self.bias.repeat(2)
+
     def _filters(self) -> torch.Tensor:
-        return F.normalize(self.weight, dim=1)  # (K, D), unit norm: the threshold has one scale
+        return F.normalize(self._dictionary()[0], dim=1)  # (K, D), unit norm: the threshold has one scale
 
     def _tiles(self) -> torch.Tensor:
         """Positions (indices into the L of a map) of a tiling that covers every pixel: every p-th
@@ -171,7 +191,12 @@ class PatchAutoencoder(nn.Module):
             raise ValueError(f"whitening {patch_dim}-value patches needs at least {2 * patch_dim} patches, "
                              f"got {len(samples)}; use more training images or a larger whitening_patches")
         mean = samples.mean(dim=0)
-        covariance = (samples - mean).T @ (samples - mean) / (len(samples) - 1)
+        if self.flip_invariant:  # the statistics of the patches and their mirror images: M Z M = Z
+            mean = (mean + mean[self.mirror]) / 2
+            scatter = (samples - mean).T @ (samples - mean)
+            covariance = (scatter + scatter[self.mirror][:, self.mirror]) / (2 * len(samples) - 1)
+        else:
+            covariance = (samples - mean).T @ (samples - mean) / (len(samples) - 1)
         values, vectors = torch.linalg.eigh(covariance)
         matrix = vectors @ torch.diag((values.clamp(min=0) + self.zca_eps).rsqrt()) @ vectors.T
         self.zca_mean.copy_(mean.float())
@@ -207,7 +232,7 @@ class PatchAutoencoder(nn.Module):
         """(N, D) whitened patches → (N, K) sparse codes: the autoencoder's own ``activation``."""
         responses = whitened @ self._filters().T
         if self.activation == "relu":
-            return F.relu(responses - self.bias)
+            return F.relu(responses - self._dictionary()[1])
         kept = self._winners(whitened)  # winner-take-all, per patch
         return torch.zeros_like(responses).scatter(-1, kept, responses.gather(-1, kept))
 
@@ -270,14 +295,15 @@ class PatchAutoencoder(nn.Module):
         """(…, D) whitened patches → (…, K): ``W x`` for the filters (unit norm), or the squared
         distances to the filters as stored for the triangle code."""
         if self.encoding == "triangle":
-            return whitened.pow(2).sum(-1, keepdim=True) - 2 * whitened @ self.weight.T + self.weight.pow(2).sum(-1)
+            stored = self._dictionary()[0]
+            return whitened.pow(2).sum(-1, keepdim=True) - 2 * whitened @ stored.T + stored.pow(2).sum(-1)
         return whitened @ self._filters().T
 
     def feature_map(self, images: torch.Tensor) -> torch.Tensor:
         """Latent codes at every position: (B, K or 2K, S-p+1, S-p+1)."""
         side = self.map_side
         codes = torch.cat(latent_codes(self._responses(self._whiten(self._patches(images))), self.encoding,
-                                       self.bias, self.threshold), dim=-1)  # (B, L, K or 2K)
+                                       self._dictionary()[1], self.threshold), dim=-1)  # (B, L, K or 2K)
         return codes.transpose(1, 2).reshape(len(images), codes.shape[-1], side, side)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -290,12 +316,12 @@ class PatchAutoencoder(nn.Module):
         the top-left, top-right, bottom-left and bottom-right quadrants are values 4k … 4k+3. (With
         ``pool_grid=G``: over G×G regions, row by row, the G² values of code k from G²·k.)
         ``chunk`` images at a time: one matrix product, then one pass for codes and sums."""
-        side = self.map_side
+        side, bias = self.map_side, self._dictionary()[1]
         pooled = []
         for part in images.split(chunk):
             responses = self._responses(self._whiten(self._patches(part))).view(len(part), side, side, -1)
             pool = _fused_pool if responses.numel() >= FUSE_ABOVE and len(part) == chunk else pooled_codes
-            pooled.append(pool(responses, self.encoding, self.bias, self.threshold, self.pool_grid))
+            pooled.append(pool(responses, self.encoding, bias, self.threshold, self.pool_grid, self.flip_invariant))
         return torch.cat(pooled)
 
 
@@ -312,18 +338,31 @@ def latent_codes(responses: torch.Tensor, encoding: str, bias: torch.Tensor, thr
 
 
 def pooled_codes(responses: torch.Tensor, encoding: str, bias: torch.Tensor, threshold: float,
-                 grid: int = 2) -> torch.Tensor:
+                 grid: int = 2, flip_invariant: bool = False) -> torch.Tensor:
     """(b, S', S', K) responses → (b, latent_dim): the codes summed over a ``grid`` × ``grid`` split
     of the map (2: its quadrants), regions row by row, code-major. Region i ends at row and column
-    ⌈i·S'/grid⌉, so the first half of an odd map takes its middle row and column."""
+    ⌈i·S'/grid⌉, so the first half of an odd map takes its middle row and column.
+
+    ``flip_invariant`` (the second half of the K filters the mirror images of the first): region i
+    spans ⌊i·S'/grid⌋ … ⌈(i+1)·S'/grid⌉, so an odd map's middle row and column belong to both
+    halves and the regions are their own mirror image; each sum of a filter is then added to the
+    sum of its mirror image over the mirrored region. An image and its mirror image get the same
+    latent, of K/2 · grid² values per code part."""
     side = responses.shape[1]
-    edges = [-(-i * side // grid) for i in range(grid + 1)]
-    spans = list(zip(edges, edges[1:]))
+    if flip_invariant:
+        spans = [(i * side // grid, -(-(i + 1) * side // grid)) for i in range(grid)]
+    else:
+        edges = [-(-i * side // grid) for i in range(grid + 1)]
+        spans = list(zip(edges, edges[1:]))
     sums = []
     for codes in latent_codes(responses, encoding, bias, threshold):
         sums.append(torch.stack([codes[:, top:bottom, left:right].sum((1, 2))
                                  for top, bottom in spans for left, right in spans], dim=-1))
-    return torch.cat(sums, dim=1).flatten(1)  # (b, K·parts, grid²) → code-major
+    pooled = torch.cat(sums, dim=1)  # (b, K·parts, grid²)
+    if flip_invariant:  # (b, parts, filter or mirror, K/2, rows, columns): a mirror's columns reversed
+        halves = pooled.view(len(pooled), len(sums), 2, -1, grid, grid)
+        pooled = halves[:, :, 0] + halves[:, :, 1].flip(-1)
+    return pooled.flatten(1)  # code-major
 
 
 _compiled = None
