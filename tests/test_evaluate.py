@@ -320,3 +320,23 @@ def test_a_report_refuses_results_of_weights_the_run_no_longer_holds(cifar10_roo
         load_eval(run)
     evaluate_run(run, fast_config(probes=["knn"], baselines=[]))  # evaluated again: current
     assert load_eval(run)["latent_dim"] == 32
+
+
+def test_a_flip_invariant_run_is_probed_without_flipped_images(tmp_path):
+    data = write_cifar10(tmp_path / "data", per_batch=40, test=60)
+    run = train(TrainConfig(model="patch_ae", latent_dim=32, data_dir=str(data), download=False, val_size=60,
+                            model_args={"encoding": "soft_threshold", "activation": "winner_take_all",
+                                        "flip_invariant": True, "whitening_patches": 5000},
+                            epochs=1, batch_size=32, device="cpu", out=str(tmp_path / "patch")))
+    with pytest.raises(ValueError, match="flip-invariant latent .* --flip-train would only repeat every training row"):
+        evaluate_run(run, fast_config(data_dir=str(data), probes=["bn_linear"], baselines=[], flip_train=True))
+    assert not (run / "eval.json").exists()
+    record = evaluate_run(run, fast_config(data_dir=str(data), probes=["bn_linear"], baselines=["random", "kmeans"]))
+    assert {name: r["latent_dim"] for name, r in record["representations"].items()} == \
+        {"encoder": 32, "random": 32, "kmeans": 16}  # 4 filters (8 with their mirror images), 4 centroids (8)
+    reference = Run(run, str(data))
+    model = reference.model("cpu")
+    train_images = reference.splits()["train"].images
+    features = run_features(reference, torch.device("cpu"))
+    mirrored = extract(model.encode, train_images.flip(-1), Normalizer("cifar10"))
+    torch.testing.assert_close(features.features["train"][:], mirrored, rtol=1e-3, atol=1e-3)  # float16

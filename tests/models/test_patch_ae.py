@@ -251,3 +251,45 @@ def test_the_fused_pass_equals_the_eager_one(monkeypatch):
     eager = model.encode(images, chunk=8)
     monkeypatch.setattr(patch_ae, "FUSE_ABOVE", 0)
     torch.testing.assert_close(model.encode(images, chunk=8), eager, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("encoding, activation", [("soft_threshold", "winner_take_all"), ("relu", "relu"),
+                                                  ("triangle", "winner_take_all")])
+def test_a_flip_invariant_latent_is_the_same_for_an_image_and_its_mirror_image(encoding, activation):
+    parts = 2 if encoding == "soft_threshold" else 1
+    model = tiny(latent_dim=8 * 4 * parts, encoding=encoding, activation=activation, flip_invariant=True, img_size=9,
+                 kmeans_iterations=2 if encoding == "triangle" else 0)  # 7×7 map: its middle column in both halves
+    model.prepare(correlated_images(300, side=9), generator=torch.Generator().manual_seed(0))
+    assert model._filters().shape == (16, 27)  # 8 learned filters and their mirror images
+    # the whitening commutes with mirroring: Z = M Z M
+    torch.testing.assert_close(model.zca_matrix[model.mirror][:, model.mirror], model.zca_matrix, atol=1e-5, rtol=0)
+    images = correlated_images(4, side=9, seed=5)
+    latent = model.encode(images, chunk=2)
+    assert latent.shape == (4, 8 * 4 * parts)
+    torch.testing.assert_close(model.encode(images.flip(-1), chunk=2), latent, atol=1e-4, rtol=1e-4)
+    # by hand: filter k's sum over a region plus its mirror image's (filter 8 + k) over the mirrored region
+    maps = model.feature_map(images)  # (4, 16·parts, 7, 7)
+    halves = [slice(0, 4), slice(3, 7)]
+    sums = torch.stack([maps[..., rows, cols].sum((-2, -1)) for rows in halves for cols in halves], dim=-1)
+    sums = sums.view(4, parts, 2, 8, 2, 2)
+    torch.testing.assert_close(latent, (sums[:, :, 0] + sums[:, :, 1].flip(-1)).flatten(1), atol=1e-4, rtol=1e-4)
+
+
+def test_a_plain_latent_is_not_flip_invariant():  # the check above can fail
+    model = tiny(latent_dim=64, encoding="soft_threshold", activation="winner_take_all", img_size=9)
+    model.prepare(correlated_images(300, side=9), generator=torch.Generator().manual_seed(0))
+    images = correlated_images(4, side=9, seed=5)
+    assert (model.encode(images.flip(-1)) - model.encode(images)).abs().max() > 0.1
+
+
+def test_a_flip_invariant_model_trains_its_filters_through_their_mirror_images():
+    torch.manual_seed(0)
+    model = tiny(latent_dim=32, activation="winner_take_all", flip_invariant=True)
+    images = correlated_images(64)
+    model.prepare(images, generator=torch.Generator().manual_seed(0))
+    model.train()
+    loss = model.loss(images)[0]
+    loss.backward()
+    assert model.weight.shape == (8, 27) and model.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="flip_invariant must be true or false"):
+        tiny(flip_invariant="yes")

@@ -248,6 +248,9 @@ def _evaluate_run(run: Run, cfg: EvalConfig) -> dict:
     if not info["train_config"].get("val_size"):
         raise ValueError(f"{run.path} was trained with val_size 0; the probes need a validation split "
                          f"to choose their settings (train with --val-size > 0)")
+    if cfg.flip_train and info["model_config"].get("flip_invariant"):
+        raise ValueError(f"{run.path} has a flip-invariant latent (an image and its mirror image give the same), so "
+                         f"--flip-train would only repeat every training row; leave it off")
     print(f"{run.path}: evaluating {', '.join(probe_names(cfg))} on {device}", flush=True)
     previous = check_eval(run.read_result(path), path) if path.exists() else {}
     # results are kept only for the same weights, images, labels and pooling

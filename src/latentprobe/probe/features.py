@@ -146,7 +146,8 @@ def kmeans_features(run: Run, device: torch.device, label_type: str = "fine",
     """Baseline of the patch autoencoder: the 2011 reference as released by Coates, Lee & Ng
     (k-means from ``randn · 0.1``, 50 Lloyd iterations, empty centroids zeroed) on the run's own
     whitened patches, with as many centroids as the run has filters, read with the triangle
-    encoding, pooled as the run pools (4 values per centroid over quadrants)."""
+    encoding, pooled as the run pools (4 values per centroid over quadrants; a flip-invariant
+    run's centroids join their mirror images, as its filters do)."""
     run = Run.of(run)
     if run.model_name != "patch_ae":
         raise ValueError(f"--baselines kmeans is the patch dictionary of Coates et al., a baseline of patch_ae "
