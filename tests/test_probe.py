@@ -121,3 +121,20 @@ def test_the_penalty_path_reaches_each_cold_optimum_in_fewer_passes():
     _carry_over(path[1].head, other)
     with torch.no_grad():
         assert torch.allclose(other(data.features["test"]), path[1].head(data.features["test"]), atol=1e-4)
+
+
+def test_a_head_bank_folds_batchnorm_as_the_head_applies_it():
+    import copy
+
+    from latentprobe.probe.heads import HeadBank, build_head
+
+    torch.manual_seed(0)
+    head = build_head("bn_linear", 50, 10)
+    bank = HeadBank([copy.deepcopy(head)])
+    features = torch.randn(64, 50) * 5 + 20  # a mean far from 0: the variance is taken around it
+    for mode in ("train", "eval"):
+        getattr(head, mode)(), getattr(bank, mode)()
+        for batch in features.split(32):
+            torch.testing.assert_close(bank(batch)[0], head(batch), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(bank.norm.running_var, head.norm.running_var)
+    torch.testing.assert_close(bank.norm.running_mean, head.norm.running_mean)

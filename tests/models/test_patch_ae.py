@@ -293,3 +293,18 @@ def test_a_flip_invariant_model_trains_its_filters_through_their_mirror_images()
     assert model.weight.shape == (8, 27) and model.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="flip_invariant must be true or false"):
         tiny(flip_invariant="yes")
+
+
+def test_a_bfloat16_encoding_stays_within_a_percent_of_float32():
+    model = tiny(latent_dim=64, encoding="soft_threshold", activation="winner_take_all", flip_invariant=True)
+    model.prepare(correlated_images(300), generator=torch.Generator().manual_seed(0))
+    fast = tiny(latent_dim=64, encoding="soft_threshold", activation="winner_take_all", flip_invariant=True,
+                precision="bfloat16")
+    fast.load_state_dict(model.state_dict())
+    images = correlated_images(16, seed=6)
+    exact, rounded = model.encode(images, chunk=8), fast.encode(images, chunk=8)
+    assert rounded.dtype == torch.float32 and not torch.equal(rounded, exact)  # rounded, and summed in float32
+    assert (rounded - exact).norm() < 0.01 * exact.norm()
+    assert fast.feature_map(images).dtype == torch.float32
+    with pytest.raises(ValueError, match="unknown precision 'half'; use float32 or bfloat16"):
+        tiny(precision="half")
