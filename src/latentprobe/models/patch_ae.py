@@ -47,9 +47,9 @@ evaluation (the validation loss and the pictures) reads a fixed tiling of positi
 every pixel, not all of them.
 
 ``precision=bfloat16`` computes the dense encoding's product (and training's choice of winners)
-from bfloat16 inputs, its codes still summed in float32: 2.4× the float32 speed on a CPU with
-bfloat16 dot products (AVX512-BF16 or AMX; much slower on one without), responses within about
-0.3 % (docs/RESULTS.md has what it moves in a probe).
+from bfloat16 inputs, its codes still summed in float32: the product at 2.4× its float32 speed
+and the extraction at 2.1× on a CPU with bfloat16 dot products (AVX512-BF16 or AMX; slower on
+one without), responses within about 0.3 % (docs/RESULTS.md has what it moves in a probe).
 
 Whitening statistics and the data layer's pixel statistics are buffers, so they travel in the
 checkpoint with the filters and ``encode`` gives the same latent wherever the checkpoint is loaded.
