@@ -2,8 +2,8 @@
 
     python benchmarks/paired.py --base c3a2660 [--pairs 3] -- python benchmarks/bench_patch_ae.py encode
 
-The base commit is checked out once into a worktree (``git worktree``, under the system's temp
-folder); then the command runs with ``PYTHONPATH`` pointing at the base's ``src`` and at this
+The base commit is checked out into a worktree (``git worktree``, in a temporary folder, removed
+when the pairs are done); then the command runs with ``PYTHONPATH`` pointing at the base's ``src`` and at this
 tree's ``src`` in turn, B A B A … (the base first), so both versions meet the same machine state.
 Each run's wall and CPU seconds and peak resident memory come from the operating system
 (``os.wait4``); a benchmark may also print one JSON object on its last line, whose numbers are
@@ -18,20 +18,23 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def worktree(commit: str) -> Path:
-    """A checkout of ``commit`` beside the system's temp files (made once, reused)."""
-    sha = subprocess.run(["git", "rev-parse", "--short", commit], cwd=ROOT, check=True, capture_output=True,
-                         text=True).stdout.strip()
-    path = Path(tempfile.gettempdir()) / f"latentprobe-{sha}"
-    if not (path / "src" / "latentprobe").is_dir():
-        subprocess.run(["git", "worktree", "add", "--detach", "--force", str(path), sha], cwd=ROOT, check=True,
+@contextmanager
+def checkout(commit: str):
+    """A detached checkout of ``commit`` in a temporary folder, for as long as the block runs."""
+    with tempfile.TemporaryDirectory(prefix="latentprobe-base-") as folder:
+        path = Path(folder) / "tree"
+        subprocess.run(["git", "worktree", "add", "--detach", str(path), commit], cwd=ROOT, check=True,
                        capture_output=True)
-    return path
+        try:
+            yield path
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=ROOT, capture_output=True)
 
 
 def run_once(command: list[str], src: Path) -> dict:
@@ -66,13 +69,13 @@ def main() -> None:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("give the command after --")
-    versions = {"base": worktree(args.base) / "src", "this": ROOT / "src"}
-    results = {name: [] for name in versions}
-    for pair in range(args.pairs):
-        for name, src in versions.items():
-            figures = run_once(command, src)
-            results[name].append(figures)
-            print(f"pair {pair + 1} {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in figures.items()), flush=True)
+    results = {"base": [], "this": []}
+    with checkout(args.base) as base:
+        for pair in range(args.pairs):
+            for name, src in (("base", base / "src"), ("this", ROOT / "src")):
+                figures = run_once(command, src)
+                results[name].append(figures)
+                print(f"pair {pair + 1} {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in figures.items()), flush=True)
     print(f"\n{' '.join(command)}: this tree against {args.base}, {args.pairs} pairs (medians; ratio this/base "
           f"pair by pair)")
     for key in results["this"][0]:
