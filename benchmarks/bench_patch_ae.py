@@ -56,7 +56,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     count = args.images or (2000 if args.stage == "encode" else 12800)
     torch.manual_seed(0)
-    precision = {"precision": args.precision} if args.precision else {}
+    precision = {"precision": args.precision} if args.precision else {}  # none: a base commit without the option runs too
     model = create_model("patch_ae", latent_dim=8 * args.filters, activation="winner_take_all", winners=1,
                          encoding="soft_threshold", **precision)
     images = load_split("cifar10", "train").images[:max(count, 5000)]

@@ -209,10 +209,11 @@ class PatchAutoencoder(nn.Module):
         mean = samples.mean(dim=0)
         if self.flip_invariant:  # the statistics of the patches and their mirror images: M Z M = Z
             mean = (mean + mean[self.mirror]) / 2
-            scatter = (samples - mean).T @ (samples - mean)
+        scatter = (samples - mean).T @ (samples - mean)
+        if self.flip_invariant:
             covariance = (scatter + scatter[self.mirror][:, self.mirror]) / (2 * len(samples) - 1)
         else:
-            covariance = (samples - mean).T @ (samples - mean) / (len(samples) - 1)
+            covariance = scatter / (len(samples) - 1)
         values, vectors = torch.linalg.eigh(covariance)
         matrix = vectors @ torch.diag((values.clamp(min=0) + self.zca_eps).rsqrt()) @ vectors.T
         self.zca_mean.copy_(mean.float())
