@@ -56,7 +56,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     count = args.images or (2000 if args.stage == "encode" else 12800)
     torch.manual_seed(0)
-    precision = {"precision": args.precision} if args.precision else {}  # none: a base commit without the option runs too
+    # passed only when asked: a base commit without the option runs the benchmark too
+    precision = {"precision": args.precision} if args.precision else {}
     model = create_model("patch_ae", latent_dim=8 * args.filters, activation="winner_take_all", winners=1,
                          encoding="soft_threshold", **precision)
     images = load_split("cifar10", "train").images[:max(count, 5000)]
