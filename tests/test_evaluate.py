@@ -15,6 +15,7 @@ from latentprobe.probe.features import (
     kmeans_features,
     pca_features,
     random_encoder_features,
+    representation_features,
     run_features,
 )
 from latentprobe.probe.heads import MLPHead, fit_head
@@ -340,3 +341,21 @@ def test_a_flip_invariant_run_is_probed_without_flipped_images(tmp_path):
     features = run_features(reference, torch.device("cpu"))
     mirrored = extract(model.encode, train_images.flip(-1), Normalizer("cifar10"))
     torch.testing.assert_close(features.features["train"][:], mirrored, rtol=1e-3, atol=1e-3)  # float16
+
+
+def test_the_low_rank_probe_reads_a_patch_latent_region_by_region(tmp_path):
+    """The patch latent's layout reaches the low-rank probe: pool_grid² values per code, for the
+    encoder and its twins; other representations have none (one value per code)."""
+    data = write_cifar10(tmp_path / "data", per_batch=40, test=60)
+    run = train(TrainConfig(model="patch_ae", latent_dim=2 * 9 * 3, data_dir=str(data), download=False, val_size=60,
+                            model_args={"encoding": "soft_threshold", "pool_grid": 3, "whitening_patches": 5000},
+                            epochs=1, batch_size=32, device="cpu", out=str(tmp_path / "patch")))
+    record = evaluate_run(run, fast_config(data_dir=str(data), probes=["low_rank"], baselines=["random", "pixels"],
+                                           probe_rank=2))
+    for name in ("encoder", "random", "pixels"):
+        probe = record["representations"][name]["probes"]["low_rank"]
+        assert probe["protocol"]["probe_rank"] == 2 and 0 <= probe["test"]["mean"] <= 1
+    reference = Run(run, str(data))
+    assert representation_features(reference, "encoder", torch.device("cpu")).regions == 9
+    assert representation_features(reference, "random", torch.device("cpu")).regions == 9
+    assert representation_features(reference, "pixels", torch.device("cpu")).regions == 1

@@ -3,6 +3,7 @@ scikit-learn, and the refit on training + validation that reads the test set onl
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from latentprobe.options import EvalConfig, ProbeConfig
 from latentprobe.probe import evaluate
@@ -138,3 +139,43 @@ def test_a_head_bank_folds_batchnorm_as_the_head_applies_it():
             torch.testing.assert_close(bank(batch)[0], head(batch), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(bank.norm.running_var, head.norm.running_var)
     torch.testing.assert_close(bank.norm.running_mean, head.norm.running_mean)
+
+
+def test_the_low_rank_head_is_a_bottleneck_at_every_region_then_a_linear_map():
+    """Its weight, by hand: code c at region g reaches class k through the bottleneck's rank
+    channels; the head is linear, its weight of rank ≤ rank across codes; the head bank runs it as
+    it runs itself."""
+    import copy
+
+    from latentprobe.probe.heads import HeadBank, build_head
+
+    torch.manual_seed(0)
+    codes, regions, classes, rank = 6, 4, 3, 2
+    head = build_head("low_rank", codes * regions, classes, rank=rank, regions=regions).eval()
+    layer = head.linear
+    readout = layer.readout.view(rank, regions, classes)
+    expected = torch.stack([torch.stack([layer.bottleneck[c] @ readout[:, g, k] for c in range(codes)
+                                         for g in range(regions)]) for k in range(classes)])
+    torch.testing.assert_close(layer.weight, expected)
+    across_codes = layer.weight.detach().view(classes, codes, regions).permute(1, 0, 2).reshape(codes, -1)
+    assert torch.linalg.matrix_rank(across_codes) == rank
+    x = torch.randn(8, codes * regions)
+    logits = F.linear(head.norm(x), layer.weight, layer.bias)
+    torch.testing.assert_close(head(x), logits.log_softmax(1))
+    torch.testing.assert_close(HeadBank([copy.deepcopy(head)]).eval()(x)[0], head(x), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="does not split into 5 regions"):
+        build_head("low_rank", codes * regions, classes, rank=rank, regions=5)
+
+
+def test_the_low_rank_probe_reads_a_pooled_latent_and_names_its_rank():
+    """A latent whose class lives in one channel at every region: the low-rank probe separates it,
+    reading codes × regions as laid out, and its rank is part of its protocol."""
+    data = _data(dim=16)
+    data.regions = 4  # 4 codes × 4 regions
+    cfg = EvalConfig(probes=["low_rank"], probe_rank=4, probe_lrs=[3e-3], probe_weight_decays=[0.0], probe_seeds=1,
+                     probe_epochs=20, probe_batch_size=32)
+    records, heads = evaluate_features(data, cfg, torch.device("cpu"))
+    assert records["low_rank"]["test"]["mean"] > 0.95
+    assert records["low_rank"]["protocol"]["probe_rank"] == 4
+    head = heads["low_rank"][0]
+    assert head.linear.bottleneck.shape == (4, 4) and head.linear.readout.shape == (4, 4 * 4)

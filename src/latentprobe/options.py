@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-HEADS = ("linear", "bn_linear", "logistic", "mlp")  # trained probes; kNN is the fifth probe
+HEADS = ("linear", "bn_linear", "logistic", "low_rank", "mlp")  # trained probes; kNN is the sixth
 PROBES = (*HEADS, "knn")
 REPRESENTATIONS = ("encoder", "random", "kmeans", "pca", "pixels")
 BASELINES = REPRESENTATIONS[1:]
@@ -25,7 +25,8 @@ POOLS = (None, "cls", "mean")
 DATASETS = ("cifar10", "cifar100")
 OWN_DATASETS = ("imagefolder", "npz")  # labelled images of your own (evaluate --encoder)
 SPLITS = ("train", "val", "test")
-# the options that decide a trained probe's numbers: its result's protocol (the MLP adds mlp_hidden)
+# the options that decide a trained probe's numbers: its result's protocol (the MLP adds mlp_hidden,
+# low_rank probe_rank)
 PROBE_OPTIONS = ("probe_lrs", "probe_weight_decays", "probe_epochs", "probe_patience", "probe_schedule",
                  "probe_batch_size", "probe_seeds", "flip_train", "refit")
 PRESETS = {
@@ -171,7 +172,8 @@ class TrainConfig:
 class EvalConfig(RunData):
     probes: list[str] = field(default_factory=lambda: ["linear", "bn_linear", "mlp", "knn"], metadata=help_text(
         "probes to train: linear (the study's Linear + log-softmax), bn_linear (BatchNorm + Linear: MAE's), "
-        "logistic (logistic regression on standardised features, solved by L-BFGS), mlp (one hidden layer), knn"))
+        "logistic (logistic regression on standardised features, solved by L-BFGS), low_rank (bn_linear through a "
+        "bottleneck of --probe-rank channels at every pooling region of a patch latent), mlp (one hidden layer), knn"))
     baselines: list[str] = field(default_factory=lambda: ["random", "pca", "pixels"], metadata=help_text(
         "representations probed beside the encoder: random (its untrained weights), pca (of the pixels, to "
         "the latent size), pixels, kmeans (the 2011 reference; patch_ae runs), or none"))
@@ -197,6 +199,8 @@ class EvalConfig(RunData):
         "after the choice on validation, train the chosen probe on training + validation images for the "
         "chosen epochs, then read the test set"))
     mlp_hidden: int = field(default=512, metadata=help_text("units in the MLP probe's hidden layer"))
+    probe_rank: int = field(default=128, metadata=help_text(
+        "channels of the low_rank probe's 1×1 bottleneck (its weight's rank across codes)"))
     knn_k: list[int] = field(default_factory=lambda: [20, 200], metadata=help_text("neighbours of the kNN probe"))
     knn_temperature: float = field(default=0.07, metadata=help_text(
         "kNN vote weight exp(cosine similarity / T): T > 0"))
@@ -248,9 +252,10 @@ class EvalConfig(RunData):
         check_range(self, "probe_weight_decays", 0)
         check_range(self, "knn_temperature", 0, open_low=True)
         at_least_one(self, "probe_seeds", "probe_epochs", "probe_patience", "probe_batch_size", "mlp_hidden",
-                     "knn_k", "threads")
+                     "probe_rank", "knn_k", "threads")
         distinct(self, "probes", "knn_k", "probe_lrs", "probe_weight_decays")
         check_range(self, "mlp_hidden", 1, 65536)
+        check_range(self, "probe_rank", 1, 65536)
         check_range(self, "threads", 1, 256)
         check_range(self, "seed", 0, MAX_SEED)
         if not self.probe_lrs or not self.probe_weight_decays:

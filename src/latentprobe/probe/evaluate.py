@@ -64,7 +64,8 @@ def probe_protocol(cfg: EvalConfig, probe: str) -> dict:
     if probe == "logistic":  # solved by L-BFGS (results without "solver" were trained by Adam): no lr, batch, seed
         solved = ("probe_weight_decays", "probe_epochs", "flip_train", "refit")
         return {**{name: protocol[name] for name in solved}, "solver": "lbfgs", "tolerance": LOGISTIC_TOLERANCE}
-    return {**protocol, "mlp_hidden": cfg.mlp_hidden} if probe == "mlp" else protocol
+    shape = {"mlp": {"mlp_hidden": cfg.mlp_hidden}, "low_rank": {"probe_rank": cfg.probe_rank}}
+    return {**protocol, **shape.get(probe, {})}
 
 
 def _summary(values: list[float]) -> dict:
@@ -72,14 +73,15 @@ def _summary(values: list[float]) -> dict:
 
 
 def _fit(kind: str, train, val, num_classes: int, cfg: EvalConfig, *, settings: list[tuple[float, float]],
-         seed: int, device, epochs: int | None = None, start=None) -> list:
+         seed: int, device, epochs: int | None = None, start=None, regions: int = 1) -> list:
     """``fit_heads`` under the protocol's options, printing each head's outcome as it ends (``val``
-    None: a refit for ``epochs``, the last kept)."""
+    None: a refit for ``epochs``, the last kept); ``regions``: the latent's values per code."""
     started = time.perf_counter()
     fits = fit_heads(kind, train, val, num_classes, settings=settings, epochs=epochs or cfg.probe_epochs,
                      batch_size=cfg.probe_batch_size, seed=seed,
                      patience=cfg.probe_patience if val is not None else None, hidden=cfg.mlp_hidden,
-                     schedule=cfg.probe_schedule, device=device, desc=f"{kind} seed {seed}", start=start)
+                     schedule=cfg.probe_schedule, device=device, desc=f"{kind} seed {seed}", start=start,
+                     rank=cfg.probe_rank, regions=regions)
     for fit, (lr, weight_decay) in zip(fits, settings):
         unit = "pass" if kind == "logistic" else "epoch"  # the logistic probe is solved, in passes over the features
         outcome = (f"validation {100 * fit.val_acc:.2f}% ({unit} {fit.best_epoch})" if val is not None
@@ -92,15 +94,17 @@ def _fit(kind: str, train, val, num_classes: int, cfg: EvalConfig, *, settings: 
     return fits
 
 
-def trained_probe(kind: str, train, val, test, num_classes: int, cfg: EvalConfig, device) -> tuple[dict, tuple]:
+def trained_probe(kind: str, train, val, test, num_classes: int, cfg: EvalConfig, device,
+                  regions: int = 1) -> tuple[dict, tuple]:
     """The grid on validation (seed 0, every setting in one pass over the features), then every
     seed at the chosen point (refit on training + validation with ``cfg.refit``) reads the test
-    set once. Returns the record and (seed-0 probe, chosen setting)."""
+    set once. Returns the record and (seed-0 probe, chosen setting). ``regions``: the latent's
+    values per code (the low_rank probe's layout)."""
     started = time.perf_counter()
     solved = kind == "logistic"  # solved, not trained: no learning rate, and its optimum takes no seed
     settings = [(None, weight_decay) for weight_decay in cfg.probe_weight_decays] if solved else \
         list(itertools.product(cfg.probe_lrs, cfg.probe_weight_decays))
-    fits = _fit(kind, train, val, num_classes, cfg, settings=settings, seed=0, device=device)
+    fits = _fit(kind, train, val, num_classes, cfg, settings=settings, seed=0, device=device, regions=regions)
     grid = [{"lr": lr, "weight_decay": weight_decay, "best_epoch": fit.best_epoch, "val_acc": fit.val_acc}
             for fit, (lr, weight_decay) in zip(fits, settings)]
     chosen_fit, chosen = max(zip(fits, grid), key=lambda item: item[1]["val_acc"])  # first of equals wins
@@ -110,10 +114,11 @@ def trained_probe(kind: str, train, val, test, num_classes: int, cfg: EvalConfig
     for seed in range(1 if solved else cfg.probe_seeds):
         if cfg.refit:  # the choice made, the validation images join the training ones
             fit = _fit(kind, both, None, num_classes, cfg, settings=point, seed=seed, device=device,
-                       epochs=None if solved else chosen["best_epoch"], start=chosen_fit.head if solved else None)[0]
+                       epochs=None if solved else chosen["best_epoch"], start=chosen_fit.head if solved else None,
+                       regions=regions)[0]
         else:
             fit = chosen_fit if seed == 0 else _fit(kind, train, val, num_classes, cfg, settings=point, seed=seed,
-                                                    device=device)[0]
+                                                    device=device, regions=regions)[0]
         predictions = predict(fit.head, test[0]).cpu()  # the one reading of the test set
         seeds.append({"seed": seed, "best_epoch": fit.best_epoch, "val_acc": fit.val_acc,
                       "test_acc": (predictions == test[1]).float().mean().item(), "convergence": fit.convergence,
@@ -161,7 +166,7 @@ def evaluate_features(data: FeatureSet, cfg: EvalConfig, device: torch.device,
     num_classes = len(data.class_names)
     records, heads = {}, {}
     for kind in (p for p in probes if not p.startswith("knn_")):
-        records[kind], heads[kind] = trained_probe(kind, train, val, test, num_classes, cfg, device)
+        records[kind], heads[kind] = trained_probe(kind, train, val, test, num_classes, cfg, device, data.regions)
     ks = [int(p.split("_")[1]) for p in probes if p.startswith("knn_")]
     if ks:
         records.update(knn_probes(train, val, test, num_classes, cfg, ks))

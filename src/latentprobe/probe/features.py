@@ -6,6 +6,7 @@ train/validation split and the test split; it caches the features in the run dir
 (weights, images, labels, pooling).
 """
 
+import dataclasses
 import itertools
 from dataclasses import dataclass
 
@@ -23,10 +24,13 @@ from latentprobe.training.engine import extract, extract_batches, prepare_model
 @dataclass
 class FeatureSet:
     """Features (N, D) per split, float32 tensors in memory or ``FeatureMatrix`` files read in row
-    batches (both give float32 rows for ``features[index]``), labels (N,) per split, class names."""
+    batches (both give float32 rows for ``features[index]``), labels (N,) per split, class names;
+    ``regions``: the values of each code, code-major, where a latent is pooled over regions (a patch
+    model's pool_grid²: the low_rank probe's layout), else 1."""
     features: dict[str, "torch.Tensor | FeatureMatrix"]
     labels: dict[str, torch.Tensor]
     class_names: list[str]
+    regions: int = 1
 
     @property
     def dim(self) -> int:
@@ -35,7 +39,7 @@ class FeatureSet:
     def to(self, device) -> "FeatureSet":
         """In-memory features moved to ``device``; files stay where they are (their batches move)."""
         return FeatureSet({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.features.items()},
-                          {k: v.to(device) for k, v in self.labels.items()}, self.class_names)
+                          {k: v.to(device) for k, v in self.labels.items()}, self.class_names, self.regions)
 
 
 def encode_splits(encode, splits: dict[str, Split], device, flip_train: bool = False) -> FeatureSet:
@@ -208,6 +212,15 @@ def representation_features(run: Run, name: str, device: torch.device, label_typ
     ``pixels`` may be passed in when the caller already has them (made with the same
     ``flip_train``); ``pool`` is the ViT token pooling of the two encoders (None: the run's own)."""
     run = Run.of(run)
+    if name in ("encoder", "random", "kmeans") and run.model_name == "patch_ae":  # pooled over pool_grid² regions
+        regions = run.model_config().get("pool_grid", 2) ** 2
+        return dataclasses.replace(_representation_features(run, name, device, label_type, pixels, pool, flip_train),
+                                   regions=regions)
+    return _representation_features(run, name, device, label_type, pixels, pool, flip_train)
+
+
+def _representation_features(run: Run, name: str, device: torch.device, label_type: str,
+                             pixels: FeatureSet | None, pool: str | None, flip_train: bool) -> FeatureSet:
     if name == "encoder":
         return run_features(run, device, label_type, pool, flip_train=flip_train)
     if name.startswith("layer_"):

@@ -5,7 +5,9 @@ linear-probe protocol of MAE: BatchNorm1d without affine parameters before the L
 features' scale does not decide the result; ``logistic`` is multinomial logistic regression on
 features standardised with the training set's statistics, its L2 penalty on the weights only (a
 convex problem, solved by full-batch L-BFGS until its gradient is near 0, as scikit-learn's lbfgs
-solver); ``mlp`` adds one hidden layer.
+solver); ``low_rank`` is ``bn_linear`` with its weight of low rank across a spatial latent's codes
+(a 1×1 bottleneck to ``rank`` channels at every pooling region, then a linear map of the regions:
+the readout of Thiry et al. 2021, linear end to end); ``mlp`` adds one hidden layer.
 
 ``fit_heads`` trains several heads of one kind, one per (lr, weight decay), in one pass over the
 features per epoch, never sees the test set and returns each head at the epoch of its best
@@ -56,14 +58,47 @@ class Standardize(nn.Module):
         return (features - self.mean) / self.std
 
 
+class LowRankLinear(nn.Module):
+    """A linear map whose input is ``codes × regions`` values, code-major (code c's values over the
+    regions are c·R … c·R+R-1, as a patch latent lays them out), and whose weight is a product:
+    ``weight[k, c·R + g] = Σ_j bottleneck[c, j] · readout[j, g, k]``. It is a 1×1 convolution of the
+    codes to ``rank`` channels at every region, then a linear map of all regions' channels: a
+    linear classifier of rank ≤ ``rank`` across codes, with (codes + regions · classes) · rank
+    parameters instead of codes · regions · classes. The product is formed once per step, so a
+    batch costs what a full linear layer's does."""
+
+    def __init__(self, in_features: int, out_features: int, *, rank: int, regions: int = 1):
+        super().__init__()
+        if regions < 1 or in_features % regions:
+            raise ValueError(f"a latent of {in_features} values does not split into {regions} regions per code")
+        codes = in_features // regions
+        self.in_features, self.out_features, self.regions = in_features, out_features, regions
+        # each factor's scale chosen so the product starts at a Linear's: entries of std 1/sqrt(in_features)
+        self.bottleneck = nn.Parameter(torch.randn(codes, rank) / codes**0.5)
+        self.readout = nn.Parameter(torch.randn(rank, regions * out_features) / (rank * regions) ** 0.5)
+        self.bias = nn.Parameter(torch.zeros(out_features))
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The product as a Linear's weight, (out_features, in_features)."""
+        product = (self.bottleneck @ self.readout).view(-1, self.regions, self.out_features)  # (codes, R, classes)
+        return product.permute(2, 0, 1).reshape(self.out_features, self.in_features)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return F.linear(features, self.weight, self.bias)
+
+
 class LinearHead(nn.Module):
-    def __init__(self, in_dim: int, num_classes: int, *, norm: str | None = None):
+    def __init__(self, in_dim: int, num_classes: int, *, norm: str | None = None, rank: int | None = None,
+                 regions: int = 1):
         """``norm``: None, ``batch`` (BatchNorm1d without affine: MAE's protocol) or ``standardize``
-        (fixed statistics of the training features: the converged logistic probe)."""
+        (fixed statistics of the training features: the converged logistic probe). ``rank``: the
+        Linear is a ``LowRankLinear`` over ``regions`` regions per code."""
         super().__init__()
         self.norm = {None: nn.Identity, "batch": lambda d: nn.BatchNorm1d(d, affine=False),
                      "standardize": Standardize}[norm](in_dim)
-        self.linear = nn.Linear(in_dim, num_classes)
+        self.linear = nn.Linear(in_dim, num_classes) if rank is None else \
+            LowRankLinear(in_dim, num_classes, rank=rank, regions=regions)
 
     def layers(self) -> tuple[nn.Linear, nn.Module]:
         """(first Linear, what follows it): how ``HeadBank`` runs several heads as one."""
@@ -89,14 +124,18 @@ class MLPHead(nn.Module):
         return F.log_softmax(self.linear(self.hidden(self.norm(features))), dim=1)  # (B, C)
 
 
-_NORMS = {"linear": None, "bn_linear": "batch", "logistic": "standardize"}
+_NORMS = {"linear": None, "bn_linear": "batch", "logistic": "standardize", "low_rank": "batch"}
 
 
-def build_head(kind: str, in_dim: int, num_classes: int, *, hidden: int = 512) -> nn.Module:
+def build_head(kind: str, in_dim: int, num_classes: int, *, hidden: int = 512, rank: int = 128,
+               regions: int = 1) -> nn.Module:
     """``linear`` (the study's), ``bn_linear`` (MAE's linear-probe protocol), ``logistic``
-    (multinomial logistic regression on standardised features: the converged probe) or ``mlp``."""
+    (multinomial logistic regression on standardised features: the converged probe), ``low_rank``
+    (``bn_linear`` of rank ≤ ``rank`` across codes, ``regions`` values per code) or ``mlp``."""
     if kind == "mlp":
         return MLPHead(in_dim, num_classes, hidden=hidden)
+    if kind == "low_rank":
+        return LinearHead(in_dim, num_classes, norm="batch", rank=rank, regions=regions)
     if kind in _NORMS:
         return LinearHead(in_dim, num_classes, norm=_NORMS[kind])
     raise ValueError(f"unknown probe head {kind!r}; use one of {', '.join(HEADS)}")
@@ -292,7 +331,7 @@ def _carry_over(source: nn.Module, head: nn.Module) -> None:
 def fit_heads(kind: str, train, val, num_classes: int, *, settings: list[tuple[float, float]], epochs: int,
               batch_size: int = 256, seed: int = 0, patience: int | None = 5, hidden: int = 512,
               schedule: str = "constant", device=None, desc: str | None = None,
-              start: nn.Module | None = None) -> list[FitResult]:
+              start: nn.Module | None = None, rank: int = 128, regions: int = 1) -> list[FitResult]:
     """The one probe trainer. One head of ``kind`` per (lr, weight decay) in ``settings``, all
     trained on ``train`` = (features (N, D), labels (N,)) in one pass per epoch: the same batches
     for every head, each with its own optimiser state. The features may be a tensor or a
@@ -314,7 +353,7 @@ def fit_heads(kind: str, train, val, num_classes: int, *, settings: list[tuple[f
     heads = []
     for _ in settings:
         torch.manual_seed(seed)
-        heads.append(build_head(kind, x_train.shape[1], num_classes, hidden=hidden))
+        heads.append(build_head(kind, x_train.shape[1], num_classes, hidden=hidden, rank=rank, regions=regions))
     bank = HeadBank(heads).to(device)
     groups = [_param_groups(kind, head, lr, weight_decay) for head, (lr, weight_decay) in zip(heads, settings)]
     optimizer = torch.optim.Adam([group for head_groups in groups for group in head_groups])

@@ -12,7 +12,8 @@ from latentprobe.plots import errorbar_chart
 from latentprobe.report.document import Bullets, Figure, Heading, Paragraph
 from latentprobe.report.results import Row
 
-PROBE_TITLES = {"linear": "linear", "bn_linear": "BN + linear", "logistic": "logistic", "mlp": "MLP"}
+PROBE_TITLES = {"linear": "linear", "bn_linear": "BN + linear", "logistic": "logistic",
+                "low_rank": "BN + low-rank linear", "mlp": "MLP"}
 LINEAR_PROBES = ("logistic", "bn_linear", "linear")  # a latent's linear readout, most converged first
 
 
