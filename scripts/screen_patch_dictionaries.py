@@ -11,6 +11,13 @@ its own loss when asked, and read by its own dense encoding and quadrant pooling
 Variants (name[:epochs]): ``kmeans_triangle`` (the 2011 reference), ``kmeans_soft`` (k-means
 centroids, soft threshold, both polarities), ``random_soft`` (random whitened patches), ``wta_soft``
 (the winner-take-all autoencoder). One JSON line per variant is printed.
+
+Two variants are the pipeline as it was before issue #20's fixes, for its ablation table:
+``wta_soft_standardised`` normalises each patch's contrast on the data layer's standardised values
+(per-channel mean 0, std 1, the contrast_eps of then: 0.0025) instead of on pixel values;
+``kmeans_triangle_before`` starts the centroids on whitened data patches and runs 10 Lloyd
+iterations instead of the released code's ``randn · 0.1`` and 50 (its empty centroids are zeroed,
+as now: the restart of then is not reproduced).
 """
 
 import argparse
@@ -21,6 +28,7 @@ import torch
 
 from latentprobe.data.cifar import Normalizer, load_split, train_val_split
 from latentprobe.models import create_model
+from latentprobe.models.patch_ae import lloyd_step
 from latentprobe.probe.heads import fit_heads
 from latentprobe.training.engine import extract, keep_freed_memory, prepare_model
 
@@ -31,7 +39,11 @@ VARIANTS = {
     "kmeans_soft": dict(encoding="soft_threshold", kmeans_iterations=50),
     "random_soft": dict(activation="winner_take_all", encoding="soft_threshold"),
     "wta_soft": dict(activation="winner_take_all", encoding="soft_threshold"),
+    "wta_soft_standardised": dict(activation="winner_take_all", encoding="soft_threshold", contrast_eps=0.0025),
+    "kmeans_triangle_before": dict(activation="winner_take_all", encoding="triangle"),
 }
+STANDARDISED = {"wta_soft_standardised"}  # contrast normalised on the standardised values, as before #20
+BEFORE_ITERATIONS = {"kmeans_triangle_before": 10}  # Lloyd iterations from data patches, as before #20
 
 
 def main() -> None:
@@ -58,7 +70,20 @@ def main() -> None:
         model = create_model("patch_ae", latent_dim=per_filter * args.filters,
                              whitening_patches=args.whitening_patches, **options)
         started = time.perf_counter()
-        prepare_model(model, train.images, normalizer, seed=0)
+        if name in STANDARDISED:  # no pixel statistics: the standardised values are what it normalises
+            model.prepare(normalizer(train.images), generator=torch.Generator().manual_seed(0))
+        else:
+            prepare_model(model, train.images, normalizer, seed=0)
+        if name in BEFORE_ITERATIONS:  # filters on data patches (the winner-take-all start), then Lloyd
+            generator = torch.Generator().manual_seed(0)
+            per_image = -(-args.whitening_patches // len(train))
+            with torch.no_grad():
+                sample = model._whiten(torch.cat([model._sample(normalizer(train.images[i:i + 100]), per_image, generator)
+                                                  for i in range(0, len(train), 100)])[:args.whitening_patches])
+                centroids = model.weight.detach().clone()
+                for _ in range(BEFORE_ITERATIONS[name]):
+                    centroids = lloyd_step(sample, centroids)
+                model.weight.copy_(centroids)
         optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
         for _ in range(int(epochs or 0)):  # the autoencoder's own loss on random patches, batch 32
             model.train()
