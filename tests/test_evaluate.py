@@ -18,7 +18,7 @@ from latentprobe.probe.features import (
     representation_features,
     run_features,
 )
-from latentprobe.probe.heads import MLPHead, fit_head
+from latentprobe.probe.heads import MLPHead, accuracy, build_head, fit_head
 from latentprobe.runs import Run, run_splits
 from latentprobe.training.engine import extract, prepare_model
 from latentprobe.training.pretrain import TrainConfig, build_model, train
@@ -359,3 +359,10 @@ def test_the_low_rank_probe_reads_a_patch_latent_region_by_region(tmp_path):
     assert representation_features(reference, "encoder", torch.device("cpu")).regions == 9
     assert representation_features(reference, "random", torch.device("cpu")).regions == 9
     assert representation_features(reference, "pixels", torch.device("cpu")).regions == 1
+    # its classifier.pt is the BN + linear head it is, the product its weight: the same test reading
+    saved = load_checkpoint(run / "classifier.pt")
+    head = build_head(saved["head"], saved["in_dim"], saved["num_classes"])
+    head.load_state_dict(saved["state_dict"])
+    test = representation_features(reference, "encoder", torch.device("cpu"))
+    assert saved["head"] == "bn_linear" and accuracy(head, test.features["test"], test.labels["test"]) == \
+        pytest.approx(record["representations"]["encoder"]["probes"]["low_rank"]["seeds"][0]["test_acc"])
