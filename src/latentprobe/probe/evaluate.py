@@ -3,8 +3,9 @@
 Representations: the run's trained encoder and the baselines (the same encoder with its
 untrained initial weights, the 2011 k-means reference for patch models, PCA of the pixels to the
 latent size, raw pixels). Probes: the study's linear head, the linear head after BatchNorm (MAE's
-protocol), logistic regression on standardised features (trained to convergence), an MLP with one
-hidden layer, and weighted cosine kNN.
+protocol), logistic regression on standardised features (trained to convergence), the BatchNorm
+linear head of low rank across a pooled latent's codes, an MLP with one hidden layer, and weighted
+cosine kNN.
 
 Protocol, for each trained probe: every (lr, weight decay) of the grid is trained with seed 0
 for at most ``probe_epochs`` epochs, all in one pass over the features per epoch, each keeping
