@@ -75,11 +75,9 @@ def main() -> None:
         else:
             prepare_model(model, train.images, normalizer, seed=0)
         if name in BEFORE_ITERATIONS:  # filters on data patches (the winner-take-all start), then Lloyd
-            generator = torch.Generator().manual_seed(0)
-            per_image = -(-args.whitening_patches // len(train))
             with torch.no_grad():
-                sample = model._whiten(torch.cat([model._sample(normalizer(train.images[i:i + 100]), per_image, generator)
-                                                  for i in range(0, len(train), 100)])[:args.whitening_patches])
+                sample = model.whitening_sample(normalizer(train.images), torch.Generator().manual_seed(0))
+                sample = model._whiten(sample.float())
                 centroids = model.weight.detach().clone()
                 for _ in range(BEFORE_ITERATIONS[name]):
                     centroids = lloyd_step(sample, centroids)

@@ -200,9 +200,7 @@ class PatchAutoencoder(nn.Module):
             self.pixel_mean.copy_(normalizer.mean.flatten().to(self.pixel_mean))
             self.pixel_std.copy_(normalizer.std.flatten().to(self.pixel_std))
         patch_dim = self.zca_matrix.shape[0]
-        per_image = max(1, -(-self.whitening_patches // len(images)))
-        samples = torch.cat([self._sample(images[i:i + 100], per_image, generator).double()
-                             for i in range(0, len(images), 100)])[:self.whitening_patches]
+        samples = self.whitening_sample(images, generator)
         if len(samples) < 2 * patch_dim:
             raise ValueError(f"whitening {patch_dim}-value patches needs at least {2 * patch_dim} patches, "
                              f"got {len(samples)}; use more training images or a larger whitening_patches")
@@ -227,6 +225,13 @@ class PatchAutoencoder(nn.Module):
         elif self.activation == "winner_take_all":  # filters start on patches: none dead
             picked = torch.randint(0, len(samples), (self.num_filters,), generator=generator).to(samples.device)
             self.weight.copy_(self._whiten(samples[picked].float()).to(self.weight.device))
+
+    def whitening_sample(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The ``whitening_patches`` random patches of ``images`` that ``prepare`` fits the whitening
+        (and k-means) on, contrast-normalised, (N, D) float64; the same for the same generator state."""
+        per_image = max(1, -(-self.whitening_patches // len(images)))
+        return torch.cat([self._sample(images[i:i + 100], per_image, generator).double()
+                          for i in range(0, len(images), 100)])[:self.whitening_patches]
 
     def _sample(self, images: torch.Tensor, count: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``count`` random patches of each image, contrast-normalised, (B·count, D)."""
