@@ -163,6 +163,9 @@ def test_the_low_rank_head_is_a_bottleneck_at_every_region_then_a_linear_map():
     logits = F.linear(head.norm(x), layer.weight, layer.bias)
     torch.testing.assert_close(head(x), logits.log_softmax(1))
     torch.testing.assert_close(HeadBank([copy.deepcopy(head)]).eval()(x)[0], head(x), atol=1e-5, rtol=1e-5)
+    full = build_head("bn_linear", codes * regions, classes).eval()
+    full.load_state_dict(head.folded_state())  # the BN + linear head it is
+    torch.testing.assert_close(full(x), head(x))
     with pytest.raises(ValueError, match="does not split into 5 regions"):
         build_head("low_rank", codes * regions, classes, rank=rank, regions=5)
 

@@ -215,14 +215,10 @@ def _save_classifier(run: Run, heads: dict, records: dict, class_names: list[str
         return None
     kind = max(linear, key=lambda k: records[k]["chosen"]["val_acc"])
     head, chosen = heads[kind]
-    state, saved_as = head.state_dict(), kind
-    if kind == "low_rank":  # kept as the BN + linear head it is: its weight the bottleneck and readout's product
-        state = {**{k: v for k, v in state.items() if k.startswith("norm.")},
-                 "linear.weight": head.linear.weight.detach(), "linear.bias": head.linear.bias.detach()}
-        saved_as = "bn_linear"
+    saved_as = "bn_linear" if kind == "low_rank" else kind  # its weight the bottleneck and readout's product
     save_checkpoint(run.classifier_file(cfg.label_type), kind=CLASSIFIER, head=saved_as,
                     in_dim=head.linear.in_features, num_classes=len(class_names), hidden=cfg.mlp_hidden,
-                    state_dict=state, class_names=class_names, label_type=cfg.label_type, pool=pool,
+                    state_dict=head.folded_state(), class_names=class_names, label_type=cfg.label_type, pool=pool,
                     lr=chosen["lr"], weight_decay=chosen["weight_decay"], weights=weights,
                     val_acc=chosen["val_acc"], test_acc=records[kind]["seeds"][0]["test_acc"])
     return kind

@@ -104,6 +104,16 @@ class LinearHead(nn.Module):
         """(first Linear, what follows it): how ``HeadBank`` runs several heads as one."""
         return self.linear, nn.Identity()
 
+    def folded_state(self) -> dict[str, torch.Tensor]:
+        """The state of the head with a full ``nn.Linear`` that computes what this one does: a
+        low-rank map's product folded into one weight, so a low-rank probe loads as the BN + linear
+        head it is."""
+        state = self.state_dict()
+        if isinstance(self.linear, LowRankLinear):
+            state = {**{k: v for k, v in state.items() if not k.startswith("linear.")},
+                     "linear.weight": self.linear.weight.detach(), "linear.bias": self.linear.bias.detach()}
+        return state
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return F.log_softmax(self.linear(self.norm(features)), dim=1)  # (B, C) log-probabilities
 
