@@ -1,4 +1,5 @@
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -366,3 +367,17 @@ def test_the_low_rank_probe_reads_a_patch_latent_region_by_region(tmp_path):
     test = representation_features(reference, "encoder", torch.device("cpu"))
     assert saved["head"] == "bn_linear" and accuracy(head, test.features["test"], test.labels["test"]) == \
         pytest.approx(record["representations"]["encoder"]["probes"]["low_rank"]["seeds"][0]["test_acc"])
+
+
+def test_each_representation_names_the_command_that_read_it(tmp_path, monkeypatch):
+    """A representation added by a later evaluation keeps its own command: the record's is the last's."""
+    data = write_cifar10(tmp_path / "data", per_batch=40, test=60)
+    run = train_tiny_run(data, tmp_path / "run", latent_dim=8)
+    cfg = fast_config(data_dir=str(data), probes=["linear"], baselines=[], probe_seeds=1)
+    monkeypatch.setattr(sys, "argv", ["latentprobe", "evaluate", "first"])
+    evaluate_run(run, cfg)
+    monkeypatch.setattr(sys, "argv", ["latentprobe", "evaluate", "second"])
+    record = evaluate_run(run, fast_config(data_dir=str(data), probes=["linear"], baselines=["pixels"], probe_seeds=1))
+    commands = {name: rep["command"] for name, rep in record["representations"].items()}
+    assert commands == {"encoder": "latentprobe evaluate first", "pixels": "latentprobe evaluate second"}
+    assert record["command"] == "latentprobe evaluate second" and "git_sha" in record["representations"]["pixels"]

@@ -285,8 +285,9 @@ def _evaluate_run(run: Run, cfg: EvalConfig) -> dict:
                                        flip_train=cfg.flip_train)
         records, heads = evaluate_features(data, cfg, device, missing)
         record["class_names"] = data.class_names
-        done = {**done, "latent_dim": data.dim, "probes": {**done["probes"], **records},
-                "date": datetime.datetime.now().isoformat(timespec="seconds")}
+        done = {**done, "latent_dim": data.dim, "probes": {**done["probes"], **records},  # who read it last
+                "date": datetime.datetime.now().isoformat(timespec="seconds"), "command": record["command"],
+                "git_sha": record["git_sha"]}
         if name == "encoder":
             done["classifier"] = _save_classifier(run, heads, records, data.class_names, cfg, info["pool"],
                                                   info["weights"]) or done.get("classifier")
