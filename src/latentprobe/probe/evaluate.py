@@ -215,7 +215,7 @@ def _save_classifier(run: Run, heads: dict, records: dict, class_names: list[str
         return None
     kind = max(linear, key=lambda k: records[k]["chosen"]["val_acc"])
     head, chosen = heads[kind]
-    saved_as = "bn_linear" if kind == "low_rank" else kind  # its weight the bottleneck and readout's product
+    saved_as = "bn_linear" if kind == "low_rank" else kind  # the BN + linear head it folds into
     save_checkpoint(run.classifier_file(cfg.label_type), kind=CLASSIFIER, head=saved_as,
                     in_dim=head.linear.in_features, num_classes=len(class_names), hidden=cfg.mlp_hidden,
                     state_dict=head.folded_state(), class_names=class_names, label_type=cfg.label_type, pool=pool,
