@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from latentprobe.data.cifar import Normalizer, load_split, train_val_split
 from latentprobe.models import create_model
 from latentprobe.probe.heads import fit_heads
-from latentprobe.training.engine import Objective, extract, keep_freed_memory, prepare_model, train_one_epoch
+from latentprobe.training.engine import Objective, extract, prepare_model, train_one_epoch
 
 SETTINGS = [(1e-3, 1e-4), (1e-3, 1e-3)]  # the logistic probe's penalties tried on validation
 SAMPLES = 200_000  # layer-2 inputs its whitening and atoms are fitted on
@@ -42,8 +42,10 @@ SAMPLES = 200_000  # layer-2 inputs its whitening and atoms are fitted on
 @torch.no_grad()
 def layer1_map(model, images: torch.Tensor, normalizer: Normalizer, chunk: int = 100) -> torch.Tensor:
     """(N, 2·K1, 9, 9) float16: layer 1's codes summed over 3×3 blocks of positions."""
-    maps = [F.avg_pool2d(model.feature_map(normalizer(part)), 3) * 9 for part in images.split(chunk)]
-    return torch.cat([m.half() for m in maps])
+    maps = torch.empty(len(images), 2 * model.num_filters, 9, 9, dtype=torch.float16)
+    for start in range(0, len(images), chunk):
+        maps[start:start + chunk] = F.avg_pool2d(model.feature_map(normalizer(images[start:start + chunk])), 3) * 9
+    return maps
 
 
 def neighbourhoods(maps: torch.Tensor) -> torch.Tensor:
@@ -112,7 +114,6 @@ def main() -> None:
     parser.add_argument("--whitening-patches", type=int, default=400_000)
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args()
-    keep_freed_memory()
     everything = load_split("cifar10", "train", args.data_dir, download=False)
     train, val = train_val_split(everything, min(5000, len(everything) // 4), seed=0)  # the runs' split of seed 0
     train = train.subset(torch.arange(min(args.images, len(train))))
