@@ -16,7 +16,7 @@ layer trained on the first's codes does, in the manner of Coates & Ng (NIPS 2011
    samples; for the twin those samples themselves; the soft threshold at the same multiple of the
    responses' spread as layer 1's 0.25, both polarities, summed over the quadrants (8·K2 values);
 3. the logistic probe (standardised latents, solved by L-BFGS, L2 chosen on validation) on layer 2
-   alone and on layers 1 and 2 together.
+   alone, on layer 1 alone (its own quadrant sums) and on the two together.
 
     python scripts/screen_two_layers.py 45000 200 1600
 
