@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from latentprobe.data.cifar import Normalizer, load_split, train_val_split
 from latentprobe.models import create_model
+from latentprobe.models.patch_ae import pooled_codes
 from latentprobe.probe.heads import fit_heads
 from latentprobe.training.engine import Objective, extract, prepare_model, train_one_epoch
 
@@ -53,6 +54,14 @@ def neighbourhoods(maps: torch.Tensor) -> torch.Tensor:
     return F.unfold(maps.float(), 2).transpose(1, 2)
 
 
+def neighbourhood_at(maps: torch.Tensor, images: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """The 2×2 neighbourhood at one position (0 … 63) of each image's map, as ``neighbourhoods``
+    orders it (channel, then row, then column): (n, 4·C), without unfolding the other 63."""
+    rows, columns = positions // 8, positions % 8
+    corners = [maps[images, :, rows + dy, columns + dx] for dy in (0, 1) for dx in (0, 1)]  # (n, C) each
+    return torch.stack(corners, -1).flatten(1).float()
+
+
 def contrast(vectors: torch.Tensor, eps: float) -> torch.Tensor:
     centred = vectors - vectors.mean(-1, keepdim=True)
     return centred / (centred.var(-1, keepdim=True) + eps).sqrt()
@@ -65,8 +74,8 @@ class Layer2:
         generator = torch.Generator().manual_seed(seed)
         images = torch.randint(len(maps), (SAMPLES,), generator=generator)
         positions = torch.randint(64, (SAMPLES,), generator=generator)
-        samples = torch.cat([neighbourhoods(maps[images[i:i + 1000]])[torch.arange(1000), positions[i:i + 1000]]
-                             for i in range(0, SAMPLES, 1000)])  # 1,000 at a time: 0.4 GB of neighbourhoods
+        samples = torch.cat([neighbourhood_at(maps, images[i:i + 10_000], positions[i:i + 10_000])
+                             for i in range(0, SAMPLES, 10_000)])
         self.eps = 0.01 * float(samples.var(-1).mean())
         samples = contrast(samples, self.eps)
         self.mean = samples.mean(0)
@@ -91,8 +100,7 @@ class Layer2:
         out, read = [], self.zca @ self.atoms.T  # whitening and atoms in one product
         for part in maps.split(chunk):
             responses = ((contrast(neighbourhoods(part), self.eps) - self.mean) @ read).view(len(part), 8, 8, -1)
-            codes = torch.cat([F.relu(responses - self.threshold), F.relu(-responses - self.threshold)], -1)
-            out.append(codes.view(len(part), 2, 4, 2, 4, -1).sum((2, 4)).permute(0, 3, 1, 2).flatten(1))
+            out.append(pooled_codes(responses, "soft_threshold", None, self.threshold))
         return torch.cat(out)
 
 
@@ -129,7 +137,7 @@ def main() -> None:
             for epoch in range(2):
                 train_one_epoch(Objective(model), optimizer, train.images, normalizer, batch_size=32,
                                 generator=torch.Generator().manual_seed(epoch), lr_fn=lambda step: 3e-3,
-                                first_step=epoch * -(-len(train) // 32))
+                                first_step=0)  # a constant lr: the step count reads nothing
         model.eval()
         with torch.no_grad():  # layer 1's threshold against the spread of its responses
             patches = model._whiten(model.whitening_sample(normalizer(train.images[:2000]),
