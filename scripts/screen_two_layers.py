@@ -16,9 +16,10 @@ layer trained on the first's codes does, in the manner of Coates & Ng (NIPS 2011
    samples; for the twin those samples themselves; the soft threshold at the same multiple of the
    responses' spread as layer 1's 0.25, both polarities, summed over the quadrants (8·K2 values);
 3. the logistic probe (standardised latents, solved by L-BFGS, L2 chosen on validation) on layer 2
-   alone, on layer 1 alone (its own quadrant sums) and on the two together.
+   alone, on layer 1 alone (its own quadrant sums) and on the two together (``--readings``).
 
     python scripts/screen_two_layers.py 45000 200 1600
+    python scripts/screen_two_layers.py 45000 400 1600 --readings 2   # layer 2 alone
 
 One JSON line per reading is printed.
 """
@@ -119,9 +120,14 @@ def main() -> None:
     parser.add_argument("atoms", type=int, help="layer 2's dictionary size K2")
     parser.add_argument("--iterations", type=int, default=10, help="layer 2's fixed-point iterations")
     parser.add_argument("--variants", default="trained,random")
+    parser.add_argument("--readings", default="2,1,1+2",
+                        help="what the probe reads: layer 2 alone, layer 1 alone, the two together")
     parser.add_argument("--whitening-patches", type=int, default=400_000)
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args()
+    readings = args.readings.split(",")
+    if not set(readings) <= {"2", "1", "1+2"}:
+        parser.error(f"--readings takes 2, 1 and 1+2, got {args.readings}")
     everything = load_split("cifar10", "train", args.data_dir, download=False)
     train, val = train_val_split(everything, min(5000, len(everything) // 4), seed=0)  # the runs' split of seed 0
     train = train.subset(torch.arange(min(args.images, len(train))))
@@ -148,12 +154,18 @@ def main() -> None:
                           "threshold_ratio": ratio}), flush=True)
         second = Layer2(train_maps, args.atoms, args.iterations if variant == "trained" else 0, ratio)
         train_2, val_2 = second.encode(train_maps), second.encode(val_maps)
-        probe(f"{variant}: layer 2", train_2, train.labels, val_2, val.labels, started)
-        layer1 = [extract(model.encode, split.images, normalizer) for split in (train, val)]  # its own quadrants
-        probe(f"{variant}: layer 1", layer1[0], train.labels, layer1[1], val.labels, started)
-        probe(f"{variant}: layers 1 and 2", torch.cat([layer1[0], train_2], 1), train.labels,
-              torch.cat([layer1[1], val_2], 1), val.labels, started)
-        del train_maps, val_maps, second, train_2, val_2, layer1  # the next variant's memory
+        del train_maps, val_maps, second  # the probes' memory
+        if "2" in readings:
+            probe(f"{variant}: layer 2", train_2, train.labels, val_2, val.labels, started)
+        if "1" in readings or "1+2" in readings:
+            layer1 = [extract(model.encode, split.images, normalizer) for split in (train, val)]  # its own quadrants
+            if "1" in readings:
+                probe(f"{variant}: layer 1", layer1[0], train.labels, layer1[1], val.labels, started)
+            if "1+2" in readings:
+                probe(f"{variant}: layers 1 and 2", torch.cat([layer1[0], train_2], 1), train.labels,
+                      torch.cat([layer1[1], val_2], 1), val.labels, started)
+            del layer1
+        del train_2, val_2  # the next variant's memory
 
 
 if __name__ == "__main__":
