@@ -46,7 +46,7 @@ def test_runs_differing_only_in_seed_share_a_row(cifar10_runs):
 
 def test_fmt_shows_mean_std_and_count():
     assert fmt([0.5, 0.7]) == "60.00 ± 14.14 (2)"
-    assert fmt([0.25]) == "25.00 ± 0.00 (1)"
+    assert fmt([0.25]) == "25.00 (1)"  # one value has no spread to show
     assert fmt([]) == "not run"
 
 
@@ -74,7 +74,7 @@ def test_html_report_is_self_contained_and_has_every_figure_and_table(cifar10_ru
     for text in ("BN + linear %", "kNN k=3 %", "MLP %", "fine-tuned %", "raw pixels 3072-d", "→", "mean ± std (n)"):
         assert text in markdown and text.replace("→", "&#8594;") in html or text in html, text
     accuracy_line = next(line for line in markdown.splitlines() if line.startswith("| conv_ae 16-d (c1=4"))
-    assert accuracy_line.endswith("| 50.00 ± 0.00 (1) |")  # finetune.json of the first run
+    assert accuracy_line.endswith("| 50.00 (1) |")  # finetune.json of the first run
     assert accuracy_line.count("(4)") == 3 and accuracy_line.count("(2)") == 2  # probe seeds × runs; kNN: runs
     model_line = [line for line in markdown.splitlines() if line.startswith("| conv_ae 16-d (c1=4")][1]
     assert model_line.count("(2)") == 4  # MSE, PSNR, steps and wall time over the two pretraining runs

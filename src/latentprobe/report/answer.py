@@ -28,18 +28,21 @@ def probe_columns(rows: list[Row]) -> list[str]:
 
 
 def fmt(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
-    """``mean ± std (n)``; sample std, 0 for one value; "not run" when there is nothing."""
+    """``mean ± std (n)`` with the sample std, ``value (1)`` for one value (it has no spread to
+    show); "not run" when there is nothing."""
     values = [v for v in values if v is not None]
     if not values:
         return "not run"
     mean, std, n = mean_std(values)
-    return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f} ({n})"
+    spread = f" ± {scale * std:.{digits}f}" if n > 1 else ""
+    return f"{scale * mean:.{digits}f}{spread} ({n})"
 
 
 def percent(values: list[float]) -> str:
-    """``mean ± std % (n = N)``, for sentences."""
+    """``mean ± std % (n = N)``, for sentences; no ± for one value."""
     mean_, std, n = mean_std(values)
-    return f"{100 * mean_:.2f} ± {100 * std:.2f} % (n = {n})"
+    spread = f" ± {100 * std:.2f}" if n > 1 else ""
+    return f"{100 * mean_:.2f}{spread} % (n = {n})"
 
 
 def mean(row: Row, probe: str) -> float | None:
