@@ -16,10 +16,13 @@ layer trained on the first's codes does, in the manner of Coates & Ng (NIPS 2011
    samples; for the twin those samples themselves; the soft threshold at the same multiple of the
    responses' spread as layer 1's 0.25, both polarities, summed over the quadrants (8·K2 values);
 3. the logistic probe (standardised latents, solved by L-BFGS, L2 chosen on validation) on layer 2
-   alone, on layer 1 alone (its own quadrant sums) and on the two together (``--readings``).
+   alone, on layer 1 alone (its own quadrant sums) and on the two together (``--readings``); with
+   ``--test``, the package's protocol goes on (``latentprobe evaluate --refit``): the chosen probe
+   refitted on training + validation reads the test set once. Without it the test set is not read.
 
     python scripts/screen_two_layers.py 45000 200 1600
     python scripts/screen_two_layers.py 45000 400 1600 --readings 2   # layer 2 alone
+    python scripts/screen_two_layers.py 45000 200 1600 --readings 2 --test
 
 One JSON line per reading is printed.
 """
@@ -34,10 +37,14 @@ import torch.nn.functional as F
 from latentprobe.data.cifar import Normalizer, load_split, train_val_split
 from latentprobe.models import create_model
 from latentprobe.models.patch_ae import pooled_codes
+from latentprobe.options import EvalConfig
+from latentprobe.probe.evaluate import trained_probe
 from latentprobe.probe.heads import fit_heads
 from latentprobe.training.engine import Objective, extract, prepare_model, train_one_epoch
 
 SETTINGS = [(1e-3, 1e-4), (1e-3, 1e-3)]  # the logistic probe's penalties tried on validation
+PROTOCOL = EvalConfig(probes=["logistic"], probe_weight_decays=[l2 for _, l2 in SETTINGS], probe_epochs=100,
+                      refit=True)  # the same choice, then the refit and the one test reading (--test)
 SAMPLES = 200_000  # layer-2 inputs its whitening and atoms are fitted on
 
 
@@ -105,12 +112,19 @@ class Layer2:
         return torch.cat(out)
 
 
-def probe(name: str, train_x, train_y, val_x, val_y, started: float) -> None:
-    fits = fit_heads("logistic", (train_x, train_y), (val_x, val_y), 10, settings=SETTINGS, epochs=100,
-                     patience=None)
-    best, (_, l2) = max(zip(fits, SETTINGS), key=lambda item: item[0].val_acc)
-    print(json.dumps({"reading": name, "latent_dim": train_x.shape[1], "val_acc": best.val_acc, "weight_decay": l2,
-                      "passes": best.best_epoch, "seconds": round(time.perf_counter() - started)}), flush=True)
+def probe(name: str, train, val, test, started: float) -> None:
+    """Each split a (features, labels) pair; ``test`` None: validation only."""
+    if test is None:
+        fits = fit_heads("logistic", train, val, 10, settings=SETTINGS, epochs=100, patience=None)
+        best, (_, l2) = max(zip(fits, SETTINGS), key=lambda item: item[0].val_acc)
+        reading = {"val_acc": best.val_acc, "weight_decay": l2, "passes": best.best_epoch}
+    else:
+        record, _ = trained_probe("logistic", train, val, test, 10, PROTOCOL, torch.device("cpu"))
+        reading = {"val_acc": record["chosen"]["val_acc"], "weight_decay": record["chosen"]["weight_decay"],
+                   "passes": record["chosen"]["best_epoch"], "test_acc": record["test"]["mean"],
+                   "refit_passes": record["seeds"][0]["best_epoch"]}
+    print(json.dumps({"reading": name, "latent_dim": train[0].shape[1], **reading,
+                      "seconds": round(time.perf_counter() - started)}), flush=True)
 
 
 def main() -> None:
@@ -123,6 +137,8 @@ def main() -> None:
     parser.add_argument("--readings", default="2,1,1+2",
                         help="what the probe reads: layer 2 alone, layer 1 alone, the two together")
     parser.add_argument("--whitening-patches", type=int, default=400_000)
+    parser.add_argument("--test", action="store_true",
+                        help="refit the chosen probe on training + validation and read the test set once")
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args()
     readings = args.readings.split(",")
@@ -131,6 +147,7 @@ def main() -> None:
     everything = load_split("cifar10", "train", args.data_dir, download=False)
     train, val = train_val_split(everything, min(5000, len(everything) // 4), seed=0)  # the runs' split of seed 0
     train = train.subset(torch.arange(min(args.images, len(train))))
+    splits = [train, val] + ([load_split("cifar10", "test", args.data_dir, download=False)] if args.test else [])
     normalizer = Normalizer("cifar10")
     for variant in args.variants.split(","):
         started = time.perf_counter()
@@ -149,23 +166,27 @@ def main() -> None:
             patches = model._whiten(model.whitening_sample(normalizer(train.images[:2000]),
                                                            torch.Generator().manual_seed(0)).float())
             ratio = model.threshold / float((patches[:20_000] @ model._filters().T).std())
-        train_maps, val_maps = layer1_map(model, train.images, normalizer), layer1_map(model, val.images, normalizer)
+        maps = [layer1_map(model, split.images, normalizer) for split in splits]
         print(json.dumps({"variant": variant, "stage": "layer 1", "seconds": round(time.perf_counter() - started),
                           "threshold_ratio": ratio}), flush=True)
-        second = Layer2(train_maps, args.atoms, args.iterations if variant == "trained" else 0, ratio)
-        train_2, val_2 = second.encode(train_maps), second.encode(val_maps)
-        del train_maps, val_maps, second  # the probes' memory
+        second = Layer2(maps[0], args.atoms, args.iterations if variant == "trained" else 0, ratio)
+        layer2 = [second.encode(split_maps) for split_maps in maps]
+        del maps, second  # the probes' memory
+
+        def read(name: str, features: list[torch.Tensor]) -> None:
+            pairs = [(x, split.labels) for x, split in zip(features, splits)] + [None]  # no test: None
+            probe(f"{variant}: {name}", pairs[0], pairs[1], pairs[2], started)
+
         if "2" in readings:
-            probe(f"{variant}: layer 2", train_2, train.labels, val_2, val.labels, started)
+            read("layer 2", layer2)
         if "1" in readings or "1+2" in readings:
-            layer1 = [extract(model.encode, split.images, normalizer) for split in (train, val)]  # its own quadrants
+            layer1 = [extract(model.encode, split.images, normalizer) for split in splits]  # its own quadrants
             if "1" in readings:
-                probe(f"{variant}: layer 1", layer1[0], train.labels, layer1[1], val.labels, started)
+                read("layer 1", layer1)
             if "1+2" in readings:
-                probe(f"{variant}: layers 1 and 2", torch.cat([layer1[0], train_2], 1), train.labels,
-                      torch.cat([layer1[1], val_2], 1), val.labels, started)
+                read("layers 1 and 2", [torch.cat(pair, 1) for pair in zip(layer1, layer2)])
             del layer1
-        del train_2, val_2  # the next variant's memory
+        del layer2  # the next variant's memory
 
 
 if __name__ == "__main__":

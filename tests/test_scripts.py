@@ -21,7 +21,7 @@ TINY = {  # each script with arguments that make it run in seconds
                                  "--warmup-steps", "1"]],
     "scripts/cifar_to_folder.py": [["--count", "30", "--out", "{tmp}/png"]],
     "scripts/screen_conv_ae.py": [["tiny", "--latent-dim", "8", "--epochs", "1", "--val-size", "40", "--out", "{tmp}"]],
-    "scripts/screen_two_layers.py": [["120", "4", "16", "--iterations", "2", "--whitening-patches", "2000"]],
+    "scripts/screen_two_layers.py": [["120", "4", "16", "--iterations", "2", "--whitening-patches", "2000", "--test"]],
     "scripts/screen_patch_dictionaries.py": [["120", "4", "kmeans_triangle", "wta_soft:1", "wta_soft_standardised",
                                               "kmeans_triangle_before", "--val-images", "40",
                                               "--whitening-patches", "2000", "--probe-epochs", "2"]],
