@@ -4,8 +4,9 @@ import pytest
 from conftest import write_cifar10, write_cifar100
 from eval_helpers import fast_config, train_tiny_run
 
+from latentprobe.metrics import fmt
 from latentprobe.probe.evaluate import cpu_threads, evaluate_run, load_eval
-from latentprobe.report.compare import CompareConfig, fmt, write_comparison
+from latentprobe.report.compare import CompareConfig, write_comparison
 from latentprobe.report.results import collect_rows
 from latentprobe.runs import write_json
 

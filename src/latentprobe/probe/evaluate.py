@@ -36,7 +36,7 @@ import torch
 from latentprobe import config as configuration
 from latentprobe.checkpoint import CLASSIFIER, save_checkpoint, weights_digest
 from latentprobe.distributed import local_device, machine
-from latentprobe.metrics import confusion_matrix, mean_std
+from latentprobe.metrics import confusion_matrix, fmt, mean_std
 from latentprobe.options import PROBE_OPTIONS, EvalConfig, check_run_options
 from latentprobe.probe.features import (
     FeatureSet,
@@ -294,7 +294,7 @@ def _evaluate_run(run: Run, cfg: EvalConfig) -> dict:
         record["representations"][name] = done
         write_json(path, record)
         print(f"{run.path}: {name} ({done['latent_dim']}-d, {time.perf_counter() - started:.0f} s): " + ", ".join(
-            f"{probe} {100 * r['test']['mean']:.2f}±{100 * r['test']['std']:.2f}" for probe, r in records.items()),
+            f"{probe} {fmt([seed['test_acc'] for seed in r['seeds']])}" for probe, r in records.items()),
             flush=True)
     write_json(path, record)
     return load_eval(run, cfg.label_type)

@@ -7,7 +7,7 @@ the rows of results.py.
 
 from pathlib import Path
 
-from latentprobe.metrics import mean_std
+from latentprobe.metrics import mean_std, percent
 from latentprobe.plots import errorbar_chart
 from latentprobe.report.document import Bullets, Figure, Heading, Paragraph
 from latentprobe.report.results import Row
@@ -25,24 +25,6 @@ def probe_columns(rows: list[Row]) -> list[str]:
     present = {probe for row in rows for probe in row.accuracies}
     knn = sorted((p for p in present if p.startswith("knn_")), key=lambda p: int(p.split("_")[1]))
     return [p for p in PROBE_TITLES if p in present] + knn
-
-
-def fmt(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
-    """``mean ± std (n)`` with the sample std, ``value (1)`` for one value (it has no spread to
-    show); "not run" when there is nothing."""
-    values = [v for v in values if v is not None]
-    if not values:
-        return "not run"
-    mean, std, n = mean_std(values)
-    spread = f" ± {scale * std:.{digits}f}" if n > 1 else ""
-    return f"{scale * mean:.{digits}f}{spread} ({n})"
-
-
-def percent(values: list[float]) -> str:
-    """``mean ± std % (n = N)``, for sentences; no ± for one value."""
-    mean_, std, n = mean_std(values)
-    spread = f" ± {100 * std:.2f}" if n > 1 else ""
-    return f"{100 * mean_:.2f}{spread} % (n = {n})"
 
 
 def mean(row: Row, probe: str) -> float | None:

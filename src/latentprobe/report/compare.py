@@ -18,7 +18,7 @@ import torch
 
 from latentprobe import config as configuration
 from latentprobe.distributed import local_device
-from latentprobe.metrics import mean_std, most_confused, precision_recall
+from latentprobe.metrics import fmt, mean_std, most_confused, precision_recall
 from latentprobe.options import CompareConfig
 from latentprobe.plots import (
     class_heatmap,
@@ -31,7 +31,6 @@ from latentprobe.probe.evaluate import load_eval
 from latentprobe.probe.features import run_features
 from latentprobe.report.answer import (
     compute_figure,
-    fmt,
     latent_size_figure,
     mean,
     probe_columns,

@@ -9,10 +9,10 @@ import numpy as np
 import torch
 
 from latentprobe import config as configuration
-from latentprobe.metrics import most_confused, precision_recall
+from latentprobe.metrics import fmt, most_confused, precision_recall
 from latentprobe.plots import class_heatmap, confusion_heatmap, image_grid, line_chart
 from latentprobe.probe.evaluate import load_eval
-from latentprobe.report.answer import fmt, latent_size_figure, verdict
+from latentprobe.report.answer import latent_size_figure, verdict
 from latentprobe.report.document import (
     Bullets,
     Figure,
