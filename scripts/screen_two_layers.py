@@ -2,8 +2,8 @@
 
 Issue #20 asks for a training that adds ≥ 2 points over the same pipeline with random patches at
 equal size; one layer adds 0.3–1.4 on all images (docs/RESULTS.md). This asks whether a second
-layer trained on the first's codes does, in the manner of Coates & Ng (NIPS 2011), validation only
-(the test set is never read):
+layer trained on the first's codes does, in the manner of Coates & Ng (NIPS 2011), on validation
+(the test set is read only with ``--test``):
 
 1. layer 1: the patch autoencoder (winner-take-all, ``K1`` filters, soft threshold, both
    polarities) trained with the latent-size study's ``train`` options (2 epochs, batch 32, Adam
@@ -42,9 +42,8 @@ from latentprobe.probe.evaluate import trained_probe
 from latentprobe.probe.heads import fit_heads
 from latentprobe.training.engine import Objective, extract, prepare_model, train_one_epoch
 
-SETTINGS = [(1e-3, 1e-4), (1e-3, 1e-3)]  # the logistic probe's penalties tried on validation
-PROTOCOL = EvalConfig(probes=["logistic"], probe_weight_decays=[l2 for _, l2 in SETTINGS], probe_epochs=100,
-                      refit=True)  # the same choice, then the refit and the one test reading (--test)
+# the logistic probe: its penalties tried on validation, its passes; with --test the refit and one test reading
+PROTOCOL = EvalConfig(probes=["logistic"], probe_weight_decays=[1e-4, 1e-3], probe_epochs=100, refit=True)
 SAMPLES = 200_000  # layer-2 inputs its whitening and atoms are fitted on
 
 
@@ -115,8 +114,9 @@ class Layer2:
 def probe(name: str, train, val, test, started: float) -> None:
     """Each split a (features, labels) pair; ``test`` None: validation only."""
     if test is None:
-        fits = fit_heads("logistic", train, val, 10, settings=SETTINGS, epochs=100, patience=None)
-        best, (_, l2) = max(zip(fits, SETTINGS), key=lambda item: item[0].val_acc)
+        settings = [(None, l2) for l2 in PROTOCOL.probe_weight_decays]  # solved: no learning rate
+        fits = fit_heads("logistic", train, val, 10, settings=settings, epochs=PROTOCOL.probe_epochs, patience=None)
+        best, (_, l2) = max(zip(fits, settings), key=lambda item: item[0].val_acc)
         reading = {"val_acc": best.val_acc, "weight_decay": l2, "passes": best.best_epoch}
     else:
         record, _ = trained_probe("logistic", train, val, test, 10, PROTOCOL, torch.device("cpu"))

@@ -36,19 +36,24 @@ def mean_std(values) -> tuple[float, float, int]:
     return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0, len(array)
 
 
+def _mean_spread(values, scale: float, digits: int) -> tuple[str, int]:
+    """``mean ± std`` with the sample std, or the value alone when there is one (it has no spread
+    to show); and the count."""
+    mean, std, n = mean_std(values)
+    spread = f" ± {scale * std:.{digits}f}" if n > 1 else ""
+    return f"{scale * mean:.{digits}f}{spread}", n
+
+
 def fmt(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
-    """``mean ± std (n)`` with the sample std, ``value (1)`` for one value (it has no spread to
-    show); "not run" when there is nothing."""
+    """``mean ± std (n)``, ``value (1)`` for one value; "not run" when there is nothing."""
     values = [v for v in values if v is not None]
     if not values:
         return "not run"
-    mean, std, n = mean_std(values)
-    spread = f" ± {scale * std:.{digits}f}" if n > 1 else ""
-    return f"{scale * mean:.{digits}f}{spread} ({n})"
+    text, n = _mean_spread(values, scale, digits)
+    return f"{text} ({n})"
 
 
 def percent(values: list[float]) -> str:
     """``mean ± std % (n = N)``, for sentences; no ± for one value."""
-    mean_, std, n = mean_std(values)
-    spread = f" ± {100 * std:.2f}" if n > 1 else ""
-    return f"{100 * mean_:.2f}{spread} % (n = {n})"
+    text, n = _mean_spread(values, 100.0, 2)
+    return f"{text} % (n = {n})"
